@@ -1,0 +1,189 @@
+// CPU kernels of freq_gate_blend and its backward: one row per task, two passes per row
+// (moments, then the blend), accumulation in float32 for half types and in the input type else.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+#include "common/freq_gate_blend.h"
+
+namespace fremure {
+namespace {
+
+struct GateLayout {
+  int64_t rows;
+  int64_t dim;
+  bool per_row_gate;  // gate is [..., D] like x rather than one [D] vector
+};
+
+GateLayout check_freq_gate_blend(const at::Tensor& x, const at::Tensor& gate, const std::optional<at::Tensor>& valid) {
+  check_floating(x, "x");
+  TORCH_CHECK(x.dim() >= 1, "fremure.freq_gate_blend: x must have at least 1 dimension, got a scalar");
+  check_same_device(x, gate, "x", "gate");
+  check_same_dtype(x, gate, "x", "gate");
+  const int64_t dim = x.size(-1);
+  const bool per_row = gate.dim() > 1;
+  TORCH_CHECK(gate.sizes() == x.sizes() || (gate.dim() == 1 && gate.size(0) == dim),
+              "fremure.freq_gate_blend: gate must have shape [", dim, "] or the shape of x ", x.sizes(),
+              ", got ", gate.sizes());
+  if (valid.has_value()) {
+    check_same_device(x, *valid, "x", "valid");
+    TORCH_CHECK(valid->scalar_type() == at::kBool, "fremure.freq_gate_blend: valid must be a bool tensor, got ",
+                valid->scalar_type());
+    TORCH_CHECK(valid->sizes() == x.sizes().slice(0, x.dim() - 1),
+                "fremure.freq_gate_blend: valid must have shape ", x.sizes().slice(0, x.dim() - 1),
+                " (x without its last dimension), got ", valid->sizes());
+  }
+  const int64_t rows = dim == 0 ? 0 : x.numel() / dim;
+  return {rows, dim, per_row};
+}
+
+void check_gate_values_cpu(const at::Tensor& gate) {
+  // Cheap next to the blend itself, and a NaN gate would silently poison every row.
+  TORCH_CHECK(gate.numel() == 0 || at::isfinite(gate).all().item<bool>(),
+              "fremure.freq_gate_blend: gate contains NaN or inf");
+}
+
+template <typename scalar_t>
+void forward_rows(const scalar_t* x, const scalar_t* gate, const bool* valid, scalar_t* out, const GateLayout& L) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = L.dim;
+  at::parallel_for(0, L.rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* xr = x + r * D;
+      scalar_t* yr = out + r * D;
+      if (valid != nullptr && !valid[r]) {
+        for (int64_t j = 0; j < D; ++j) yr[j] = xr[j];
+        continue;
+      }
+      const scalar_t* gr = L.per_row_gate ? gate + r * D : gate;
+      acc_t sum = 0;
+      for (int64_t j = 0; j < D; ++j) sum += acc_t(xr[j]);
+      const acc_t mean = sum / acc_t(D);
+      acc_t sq = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        const acc_t c = acc_t(xr[j]) - mean;
+        sq += c * c;
+      }
+      const acc_t rstd = ln_rstd<acc_t>(sq / acc_t(D), acc_t(kLayerNormEps));
+      for (int64_t j = 0; j < D; ++j) {
+        const acc_t xv = acc_t(xr[j]);
+        yr[j] = scalar_t(freq_gate_blend_value<acc_t>(xv, acc_t(gr[j]), ln_normalise<acc_t>(xv, mean, rstd)));
+      }
+    }
+  });
+}
+
+// Backward over rows. grad_gate is either per row (written in place) or one [D] vector, summed
+// from per-chunk partials so threads never share an accumulator.
+template <typename scalar_t>
+void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, const bool* valid, scalar_t* dx,
+                   scalar_t* dgate, const GateLayout& L) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = L.dim;
+  const int64_t grain = 16;
+  const int64_t chunks = L.per_row_gate ? 0 : (L.rows + grain - 1) / grain;
+  std::vector<acc_t> partial(static_cast<size_t>(chunks * D), acc_t(0));
+  at::parallel_for(0, L.rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> xhat(D);
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* xr = x + r * D;
+      const scalar_t* dyr = dy + r * D;
+      scalar_t* dxr = dx + r * D;
+      if (valid != nullptr && !valid[r]) {
+        for (int64_t j = 0; j < D; ++j) dxr[j] = dyr[j];
+        if (L.per_row_gate) {
+          for (int64_t j = 0; j < D; ++j) dgate[r * D + j] = scalar_t(0);
+        }
+        continue;
+      }
+      const scalar_t* gr = L.per_row_gate ? gate + r * D : gate;
+      acc_t sum = 0;
+      for (int64_t j = 0; j < D; ++j) sum += acc_t(xr[j]);
+      const acc_t mean = sum / acc_t(D);
+      acc_t sq = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        const acc_t c = acc_t(xr[j]) - mean;
+        sq += c * c;
+      }
+      const acc_t rstd = ln_rstd<acc_t>(sq / acc_t(D), acc_t(kLayerNormEps));
+      acc_t sum_dxhat = 0, sum_dxhat_xhat = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        xhat[j] = ln_normalise<acc_t>(acc_t(xr[j]), mean, rstd);
+        const acc_t dxh = freq_gate_blend_dxhat<acc_t>(acc_t(dyr[j]), acc_t(gr[j]));
+        sum_dxhat += dxh;
+        sum_dxhat_xhat += dxh * xhat[j];
+      }
+      const acc_t m1 = sum_dxhat / acc_t(D);
+      const acc_t m2 = sum_dxhat_xhat / acc_t(D);
+      acc_t* part = L.per_row_gate ? nullptr : partial.data() + (begin / grain) * D;
+      for (int64_t j = 0; j < D; ++j) {
+        const acc_t d = acc_t(dyr[j]);
+        const acc_t g = acc_t(gr[j]);
+        const acc_t dxh = freq_gate_blend_dxhat<acc_t>(d, g);
+        dxr[j] = scalar_t(freq_gate_blend_dx_direct<acc_t>(d, g) + ln_backward<acc_t>(dxh, xhat[j], rstd, m1, m2));
+        const acc_t dg = freq_gate_blend_dgate<acc_t>(d, acc_t(xr[j]), xhat[j]);
+        if (L.per_row_gate) {
+          dgate[r * D + j] = scalar_t(dg);
+        } else {
+          part[j] += dg;
+        }
+      }
+    }
+  });
+  if (!L.per_row_gate) {
+    for (int64_t j = 0; j < D; ++j) {
+      acc_t total = 0;
+      for (int64_t c = 0; c < chunks; ++c) total += partial[c * D + j];
+      dgate[j] = scalar_t(total);
+    }
+  }
+}
+
+at::Tensor freq_gate_blend_cpu(const at::Tensor& x, const at::Tensor& gate, const std::optional<at::Tensor>& valid) {
+  const GateLayout L = check_freq_gate_blend(x, gate, valid);
+  check_gate_values_cpu(gate);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor gc = gate.contiguous();
+  const at::Tensor vc = valid.has_value() ? valid->contiguous() : at::Tensor();
+  at::Tensor out = at::empty_like(xc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "freq_gate_blend_cpu", [&] {
+    forward_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(),
+                           vc.defined() ? vc.const_data_ptr<bool>() : nullptr, out.mutable_data_ptr<scalar_t>(), L);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> freq_gate_blend_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                const at::Tensor& gate,
+                                                                const std::optional<at::Tensor>& valid) {
+  const GateLayout L = check_freq_gate_blend(x, gate, valid);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "fremure.freq_gate_blend_backward: grad_out must have the shape of x ",
+              x.sizes(), ", got ", grad_out.sizes());
+  check_same_dtype(x, grad_out, "x", "grad_out");
+  const at::Tensor dyc = grad_out.contiguous();
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor gc = gate.contiguous();
+  const at::Tensor vc = valid.has_value() ? valid->contiguous() : at::Tensor();
+  at::Tensor dx = at::empty_like(xc);
+  at::Tensor dgate = at::empty_like(gc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "freq_gate_blend_backward_cpu", [&] {
+    backward_rows<scalar_t>(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                            gc.const_data_ptr<scalar_t>(), vc.defined() ? vc.const_data_ptr<bool>() : nullptr,
+                            dx.mutable_data_ptr<scalar_t>(), dgate.mutable_data_ptr<scalar_t>(), L);
+  });
+  return {dx, dgate};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fremure, CPU, m) {
+  m.impl("freq_gate_blend", &freq_gate_blend_cpu);
+  m.impl("freq_gate_blend_backward", &freq_gate_blend_backward_cpu);
+}
+
+}  // namespace fremure

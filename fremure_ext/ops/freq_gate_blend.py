@@ -1,0 +1,70 @@
+"""freq_gate_blend: the frequency gate's blend of a token with its LayerNorm (METHOD.md 3.3)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import check_float, check_same, check_tensor
+
+__all__ = ["freq_gate_blend"]
+
+
+def freq_gate_blend(x: torch.Tensor, gate: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Blend each row with its affine-free LayerNorm: ``x * (1 - g) + g * LN0(x)``.
+
+    Args:
+        x: ``[..., D]`` float tensor (float32/float64; float16/bfloat16 accumulate in float32).
+        gate: ``[D]`` (one gate for every row) or the shape of ``x``, same dtype and device;
+            values in (0, 1), NaN/inf rejected.
+        valid: optional bool ``[...]`` (x without its last dim); rows where it is False are
+            returned unchanged (the reference's padding tokens).
+
+    Returns:
+        Tensor with the shape and dtype of ``x``. Differentiable in ``x`` and ``gate``.
+    """
+    check_float(x, "x")
+    check_float(gate, "gate")
+    check_same(x, "x", gate, "gate")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension [..., D], got a scalar")
+    if not (gate.shape == x.shape or (gate.dim() == 1 and gate.shape[0] == x.shape[-1])):
+        raise ValueError(f"gate must have shape [{x.shape[-1]}] or {tuple(x.shape)}, got {tuple(gate.shape)}")
+    if valid is not None:
+        check_tensor(valid, "valid")
+        check_same(x, "x", valid, "valid", dtype=False)
+        if valid.dtype != torch.bool:
+            raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
+        if valid.shape != x.shape[:-1]:
+            raise ValueError(f"valid must have shape {tuple(x.shape[:-1])}, got {tuple(valid.shape)}")
+    return torch.ops.fremure.freq_gate_blend(x, gate, valid)
+
+
+@torch.library.register_fake("fremure::freq_gate_blend")
+def _fake(x, gate, valid):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fremure::freq_gate_blend_backward")
+def _fake_backward(grad_out, x, gate, valid):
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(gate, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, gate, valid = inputs
+    ctx.save_for_backward(x, gate, valid)
+
+
+def _backward(ctx, grad_out):
+    x, gate, valid = ctx.saved_tensors
+    grad_x, grad_gate = torch.ops.fremure.freq_gate_blend_backward(grad_out.contiguous(), x, gate, valid)
+    return (
+        grad_x if ctx.needs_input_grad[0] else None,
+        grad_gate if ctx.needs_input_grad[1] else None,
+        None,
+    )
+
+
+torch.library.register_autograd("fremure::freq_gate_blend", _backward, setup_context=_setup_context)
