@@ -1,0 +1,128 @@
+"""Tiny benchmark harness shared by the per-op scripts (benchmarks/bench_<op>.py).
+
+A per-op script defines ``cases(device, dtype, quick) -> list[Case]``; ``run_cases`` times every
+provider forward (under no_grad) and forward+backward, and measures memory:
+- CUDA: ``torch.cuda.max_memory_allocated`` during forward+backward;
+- CPU: bytes kept alive for backward (saved tensors, via saved_tensors_hooks) plus output bytes,
+  which is where eager and fused implementations differ (CPU has no peak-allocation counter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import pathlib
+import platform
+from typing import Any, Callable
+
+import torch
+import torch.utils.benchmark as tbench
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    size: str                                    # label, e.g. "N=600 D=1936"
+    inputs: list[torch.Tensor]                   # leaves that receive gradients in fwd+bwd
+    providers: dict[str, Callable[[], Any]]      # name -> zero-arg callable returning tensor(s)
+    bytes_moved: int | None = None               # minimal HBM/DRAM traffic of one forward, for bandwidth
+
+
+def _outputs(result: Any) -> list[torch.Tensor]:
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    return [t for t in items if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def _fwd_bwd(fn: Callable[[], Any], inputs: list[torch.Tensor]) -> None:
+    outs = _outputs(fn())
+    loss = sum(o.float().sum() for o in outs)
+    torch.autograd.grad(loss, [i for i in inputs if i.requires_grad], allow_unused=True)
+
+
+def _median_seconds(stmt: Callable[[], Any], min_run_time: float) -> float:
+    timer = tbench.Timer(stmt="stmt()", globals={"stmt": stmt})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _memory_bytes(fn: Callable[[], Any], inputs: list[torch.Tensor], device: str) -> int:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _fwd_bwd(fn, inputs)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not any(t is i for i in inputs):
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    return sum(saved) + sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
+
+
+def run_cases(cases: list[Case], device: str, min_run_time: float = 0.5) -> list[dict]:
+    """Times every case and provider; returns one row per (case, provider)."""
+    rows = []
+    for case in cases:
+        base_fwd = base_fb = None
+        for name, fn in case.providers.items():
+            with torch.no_grad():
+                fwd = _median_seconds(lambda: (fn(), _sync(device)), min_run_time)
+            fb = _median_seconds(lambda: (_fwd_bwd(fn, case.inputs), _sync(device)), min_run_time)
+            mem = _memory_bytes(fn, case.inputs, device)
+            if base_fwd is None:
+                base_fwd, base_fb = fwd, fb
+            row = dict(op=case.op, size=case.size, provider=name, device=device_name(device),
+                       fwd_ms=fwd * 1e3, fwd_bwd_ms=fb * 1e3, speedup_fwd=base_fwd / fwd,
+                       speedup_fwd_bwd=base_fb / fb, memory_mib=mem / 2**20)
+            if case.bytes_moved is not None:
+                row["fwd_gbps"] = case.bytes_moved / fwd / 1e9
+            rows.append(row)
+            print(f"{case.op:22s} {case.size:28s} {name:12s} fwd {fwd*1e3:9.3f} ms  fwd+bwd {fb*1e3:9.3f} ms"
+                  f"  x{base_fb/fb:5.2f}  mem {mem/2**20:8.2f} MiB", flush=True)
+    return rows
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def write_csv(rows: list[dict], name: str) -> pathlib.Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def main(cases_fn: Callable[..., list[Case]], name: str) -> None:
+    """Command line of a per-op script: --device, --dtype, --quick, --min-run-time."""
+    parser = argparse.ArgumentParser(description=f"Benchmark {name}")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--quick", action="store_true", help="small sizes, short timing (smoke test)")
+    parser.add_argument("--min-run-time", type=float, default=0.5)
+    args = parser.parse_args()
+    import fremure_ext  # noqa: F401  (registers the ops)
+
+    rows = run_cases(cases_fn(args.device, getattr(torch, args.dtype), args.quick), args.device,
+                     0.05 if args.quick else args.min_run_time)
+    print("wrote", write_csv(rows, f"{name}_{args.device.split(':')[0]}"))
