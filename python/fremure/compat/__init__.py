@@ -1,0 +1,5 @@
+"""Import and export of the published FReMuRe code's checkpoints and state dicts."""
+
+from .state_dict import check_state_dict, export_reference_state_dict, load_reference_state_dict
+
+__all__ = ["load_reference_state_dict", "export_reference_state_dict", "check_state_dict"]
