@@ -19,7 +19,7 @@ def next_power_of_2(n: int) -> int:
 
 
 # Ops whose CUDA implementation is a Triton kernel (DESIGN.md op catalogue).
-TRITON_OPS = ["bayes_mc", "gated_fusion", "segment_attention"]
+TRITON_OPS = ["bayes_mc", "gated_fusion", "gmm_mixture", "segment_attention"]
 
 
 def register_all() -> list[str]:
