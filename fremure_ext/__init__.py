@@ -14,5 +14,14 @@ from ._loader import build_info
 from . import ops, reference
 from .ops import *  # noqa: F401,F403
 
+import torch as _torch
+
+from . import triton as _triton_kernels
+
+# Triton kernels become the CUDA implementation of their ops only where they can run.
+TRITON_REGISTERED: list[str] = (
+    _triton_kernels.register_all() if _triton_kernels.AVAILABLE and _torch.cuda.is_available() else []
+)
+
 __version__ = build_info()["version"]
 __all__ = ["build_info", "ops", "reference", *ops.__all__]

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import pathlib
 
-import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors; the variable must be set
+# before any kernel module is imported (triton.jit reads it at decoration time).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("FREMURE_FIXTURES", REPO.parent / "shared" / "fixtures" / "reference"))
@@ -24,3 +30,12 @@ def load_fixture(name: str) -> dict:
     if not path.exists():
         pytest.skip(f"golden fixture {path} not found (shared/ must sit beside the repo)")
     return torch.load(path, weights_only=True)
+
+
+def triton_device() -> str:
+    """Where Triton kernels run in tests: the GPU if there is one, else CPU under the interpreter."""
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+requires_triton = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed")

@@ -1,0 +1,141 @@
+"""Triton kernels of bayes_mc: the mean over S Monte-Carlo samples of act(mu + eps * sqrt(exp(logvar)))
+without materialising S x B x C. Noise is read from ``noise`` [S, B, C] or generated in the kernel
+with Philox (``tl.randn(seed, offset)``, offset = (s * B + b) * C + c) and regenerated in backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import next_power_of_2
+
+MODE_EVAL, MODE_NOISE, MODE_SEED = 0, 1, 2
+ACT_SIGMOID, ACT_SOFTMAX = 0, 1
+
+
+@triton.jit
+def _activation(z, col_ok, ACT: tl.constexpr):
+    if ACT == 0:
+        return tl.sigmoid(z)
+    z = tl.where(col_ok, z, float("-inf"))
+    e = tl.exp(z - tl.max(z, axis=1)[:, None])
+    e = tl.where(col_ok, e, 0.0)
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def _eps(noise_ptr, seed, s, offs, mask, BC, MODE: tl.constexpr):
+    if MODE == 1:
+        return tl.load(noise_ptr + s * BC + offs, mask=mask, other=0.0).to(tl.float32)
+    return tl.randn(seed, s * BC + offs)
+
+
+@triton.jit
+def _bayes_mc_fwd(mu_ptr, logvar_ptr, noise_ptr, out_ptr, seed, B, C, S,
+                  MODE: tl.constexpr, ACT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = (cols < C)[None, :]
+    mask = (rows < B)[:, None] & col_ok
+    offs = rows[:, None] * C + cols[None, :]
+    mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if MODE == 0:
+        acc = _activation(mu, col_ok, ACT)
+    else:
+        std = tl.sqrt(tl.exp(tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)))
+        acc = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+        for s in range(S):
+            eps = _eps(noise_ptr, seed, s, offs, mask, B * C, MODE)
+            acc += _activation(mu + eps * std, col_ok, ACT)
+        acc = acc / S
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bayes_mc_bwd(dout_ptr, mu_ptr, logvar_ptr, noise_ptr, dmu_ptr, dlogvar_ptr, seed, B, C, S,
+                  MODE: tl.constexpr, ACT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = (cols < C)[None, :]
+    mask = (rows < B)[:, None] & col_ok
+    offs = rows[:, None] * C + cols[None, :]
+    mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dmu = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    dlogvar = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    if MODE == 0:
+        a = _activation(mu, col_ok, ACT)
+        if ACT == 0:
+            dmu = dout * a * (1.0 - a)
+        else:
+            dmu = a * (dout - tl.sum(dout * a, axis=1)[:, None])
+    else:
+        std = tl.sqrt(tl.exp(tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)))
+        da = dout / S
+        for s in range(S):
+            eps = _eps(noise_ptr, seed, s, offs, mask, B * C, MODE)
+            a = _activation(mu + eps * std, col_ok, ACT)
+            if ACT == 0:
+                dz = da * a * (1.0 - a)
+            else:
+                dz = a * (da - tl.sum(da * a, axis=1)[:, None])
+            dmu += dz
+            # d sqrt(exp(l)) / dl = 0.5 * sqrt(exp(l))
+            dlogvar += dz * eps * 0.5 * std
+    tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
+    tl.store(dlogvar_ptr + offs, dlogvar.to(dlogvar_ptr.dtype.element_ty), mask=mask)
+
+
+def _mode(noise: torch.Tensor | None, seed: int | None) -> int:
+    if noise is not None:
+        return MODE_NOISE
+    return MODE_EVAL if seed is None else MODE_SEED
+
+
+def _launch_args(mu: torch.Tensor) -> tuple[int, int, int, int]:
+    B, C = mu.shape
+    block_c = next_power_of_2(C)
+    block_b = max(1, min(64, 2048 // block_c))
+    return B, C, block_b, block_c
+
+
+def bayes_mc_forward(mu, logvar, noise, seed, samples, activation):
+    """mu, logvar: [B, C]; noise: [S, B, C] or None; seed: int or None -> [B, C] (mu's dtype)."""
+    mu, logvar = mu.contiguous(), logvar.contiguous()
+    noise = noise.contiguous() if noise is not None else mu
+    B, C, block_b, block_c = _launch_args(mu)
+    out = torch.empty_like(mu)
+    if B == 0 or C == 0:
+        return out
+    act = ACT_SOFTMAX if activation == "softmax" else ACT_SIGMOID
+    _bayes_mc_fwd[(triton.cdiv(B, block_b),)](
+        mu, logvar, noise, out, 0 if seed is None else int(seed), B, C, int(samples),
+        MODE=_mode(noise if noise is not mu else None, seed), ACT=act, BLOCK_B=block_b, BLOCK_C=block_c)
+    return out
+
+
+def bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation):
+    """Gradients (d_mu, d_logvar), each [B, C], recomputing (or regenerating) the noise."""
+    has_noise = noise is not None
+    mu, logvar, grad_out = mu.contiguous(), logvar.contiguous(), grad_out.contiguous()
+    noise = noise.contiguous() if has_noise else mu
+    B, C, block_b, block_c = _launch_args(mu)
+    dmu, dlogvar = torch.empty_like(mu), torch.empty_like(logvar)
+    if B == 0 or C == 0:
+        return dmu, dlogvar
+    act = ACT_SOFTMAX if activation == "softmax" else ACT_SIGMOID
+    mode = MODE_NOISE if has_noise else (MODE_EVAL if seed is None else MODE_SEED)
+    _bayes_mc_bwd[(triton.cdiv(B, block_b),)](
+        grad_out, mu, logvar, noise, dmu, dlogvar, 0 if seed is None else int(seed), B, C, int(samples),
+        MODE=mode, ACT=act, BLOCK_B=block_b, BLOCK_C=block_c)
+    if mode == MODE_EVAL:
+        dlogvar.zero_()
+    return dmu, dlogvar
+
+
+def register() -> None:
+    """Install the launchers as the CUDA kernels of fremure::bayes_mc and its backward."""
+    torch.library.register_kernel("fremure::bayes_mc", "cuda", bayes_mc_forward)
+    torch.library.register_kernel("fremure::bayes_mc_backward", "cuda", bayes_mc_backward)

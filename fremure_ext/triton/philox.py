@@ -1,0 +1,24 @@
+"""Standard-normal noise exactly as the Triton kernels draw it in seed mode: element i of the
+flattened [S, B, C] (or [K, B, C]) noise is ``tl.randn(seed, i)``."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _randn_kernel(out_ptr, seed, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.randn(seed, offs), mask=offs < n)
+
+
+def philox_randn(seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32 tensor of ``shape`` filled with tl.randn(seed, flat index) (CUDA, or CPU under
+    TRITON_INTERPRET=1)."""
+    out = torch.empty(shape, dtype=torch.float32, device=device)
+    n = out.numel()
+    if n:
+        _randn_kernel[(triton.cdiv(n, 1024),)](out, int(seed), n, BLOCK=1024)
+    return out

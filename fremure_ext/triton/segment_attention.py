@@ -1,0 +1,175 @@
+"""Triton kernels of segment_attention: flash-style attention restricted to contiguous segments of a
+packed token array [T, H, Dh]. One program per (segment, head) walks the segment in tiles with an
+online softmax; head dims that are not a power of two (FReMuRe: 242) are masked inside a wider tile.
+Backward recomputes the probabilities from q, k and the saved logsumexp instead of storing scores;
+dK/dV and dQ are computed in two passes of the same program, so no atomics are needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import next_power_of_2
+
+
+@triton.jit
+def _tile(ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h):
+    return tl.load(ptr + rows[:, None] * stride_t + h * stride_h + d[None, :],
+                   mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, offsets_ptr, out_ptr, lse_ptr, scale, Dh, stride_t, stride_h,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    seg = tl.program_id(0)
+    h = tl.program_id(1)
+    start = tl.load(offsets_ptr + seg)
+    end = tl.load(offsets_ptr + seg + 1)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < Dh
+    for m0 in range(start, end, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < end
+        q = _tile(q_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < end
+            k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+            v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(lse_ptr + rows * tl.num_programs(1) + h,
+                 (m_i + tl.log(l_i)).to(lse_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _delta_kernel(out_ptr, dout_ptr, delta_ptr, n_rows, Dh, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    # delta[t, h] = sum_d dO * O, rows = flattened (t, h)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    d = tl.arange(0, BLOCK_D)
+    mask = (rows < n_rows)[:, None] & (d < Dh)[None, :]
+    o = tl.load(out_ptr + rows[:, None] * Dh + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(dout_ptr + rows[:, None] * Dh + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=rows < n_rows)
+
+
+@triton.jit
+def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, dq_ptr, dk_ptr, dv_ptr,
+                scale, Dh, H, stride_t, stride_h,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    seg = tl.program_id(0)
+    h = tl.program_id(1)
+    start = tl.load(offsets_ptr + seg)
+    end = tl.load(offsets_ptr + seg + 1)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < Dh
+    # Pass 1: dK and dV, one key tile at a time, over every query tile of the segment.
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < end
+        k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+        v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for m0 in range(start, end, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < end
+            q = _tile(q_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+            do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+            lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
+            delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
+            p = tl.exp(s - lse[:, None])
+            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION).to(tl.float32)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
+            ds = p * (dp - delta[:, None]) * scale
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION).to(tl.float32)
+        mask = col_ok[:, None] & d_ok[None, :]
+        ptrs = cols[:, None] * stride_t + h * stride_h + d[None, :]
+        tl.store(dk_ptr + ptrs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+        tl.store(dv_ptr + ptrs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+    # Pass 2: dQ, one query tile at a time.
+    for m0 in range(start, end, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < end
+        q = _tile(q_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+        do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+        lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
+        delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
+        dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < end
+            k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+            v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
+            p = tl.exp(s - lse[:, None])
+            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
+            ds = p * (dp - delta[:, None]) * scale
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION).to(tl.float32)
+        tl.store(dq_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :], dq.to(dq_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+
+
+def _config(dtype: torch.dtype, dh: int) -> dict:
+    # float32 stays exact IEEE (the reference's numbers); half types use tensor cores.
+    precision = "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+    return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, next_power_of_2(dh)), PRECISION=precision)
+
+
+def segment_attention_forward(q, k, v, segment_offsets, scale):
+    """q, k, v: [T, H, Dh]; segment_offsets: int64 [S+1] -> (out [T, H, Dh], lse [T, H] float32)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    T, H, Dh = q.shape
+    out = torch.empty_like(q)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = torch.empty((T, H), dtype=lse_dtype, device=q.device)
+    S = segment_offsets.numel() - 1
+    if T == 0 or S <= 0:
+        return out, lse
+    offsets = segment_offsets.to(torch.int64).contiguous()
+    _fwd_kernel[(S, H)](q, k, v, offsets, out, lse, float(scale), Dh, q.stride(0), q.stride(1),
+                        **_config(q.dtype, Dh))
+    return out, lse
+
+
+def segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale):
+    """Gradients (dq, dk, dv), each [T, H, Dh], recomputing probabilities from q, k and lse."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    T, H, Dh = q.shape
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    S = segment_offsets.numel() - 1
+    if T == 0 or S <= 0:
+        return dq, dk, dv
+    cfg = _config(q.dtype, Dh)
+    delta = torch.empty((T, H), dtype=torch.float32, device=q.device)
+    _delta_kernel[(triton.cdiv(T * H, 16),)](out, grad_out, delta, T * H, Dh, BLOCK_R=16, BLOCK_D=cfg["BLOCK_D"])
+    offsets = segment_offsets.to(torch.int64).contiguous()
+    _bwd_kernel[(S, H)](q, k, v, grad_out, lse, delta, offsets, dq, dk, dv, float(scale), Dh, H,
+                        q.stride(0), q.stride(1), **cfg)
+    return dq, dk, dv
+
+
+def register() -> None:
+    """Install the launchers as the CUDA kernels of fremure::segment_attention and its backward."""
+    torch.library.register_kernel("fremure::segment_attention", "cuda", segment_attention_forward)
+    torch.library.register_kernel("fremure::segment_attention_backward", "cuda", segment_attention_backward)
