@@ -8,6 +8,8 @@ kernels or the published plain-PyTorch computation, same numbers.
 from .glocal import GlocalTransformer, TransformerOutput
 from .heads import BayesianHead, GMMHead, GMMHeadPlus, LinearHead, make_rel_head
 from .layers import FreqGate, LogFreqGate, frequency_statistics
+from .objects import ObjectClassifier
+from .relation_model import FReMuRe
 
-__all__ = ["GlocalTransformer", "TransformerOutput", "LinearHead", "BayesianHead", "GMMHead", "GMMHeadPlus",
-           "make_rel_head", "FreqGate", "LogFreqGate", "frequency_statistics"]
+__all__ = ["FReMuRe", "ObjectClassifier", "GlocalTransformer", "TransformerOutput", "LinearHead", "BayesianHead",
+           "GMMHead", "GMMHeadPlus", "make_rel_head", "FreqGate", "LogFreqGate", "frequency_statistics"]
