@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import pickle
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -155,6 +156,10 @@ def test_video_and_frame_order_follow_person_keys(sample, loaded, mode):
     for frames in ds.video_list:
         assert [keys.index(k) for k in frames] == sorted(keys.index(k) for k in frames)
     assert ds.invalid_video_names == sorted(set(ds.videos_in_split) - set(ds.valid_video_names))
+    assert sorted(ds.dropped_videos) == ds.invalid_video_names
+    reasons = Counter(ds.dropped_videos.values())
+    assert reasons["only one frame with a person box"] == ds.one_frame_video
+    assert reasons["no frame with a visible object"] == ds.videos_without_visible_object
 
 
 def test_trailing_slash_and_pathlike_give_the_same_result(sample, loaded):
@@ -398,6 +403,8 @@ def test_video_without_person_box_and_two_frame_video(ag):
     assert r["non_gt_human_nums"] == len(ag.clean.video_list[0]) + len(ag.clean.video_list[1]) - 2
     assert ds.issues == []  # ordinary filtering, not an annotation problem
     assert ag.clean.valid_video_names[0] in ds.invalid_video_names
+    assert ds.dropped_videos == {ag.clean.valid_video_names[0]: "no frame with a person box",
+                                 ag.clean.valid_video_names[1]: "only two frames with a person box"}
 
 
 def test_frame_entry_problems(ag):

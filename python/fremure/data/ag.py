@@ -197,7 +197,8 @@ class ActionGenome:
     ``'class'`` int, ``'bbox'`` float64 [4] xyxy, ``'attention_relationship'`` int64 tensor [1],
     ``'spatial_relationship'`` / ``'contacting_relationship'`` int64 tensors of local indices,
     ``'metadata'``, ``'visible'``), ``video_size`` (per video ``(width, height)``),
-    ``valid_video_names``, ``invalid_video_names`` (sorted), ``frames_path``, and the counters
+    ``valid_video_names``, ``invalid_video_names`` (sorted; ``dropped_videos`` maps each to the
+    reason), ``frames_path``, and the counters
     ``valid_nums``, ``non_gt_human_nums``, ``non_person_video``, ``one_frame_video``,
     ``non_heatmap_nums``. ``issues`` lists every problem found; ``report()`` counts everything.
     """
@@ -220,6 +221,8 @@ class ActionGenome:
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if datasize not in ("large", "mini"):
             raise ValueError(f"datasize must be 'large' or 'mini', got {datasize!r}")
+        if not isinstance(mini_keys, int) or mini_keys < 1:
+            raise ValueError(f"mini_keys must be a positive int, got {mini_keys!r}")
         self.data_path = pathlib.Path(data_path)
         if not self.data_path.is_dir():
             raise FileNotFoundError(f"data_path is not a directory: {self.data_path}")
@@ -235,11 +238,12 @@ class ActionGenome:
         person, objects = self._read_pickles()
         keys = list(person)[:mini_keys] if datasize == "mini" else list(person)
         self._reset_counters()
-        candidates = self._collect_candidates(keys, person, objects)
+        candidates = self._collect_candidates(keys, objects)
         self._build_videos(candidates, person, objects)
         self._count_orphan_object_keys(person, objects)
         self.missing_frame_images = self._count_missing_frames() if check_frames else None
-        logger.info("%s", self.summary())
+        if logger.isEnabledFor(logging.INFO):  # the summary walks every record: only when shown
+            logger.info("%s", self.summary())
 
     # ------------------------------------------------------------------ reading
     def _read_classes(self) -> None:
@@ -258,9 +262,10 @@ class ActionGenome:
         # The reference resolves names with list.index, i.e. the first occurrence wins.
         self._class_index = {n: i for i, n in reversed(list(enumerate(self.object_classes)))}
         self._rel_index = {
-            t: {n: i for i, n in reversed(list(enumerate(self.relationship_classes[REL_SLICES[t]]))) }
+            t: {n: i for i, n in reversed(list(enumerate(self.relationship_classes[REL_SLICES[t]])))}
             for t in REL_TYPES
         }
+        self._rel_tables = [self._rel_index[t] for t in REL_TYPES]
 
     def _read_pickles(self) -> tuple[dict, dict]:
         loaded = []
@@ -293,6 +298,7 @@ class ActionGenome:
         self.video_size: list[tuple[int, int] | None] = []
         self.gt_annotations: list[list[list[dict[str, Any]]]] = []
         self.valid_video_names: list[str] = []
+        self.dropped_videos: dict[str, str] = {}
 
     # ------------------------------------------------------------------ issues
     def _issue(self, kind: str, dropped: str | None, message: str, *, file=None, video=None, frame=None) -> None:
@@ -305,7 +311,7 @@ class ActionGenome:
             raise AnnotationError(str(issue))
 
     # ------------------------------------------------------------------ frame selection
-    def _frame_split(self, key: str, video: str, frame: str, objs: Any) -> str | None:
+    def _frame_split(self, video: str, frame: str, objs: Any) -> str | None:
         if not isinstance(objs, list) or not objs:
             what = "an empty list" if isinstance(objs, list) else f"a {type(objs).__name__}, not a list"
             self._issue("bad_object_entry", "frame", f"object entry is {what}", video=video, frame=frame)
@@ -321,7 +327,7 @@ class ActionGenome:
             return None
         return split
 
-    def _collect_candidates(self, keys: list, person: dict, objects: dict) -> dict[str, list[str]]:
+    def _collect_candidates(self, keys: list, objects: dict) -> dict[str, list[str]]:
         """Frames of this split with >=1 visible object, grouped by video in key order."""
         candidates: dict[str, list[str]] = {}
         in_split: dict[str, None] = {}
@@ -335,7 +341,7 @@ class ActionGenome:
                 self._issue("missing_object_entry", "frame", "key absent from the object pickle", video=video, frame=frame)
                 continue
             objs = objects[key]
-            split = self._frame_split(key, video, frame, objs)
+            split = self._frame_split(video, frame, objs)
             if split is not None:
                 splits_seen.setdefault(video, set()).add(split)
             if split != self.mode:
@@ -379,11 +385,16 @@ class ActionGenome:
                 self.valid_video_names.append(video)
             elif n == 1:
                 self.one_frame_video += 1
+                self.dropped_videos[video] = "only one frame with a person box"
             else:  # the reference counts both 0 and 2 kept frames as "no person" (Q-D1)
                 self.non_person_video += 1
                 self.two_frame_video += n == 2
                 self.empty_video += n == 0
+                self.dropped_videos[video] = "only two frames with a person box" if n else "no frame with a person box"
         kept = set(self.valid_video_names)
+        for video in self.videos_in_split:
+            if video not in kept and video not in self.dropped_videos:
+                self.dropped_videos[video] = "no frame with a visible object"
         self.invalid_video_names = sorted(v for v in self.videos_in_split if v not in kept)
 
     def _build_frames(self, video: str, keys: list[str], person: dict, objects: dict):
@@ -468,12 +479,49 @@ class ActionGenome:
                 self._issue("bad_object", "object", f"object {position} is a {type(obj).__name__}, not a dict", video=video, frame=frame)
                 continue
             if obj.get("visible"):
-                record = self._object_record(obj, position, size, video, frame)
+                record = self._fast_object_record(obj, size)
+                if record is None:  # something is off: redo it with full diagnostics
+                    record = self._object_record(obj, position, size, video, frame)
                 if record is not None:
                     records.append(record)
         return records
 
+    def _fast_object_record(self, obj: dict, size) -> dict[str, Any] | None:
+        """The record of a well-formed object, or None whenever any check would speak up.
+
+        AG has millions of objects; this path does only the conversions, and hands anything
+        unusual (including boxes outside the image) to ``_object_record``, which reports it.
+        """
+        try:
+            x, y, w, h = (float(v) for v in obj["bbox"])
+            cls = self._class_index[obj["class"]]
+            names = [obj[f"{t}_relationship"] for t in REL_TYPES]
+            if any(isinstance(n, str) or not n for n in names) or len(names[0]) != 1:
+                return None
+            indices = [[table[n] for n in group] for table, group in zip(self._rel_tables, names)]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (w > 0 and h > 0 and math.isfinite(x + y + w + h)):
+            return None
+        if size is not None and (x < 0 or y < 0 or x + w > size[0] or y + h > size[1]):
+            return None
+        return self._make_record(obj, cls, np.array((x, y, x + w, y + h), dtype=np.float64), indices)
+
+    @staticmethod
+    def _make_record(obj: dict, cls: int, xyxy: np.ndarray, indices: list[list[int]]) -> dict[str, Any]:
+        """A new dict (the pickle's stays untouched, Q-D5) with the converted fields."""
+        record = dict(obj)
+        record["class"] = cls
+        record["bbox"] = xyxy
+        meta = obj.get("metadata")
+        record["metadata"] = dict(meta) if isinstance(meta, dict) else meta
+        for rel_type, labels in zip(REL_TYPES, indices):
+            # from_numpy is ~3x faster than torch.tensor for these tiny lists
+            record[f"{rel_type}_relationship"] = torch.from_numpy(np.array(labels, dtype=np.int64))
+        return record
+
     def _object_record(self, obj: dict, position: int, size, video: str, frame: str) -> dict[str, Any] | None:
+        """The checked path: the record, recording every problem found (None when dropped)."""
         where = dict(video=video, frame=frame)
         label = f"object {position} ({obj.get('class')!r})"
         xyxy = self._object_box(obj.get("bbox"), label, video, frame)
@@ -483,25 +531,18 @@ class ActionGenome:
         if cls is None:
             self._issue("unknown_class", "object", f"{label}: class not in object_classes", **where)
             return None
-        relations = {}
+        relations = []
         for rel_type in REL_TYPES:
             indices = self._relation_indices(obj, rel_type, label, video, frame)
             if indices is None:
                 return None
-            relations[rel_type] = indices
-        if len(relations["attention"]) != 1:
-            self._issue("attention_count", "object", f"{label}: {len(relations['attention'])} attention labels, expected exactly 1", **where)
+            relations.append(indices)
+        if len(relations[0]) != 1:
+            self._issue("attention_count", "object", f"{label}: {len(relations[0])} attention labels, expected exactly 1", **where)
             return None
         if size is not None:
             self._check_bounds(xyxy, size, label, video, frame, self.paths["object_bbox"])
-        record = dict(obj)
-        record["class"] = cls
-        record["bbox"] = xyxy
-        record["metadata"] = dict(obj["metadata"]) if isinstance(obj.get("metadata"), dict) else obj.get("metadata")
-        for rel_type, indices in relations.items():
-            # from_numpy is ~3x faster than torch.tensor for these tiny lists (millions of them in AG)
-            record[f"{rel_type}_relationship"] = torch.from_numpy(np.array(indices, dtype=np.int64))
-        return record
+        return self._make_record(obj, cls, xyxy, relations)
 
     def _object_box(self, bbox: Any, label: str, video: str, frame: str) -> np.ndarray | None:
         """xywh -> float64 [4] xyxy; None (and an issue) when missing or malformed."""

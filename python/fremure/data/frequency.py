@@ -37,11 +37,14 @@ def _annotations(source: Annotations, name: str) -> Sequence:
 def _labels(gt_annotations: Sequence, rel_type: str) -> np.ndarray:
     key = f"{rel_type}_relationship"
     chunks = [
-        np.asarray(obj[key], dtype=np.int64).reshape(-1)
-        for video in gt_annotations for frame in video for obj in frame
+        obj[key] for video in gt_annotations for frame in video for obj in frame
         if key in obj  # the person dict (element 0 of a frame) has no relation keys
     ]
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    if not chunks:
+        return np.zeros(0, dtype=np.int64)
+    if all(isinstance(c, torch.Tensor) for c in chunks):  # the loader's records: one cat, not N conversions
+        return torch.cat([c.reshape(-1) for c in chunks]).long().numpy()
+    return np.concatenate([np.asarray(c, dtype=np.int64).reshape(-1) for c in chunks])
 
 
 def relation_counts(*sources: Annotations) -> dict[str, np.ndarray]:

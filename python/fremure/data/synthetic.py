@@ -468,8 +468,8 @@ def _visible_boxes(raws, size, rng: np.random.Generator, hidden_frame: bool) -> 
     return boxes
 
 
-def _generate_video(rng, name, split, kind, num_frames, num_objects, size, p_no_person, p_no_visible, class_p):
-    """Frames of one video: list of (key, person entry, object entries, image)."""
+def _generate_video(rng, name, split, kind, num_frames, num_objects, size, p_no_person, p_no_visible, class_p, draw):
+    """Frames of one video: list of (key, person entry, object entries, image or None unless ``draw``)."""
     person = _new_person(rng, size, num_frames)
     class_names = list(CLASS_BEHAVIOURS)
     chosen = rng.choice(len(class_names), size=num_objects, replace=False, p=class_p)
@@ -495,7 +495,7 @@ def _generate_video(rng, name, split, kind, num_frames, num_objects, size, p_no_
                 }
             entries.append(_object_entry(obj, name, stem, split, box, relations))
         drawn_person = None if no_person else person_box
-        image = _draw_frame(size, background, drawn_person, facing, objects, boxes)
+        image = _draw_frame(size, background, drawn_person, facing, objects, boxes) if draw else None
         frames.append((key, _person_entry(rng, drawn_person, size), entries, image))
     return frames
 
@@ -608,7 +608,7 @@ def generate_synthetic_ag(
     person_bbox, object_bbox, videos = {}, {}, []
     for name, (kind, split, num_frames, num_objects) in zip(names, plans):
         frames = _generate_video(rng, name, split, kind, num_frames, num_objects, size,
-                                 p_no_person if kind == "normal" else 0.0, p_no_visible, class_p)
+                                 p_no_person if kind == "normal" else 0.0, p_no_visible, class_p, write_frames)
         videos.append(SyntheticVideo(name, split, kind, [f[0] for f in frames]))
         for key, person_entry, entries, image in frames:
             person_bbox[key] = person_entry
