@@ -201,6 +201,7 @@ def test_mini_datasize_reads_only_the_first_keys(sample):
     ds = ActionGenome(sample, "train", datasize="mini", mini_keys=40)
     first = set(list(person)[:40])
     assert all(k in first for v in ds.video_list for k in v)
+    assert ds.report()["keys_skipped_by_datasize"] == len(person) - 40
     assert ds.frames_in_split == sum(1 for k in first if objects[k][0]["metadata"]["set"] == "train")
 
 

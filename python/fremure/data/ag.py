@@ -238,6 +238,7 @@ class ActionGenome:
         person, objects = self._read_pickles()
         keys = list(person)[:mini_keys] if datasize == "mini" else list(person)
         self._reset_counters()
+        self.keys_skipped_by_datasize = len(person) - len(keys)
         candidates = self._collect_candidates(keys, objects)
         self._build_videos(candidates, person, objects)
         self._count_orphan_object_keys(person, objects)
@@ -631,6 +632,7 @@ class ActionGenome:
             "two_frame_video": self.two_frame_video,
             "one_frame_video": self.one_frame_video,
             "non_gt_human_nums": self.non_gt_human_nums,
+            "keys_skipped_by_datasize": self.keys_skipped_by_datasize,
             "frames_in_split": self.frames_in_split,
             "frames_without_visible_object": self.frames_without_visible_object,
             "videos_in_split": len(self.videos_in_split),
