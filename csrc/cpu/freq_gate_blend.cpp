@@ -86,7 +86,7 @@ void forward_rows(const scalar_t* x, const scalar_t* gate, const bool* valid, sc
 
 // Backward over rows. grad_gate is either per row (written in place) or one [D] vector, summed
 // from per-chunk partials so threads never share an accumulator.
-template <typename scalar_t>
+template <typename scalar_t, bool kPerRowGate>
 void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, const bool* valid, scalar_t* dx,
                    scalar_t* dgate, const GateLayout& L) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -126,7 +126,7 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
         const acc_t dxh = freq_gate_blend_dxhat<acc_t>(d, g);
         dxr[j] = scalar_t(freq_gate_blend_dx_direct<acc_t>(d, g) + ln_backward<acc_t>(dxh, xhat[j], rstd, m1, m2));
         const acc_t dg = freq_gate_blend_dgate<acc_t>(d, acc_t(xr[j]), xhat[j]);
-        if (L.per_row_gate) {
+        if constexpr (kPerRowGate) {
           dgate[r * D + j] = scalar_t(dg);
         } else {
           part[j] += dg;
@@ -171,9 +171,10 @@ std::tuple<at::Tensor, at::Tensor> freq_gate_blend_backward_cpu(const at::Tensor
   at::Tensor dx = at::empty_like(xc);
   at::Tensor dgate = at::empty_like(gc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "freq_gate_blend_backward_cpu", [&] {
-    backward_rows<scalar_t>(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                            gc.const_data_ptr<scalar_t>(), vc.defined() ? vc.const_data_ptr<bool>() : nullptr,
-                            dx.mutable_data_ptr<scalar_t>(), dgate.mutable_data_ptr<scalar_t>(), L);
+    const auto run = L.per_row_gate ? &backward_rows<scalar_t, true> : &backward_rows<scalar_t, false>;
+    run(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(),
+        vc.defined() ? vc.const_data_ptr<bool>() : nullptr, dx.mutable_data_ptr<scalar_t>(),
+        dgate.mutable_data_ptr<scalar_t>(), L);
   });
   return {dx, dgate};
 }
