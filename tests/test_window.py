@@ -529,6 +529,8 @@ def test_unpack_bad_inputs(args, exc, match):
         ("window_unpack", (_P.out, _P.src_index[:, :2], None, 6, "latter"), "src_index must have shape"),
         ("window_unpack", (_P.out, _P.src_index, None, -1, "latter"), "num_rows must be >= 0"),
         ("window_unpack", (_P.out.long(), _P.src_index, None, 6, "latter"), "y must be a floating"),
+        ("window_unpack", (_P.out, _P.src_index.to("meta"), None, 6, "latter"), "src_index must be on the same device"),
+        ("window_pack_backward", (_P.out, _P.src_index.to("meta"), 6), "src_index must be on the same device"),
         ("window_unpack_backward", (torch.randn(6, 4), _P.out, _P.src_index, None, "max"), "mode must be one of"),
         ("window_unpack_backward", (torch.randn(6, 5), _P.out, _P.src_index, None, "sum"), "grad_out must have 4"),
         ("window_unpack_backward", (torch.randn(6, 4).double(), _P.out, _P.src_index, None, "sum"),
