@@ -545,3 +545,15 @@ def test_unpack_bad_inputs(args, exc, match):
 def test_unpack_bad_inputs_direct(op, args, match):
     with pytest.raises(RuntimeError, match=match):
         getattr(torch.ops.fremure, op)(*args)
+
+
+def test_fake_kernels_check_mode_and_weights():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as fake_mode:
+        y, src = fake_mode.from_tensor(_P.out), fake_mode.from_tensor(_P.src_index)
+        with pytest.raises(RuntimeError, match="weights must be given"):
+            torch.ops.fremure.window_unpack(y, src, None, 6, "weighted")
+        with pytest.raises(RuntimeError, match="mode must be one of"):
+            torch.ops.fremure.window_unpack_backward(torch.empty(6, 4), y, src, None, "both")
+        assert torch.ops.fremure.window_unpack(y, src, None, 6, "mean").shape == (6, 4)

@@ -186,6 +186,14 @@ def _fake_same_device(op, ref, ref_name, t, name):
                            f"got {t.device}")
 
 
+def _fake_check_mode(op, mode, weights):
+    if mode not in UNPACK_MODES:
+        raise RuntimeError(f"fremure.{op}: mode must be one of {', '.join(repr(m) for m in UNPACK_MODES)}, "
+                           f"got {mode!r}")
+    if mode == "weighted" and weights is None:
+        raise RuntimeError(f"fremure.{op}: weights must be given in mode 'weighted'")
+
+
 @torch.library.register_fake("fremure::window_pack")
 def _pack_fake(x, frame_offsets, window, stride, padded):
     _fake_same_device("window_pack", x, "x", frame_offsets, "frame_offsets")
@@ -215,14 +223,14 @@ def _pack_backward_fake(grad_out, src_index, num_rows):
 @torch.library.register_fake("fremure::window_unpack")
 def _unpack_fake(y, src_index, weights, num_rows, mode):
     _fake_same_device("window_unpack", y, "y", src_index, "src_index")
-    _check_mode(mode)
+    _fake_check_mode("window_unpack", mode, weights)
     return y.new_empty((num_rows, y.shape[-1]))
 
 
 @torch.library.register_fake("fremure::window_unpack_backward")
 def _unpack_backward_fake(grad_out, y, src_index, weights, mode):
     _fake_same_device("window_unpack_backward", y, "y", src_index, "src_index")
-    _check_mode(mode)
+    _fake_check_mode("window_unpack_backward", mode, weights)
     grad_y = grad_out.new_empty(y.shape)
     grad_w = grad_out.new_empty(weights.shape) if mode == "weighted" else grad_out.new_empty((0,))
     return grad_y, grad_w
