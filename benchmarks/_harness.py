@@ -73,12 +73,35 @@ def _memory_bytes(fn: Callable[[], Any], inputs: list[torch.Tensor], device: str
     return sum(saved) + sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
 
 
-def run_cases(cases: list[Case], device: str, min_run_time: float = 0.5) -> list[dict]:
-    """Times every case and provider; returns one row per (case, provider)."""
+def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth (read + write bytes per second), the roofline that
+    memory-bound ops are compared with."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = _median_seconds(lambda: (dst.copy_(src), _sync(device)), 0.5)
+    return 2 * nbytes / seconds / 1e9
+
+
+def with_compiled(providers: dict[str, Callable[[], Any]]) -> dict[str, Callable[[], Any]]:
+    """Adds provider "compiled": torch.compile of the reference (max-autotune-no-cudagraphs)."""
+    if "reference" not in providers:
+        return providers
+    compiled = torch.compile(providers["reference"], mode="max-autotune-no-cudagraphs", dynamic=False)
+    out = {"reference": providers["reference"], "compiled": compiled,
+           **{k: v for k, v in providers.items() if k != "reference"}}
+    return out
+
+
+def run_cases(cases: list[Case], device: str, min_run_time: float = 0.5, compiled: bool = False) -> list[dict]:
+    """Times every case and provider; returns one row per (case, provider). With ``compiled`` a
+    torch.compile'd reference is timed too; on CUDA, bandwidth is also given as a fraction of the
+    measured copy bandwidth."""
     rows = []
+    copy_gbps = copy_bandwidth_gbps(device) if device.startswith("cuda") else None
     for case in cases:
         base_fwd = base_fb = None
-        for name, fn in case.providers.items():
+        providers = with_compiled(case.providers) if compiled else case.providers
+        for name, fn in providers.items():
             with torch.no_grad():
                 fwd = _median_seconds(lambda: (fn(), _sync(device)), min_run_time)
             fb = _median_seconds(lambda: (_fwd_bwd(fn, case.inputs), _sync(device)), min_run_time)
@@ -90,6 +113,8 @@ def run_cases(cases: list[Case], device: str, min_run_time: float = 0.5) -> list
                        speedup_fwd_bwd=base_fb / fb, memory_mib=mem / 2**20)
             if case.bytes_moved is not None:
                 row["fwd_gbps"] = case.bytes_moved / fwd / 1e9
+                if copy_gbps:
+                    row["fwd_fraction_of_copy_bw"] = row["fwd_gbps"] / copy_gbps
             rows.append(row)
             print(f"{case.op:22s} {case.size:28s} {name:12s} fwd {fwd*1e3:9.3f} ms  fwd+bwd {fb*1e3:9.3f} ms"
                   f"  x{base_fb/fb:5.2f}  mem {mem/2**20:8.2f} MiB", flush=True)
@@ -120,9 +145,12 @@ def main(cases_fn: Callable[..., list[Case]], name: str) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--quick", action="store_true", help="small sizes, short timing (smoke test)")
     parser.add_argument("--min-run-time", type=float, default=0.5)
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time torch.compile of the reference (default: on for CUDA)")
     args = parser.parse_args()
+    compiled = args.device.startswith("cuda") if args.compiled is None else args.compiled
     import fremure_ext  # noqa: F401  (registers the ops)
 
     rows = run_cases(cases_fn(args.device, getattr(torch, args.dtype), args.quick), args.device,
-                     0.05 if args.quick else args.min_run_time)
+                     0.05 if args.quick else args.min_run_time, compiled)
     print("wrote", write_csv(rows, f"{name}_{args.device.split(':')[0]}"))

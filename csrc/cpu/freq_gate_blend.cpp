@@ -10,6 +10,7 @@
 
 #include "common/checks.h"
 #include "common/freq_gate_blend.h"
+#include "cpu/row_reduce.h"
 
 namespace fremure {
 namespace {
@@ -48,6 +49,18 @@ void check_gate_values_cpu(const at::Tensor& gate) {
               "fremure.freq_gate_blend: gate contains NaN or inf");
 }
 
+// Mean and 1/std (biased variance, LN0's eps) of one row, two passes for accuracy.
+template <typename scalar_t, typename acc_t>
+inline void row_moments(const scalar_t* xr, int64_t D, acc_t& mean, acc_t& rstd) {
+  mean = lane_sum<acc_t>(D, [&](int64_t j) { return acc_t(xr[j]); }) / acc_t(D);
+  const acc_t m = mean;
+  const acc_t var = lane_sum<acc_t>(D, [&](int64_t j) {
+    const acc_t c = acc_t(xr[j]) - m;
+    return c * c;
+  }) / acc_t(D);
+  rstd = ln_rstd<acc_t>(var, acc_t(kLayerNormEps));
+}
+
 template <typename scalar_t>
 void forward_rows(const scalar_t* x, const scalar_t* gate, const bool* valid, scalar_t* out, const GateLayout& L) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -61,15 +74,8 @@ void forward_rows(const scalar_t* x, const scalar_t* gate, const bool* valid, sc
         continue;
       }
       const scalar_t* gr = L.per_row_gate ? gate + r * D : gate;
-      acc_t sum = 0;
-      for (int64_t j = 0; j < D; ++j) sum += acc_t(xr[j]);
-      const acc_t mean = sum / acc_t(D);
-      acc_t sq = 0;
-      for (int64_t j = 0; j < D; ++j) {
-        const acc_t c = acc_t(xr[j]) - mean;
-        sq += c * c;
-      }
-      const acc_t rstd = ln_rstd<acc_t>(sq / acc_t(D), acc_t(kLayerNormEps));
+      acc_t mean, rstd;
+      row_moments<scalar_t, acc_t>(xr, D, mean, rstd);
       for (int64_t j = 0; j < D; ++j) {
         const acc_t xv = acc_t(xr[j]);
         yr[j] = scalar_t(freq_gate_blend_value<acc_t>(xv, acc_t(gr[j]), ln_normalise<acc_t>(xv, mean, rstd)));
@@ -80,7 +86,7 @@ void forward_rows(const scalar_t* x, const scalar_t* gate, const bool* valid, sc
 
 // Backward over rows. grad_gate is either per row (written in place) or one [D] vector, summed
 // from per-chunk partials so threads never share an accumulator.
-template <typename scalar_t>
+template <typename scalar_t, bool kPerRowGate>
 void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, const bool* valid, scalar_t* dx,
                    scalar_t* dgate, const GateLayout& L) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -102,22 +108,15 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
         continue;
       }
       const scalar_t* gr = L.per_row_gate ? gate + r * D : gate;
-      acc_t sum = 0;
-      for (int64_t j = 0; j < D; ++j) sum += acc_t(xr[j]);
-      const acc_t mean = sum / acc_t(D);
-      acc_t sq = 0;
-      for (int64_t j = 0; j < D; ++j) {
-        const acc_t c = acc_t(xr[j]) - mean;
-        sq += c * c;
-      }
-      const acc_t rstd = ln_rstd<acc_t>(sq / acc_t(D), acc_t(kLayerNormEps));
-      acc_t sum_dxhat = 0, sum_dxhat_xhat = 0;
-      for (int64_t j = 0; j < D; ++j) {
-        xhat[j] = ln_normalise<acc_t>(acc_t(xr[j]), mean, rstd);
+      acc_t mean, rstd;
+      row_moments<scalar_t, acc_t>(xr, D, mean, rstd);
+      for (int64_t j = 0; j < D; ++j) xhat[j] = ln_normalise<acc_t>(acc_t(xr[j]), mean, rstd);
+      acc_t sum_dxhat, sum_dxhat_xhat;
+      lane_sum2<acc_t>(D, [&](int64_t j, acc_t& a, acc_t& b) {
         const acc_t dxh = freq_gate_blend_dxhat<acc_t>(acc_t(dyr[j]), acc_t(gr[j]));
-        sum_dxhat += dxh;
-        sum_dxhat_xhat += dxh * xhat[j];
-      }
+        a += dxh;
+        b += dxh * xhat[j];
+      }, sum_dxhat, sum_dxhat_xhat);
       const acc_t m1 = sum_dxhat / acc_t(D);
       const acc_t m2 = sum_dxhat_xhat / acc_t(D);
       acc_t* part = L.per_row_gate ? nullptr : partial.data() + (begin / grain) * D;
@@ -127,7 +126,7 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
         const acc_t dxh = freq_gate_blend_dxhat<acc_t>(d, g);
         dxr[j] = scalar_t(freq_gate_blend_dx_direct<acc_t>(d, g) + ln_backward<acc_t>(dxh, xhat[j], rstd, m1, m2));
         const acc_t dg = freq_gate_blend_dgate<acc_t>(d, acc_t(xr[j]), xhat[j]);
-        if (L.per_row_gate) {
+        if constexpr (kPerRowGate) {
           dgate[r * D + j] = scalar_t(dg);
         } else {
           part[j] += dg;
@@ -172,9 +171,10 @@ std::tuple<at::Tensor, at::Tensor> freq_gate_blend_backward_cpu(const at::Tensor
   at::Tensor dx = at::empty_like(xc);
   at::Tensor dgate = at::empty_like(gc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "freq_gate_blend_backward_cpu", [&] {
-    backward_rows<scalar_t>(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                            gc.const_data_ptr<scalar_t>(), vc.defined() ? vc.const_data_ptr<bool>() : nullptr,
-                            dx.mutable_data_ptr<scalar_t>(), dgate.mutable_data_ptr<scalar_t>(), L);
+    const auto run = L.per_row_gate ? &backward_rows<scalar_t, true> : &backward_rows<scalar_t, false>;
+    run(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(),
+        vc.defined() ? vc.const_data_ptr<bool>() : nullptr, dx.mutable_data_ptr<scalar_t>(),
+        dgate.mutable_data_ptr<scalar_t>(), L);
   });
   return {dx, dgate};
 }

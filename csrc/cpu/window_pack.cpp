@@ -1,0 +1,122 @@
+// CPU kernels of window_pack (frame-sorted rows -> sliding windows, packed or zero-padded) and of
+// its backward (a deterministic scatter-add of the packed gradient rows onto the source rows).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+#include "common/window.h"
+#include "cpu/window_rows.h"
+
+namespace fremure {
+namespace {
+
+using window_cpu::InverseIndex;
+
+// Checks frame_offsets (CSR over the rows of x) and returns a contiguous copy.
+at::Tensor checked_offsets(const at::Tensor& x, const at::Tensor& frame_offsets) {
+  check_same_device(x, frame_offsets, "x", "frame_offsets");
+  TORCH_CHECK(frame_offsets.scalar_type() == at::kLong,
+              "fremure.window_pack: frame_offsets must be an int64 tensor, got ", frame_offsets.scalar_type());
+  TORCH_CHECK(frame_offsets.dim() == 1 && frame_offsets.size(0) >= 1,
+              "fremure.window_pack: frame_offsets must be a 1-D tensor [num_frames + 1], got shape ",
+              frame_offsets.sizes());
+  at::Tensor off = frame_offsets.contiguous();
+  const int64_t* o = off.const_data_ptr<int64_t>();
+  const int64_t frames = off.size(0) - 1;
+  TORCH_CHECK(o[0] == 0, "fremure.window_pack: frame_offsets[0] must be 0, got ", o[0]);
+  for (int64_t f = 0; f < frames; ++f) {
+    TORCH_CHECK(o[f + 1] >= o[f], "fremure.window_pack: frame_offsets must be nondecreasing, got frame_offsets[",
+                f + 1, "] = ", o[f + 1], " < frame_offsets[", f, "] = ", o[f]);
+  }
+  TORCH_CHECK(o[frames] == x.size(0), "fremure.window_pack: frame_offsets[-1] must equal the number of rows of x (",
+              x.size(0), "), got ", o[frames]);
+  return off;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cpu(const at::Tensor& x,
+                                                                           const at::Tensor& frame_offsets,
+                                                                           int64_t window, int64_t stride,
+                                                                           bool padded) {
+  check_floating(x, "x");
+  TORCH_CHECK(x.dim() == 2, "fremure.window_pack: x must be [N, D] (2 dimensions), got shape ", x.sizes());
+  TORCH_CHECK(window >= 1, "fremure.window_pack: window must be >= 1, got ", window);
+  TORCH_CHECK(stride >= 1, "fremure.window_pack: stride must be >= 1, got ", stride);
+  const at::Tensor off_t = checked_offsets(x, frame_offsets);
+  const int64_t* off = off_t.const_data_ptr<int64_t>();
+  const int64_t frames = off_t.size(0) - 1;
+  const int64_t dim = x.size(1);
+
+  int64_t rows_max = 0;  // the reference's l: most rows in one frame
+  for (int64_t f = 0; f < frames; ++f) rows_max = std::max(rows_max, off[f + 1] - off[f]);
+
+  const int64_t n_win = window_count(frames, window, stride);
+  const at::TensorOptions long_opts = off_t.options();
+  at::Tensor window_offsets = at::empty({n_win + 1}, long_opts);
+  int64_t* wo = window_offsets.mutable_data_ptr<int64_t>();
+  wo[0] = 0;
+  for (int64_t w = 0; w < n_win; ++w) {
+    const int64_t first = window_first_frame(w, frames, window, stride);
+    wo[w + 1] = wo[w] + off[first + window] - off[first];
+  }
+
+  // Index of each packed slot: the window's rows in frame (= original) order, then padding.
+  const int64_t slots = padded ? window * rows_max : 0;  // L, padded layout only
+  const int64_t total = padded ? n_win * slots : wo[n_win];
+  at::Tensor src_index = padded ? at::empty({n_win, slots}, long_opts) : at::empty({total}, long_opts);
+  at::Tensor position = at::empty_like(src_index);
+  int64_t* src = src_index.mutable_data_ptr<int64_t>();
+  int64_t* pos = position.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, n_win, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t first = window_first_frame(w, frames, window, stride);
+      int64_t k = padded ? w * slots : wo[w];
+      const int64_t k_end = padded ? (w + 1) * slots : wo[w + 1];
+      for (int64_t f = 0; f < window; ++f) {
+        for (int64_t r = off[first + f]; r < off[first + f + 1]; ++r, ++k) {
+          src[k] = r;
+          pos[k] = f;
+        }
+      }
+      for (; k < k_end; ++k) {
+        src[k] = -1;
+        pos[k] = -1;
+      }
+    }
+  });
+
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = padded ? at::empty({n_win, slots, dim}, x.options()) : at::empty({total, dim}, x.options());
+  window_cpu::gather_rows_copy(xc, src, total, out);
+  return {out, src_index, position, window_offsets};
+}
+
+// grad_x[r] = sum of grad_out[p] over the packed rows p with src_index[p] == r, in packed order.
+at::Tensor window_pack_backward_cpu(const at::Tensor& grad_out, const at::Tensor& src_index, int64_t num_rows) {
+  window_cpu::check_packed(grad_out, src_index, num_rows, "window_pack_backward", "grad_out");
+  const at::Tensor sc = src_index.contiguous();
+  const int64_t* src = sc.const_data_ptr<int64_t>();
+  const int64_t count = sc.numel();
+  window_cpu::check_src_values(src, count, num_rows, "window_pack_backward");
+  const int64_t dim = grad_out.size(-1);
+  const at::Tensor gc = grad_out.contiguous();
+  const InverseIndex inv = window_cpu::build_inverse(src, count, num_rows);
+  at::Tensor grad_x = at::empty({num_rows, dim}, grad_out.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "window_pack_backward_cpu", [&] {
+    window_cpu::reduce_rows<scalar_t>(gc.const_data_ptr<scalar_t>(), inv, nullptr, nullptr, false, num_rows, dim,
+                                      grad_x.mutable_data_ptr<scalar_t>());
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fremure, CPU, m) {
+  m.impl("window_pack", &window_pack_cpu);
+  m.impl("window_pack_backward", &window_pack_backward_cpu);
+}
+
+}  // namespace fremure
