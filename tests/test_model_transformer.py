@@ -273,3 +273,22 @@ def test_keys_match_published_layout():
     model = build(fx["config"], "reference")
     assert list(model.state_dict()) == list(fx["state_dict"])
     assert [k for k in itertools.chain(model.state_dict()) if k.startswith("global_attention_tail")]
+
+
+@needs_ops
+def test_compile_fullgraph_ops_path():
+    """The packed path traces into one graph (frame counts become unbacked symbolic sizes)."""
+    torch.manual_seed(0)
+    model = GlocalTransformer(**SMALL, mem_compute="joint", kernels="ops").eval()
+    features, im_idx = random_video([2, 3, 1, 2], SMALL["embed_dim"])
+    memory = random_memory(SMALL["embed_dim"])
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x_eager, x_comp = features.clone().requires_grad_(), features.clone().requires_grad_()
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        out = compiled(x_comp, im_idx, memory, "spatial", FREQ["spatial"])
+    ref = model(x_eager, im_idx, memory, "spatial", FREQ["spatial"])
+    torch.testing.assert_close(out.output, ref.output, **FWD_TOL)
+    out.output.sum().backward()
+    ref.output.sum().backward()
+    torch.testing.assert_close(x_comp.grad, x_eager.grad, **GRAD_TOL)

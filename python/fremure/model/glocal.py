@@ -325,13 +325,13 @@ class GlocalTransformer(nn.Module):
         packs = [fremure_ext.window_pack(z[r * n:(r + 1) * n], layout.offsets, self.window, self.stride, False)
                  for r in range(copies)]
         per_copy = packs[0].out.shape[0]
-        if per_copy == 0:
+        if not torch.compiler.is_compiling() and per_copy == 0:
             return torch.zeros_like(z).detach()  # the published output of a too-short video: all zeros
         tokens = torch.cat([p.out for p in packs]) if copies > 1 else packs[0].out
         src = torch.cat([p.src_index + r * n for r, p in enumerate(packs)])
         position = packs[0].position.repeat(copies)
         offsets = torch.cat([p.window_offsets[:-1] + r * per_copy for r, p in enumerate(packs)]
-                            + [packs[0].window_offsets.new_tensor([copies * per_copy])])
+                            + [packs[-1].window_offsets[-1:] + (copies - 1) * per_copy])
         pos_embed = self.position_embedding.weight[position].to(z.dtype)
         y = tokens
         for layer in self.global_attention.layers:

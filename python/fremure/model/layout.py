@@ -80,9 +80,8 @@ def slot_order(layout: FrameLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """
     key = layout.slot * layout.num_frames + layout.frame
     order = torch.argsort(key)
-    slot_counts = torch.bincount(layout.slot, minlength=layout.most)
-    slot_offsets = torch.zeros(layout.most + 1, dtype=torch.long, device=key.device)
-    slot_offsets[1:] = slot_counts.cumsum(0)
+    slots = torch.arange(layout.most + 1, device=key.device)
+    slot_offsets = torch.searchsorted(layout.slot[order], slots)
     return order, slot_offsets
 
 
