@@ -47,3 +47,22 @@ def test_export_refuses_beyond_reference_parameters():
     model = GlocalTransformer(embed_dim=16, nhead=2, dim_feedforward=32, mode="weighted")
     with pytest.raises(ValueError, match="window_weight"):
         export_reference_state_dict(model)
+
+
+def test_shared_checkpoint_initialises_every_separate_branch():
+    fx = load_fixture("transformer_plain.pt")
+
+    class Separate(torch.nn.Module):  # the layout of FReMuRe(decouple="separate"), transformers only
+        decouple = "separate"
+
+        def __init__(self):
+            super().__init__()
+            self.glocal_transformer = torch.nn.ModuleDict({r: build(fx["config"], "reference")
+                                                           for r in ("attention", "spatial", "contact")})
+
+    model = Separate()
+    load_reference_state_dict(model, {f"glocal_transformer.{k}": v for k, v in fx["state_dict"].items()})
+    for branch in model.glocal_transformer.values():
+        assert torch.equal(branch.position_embedding.weight, fx["state_dict"]["position_embedding.weight"])
+    with pytest.raises(ValueError, match="decouple='separate'"):
+        export_reference_state_dict(model)
