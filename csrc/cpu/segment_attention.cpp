@@ -84,47 +84,90 @@ struct BackwardArgs {
   T scale;
 };
 
-// ---- vector primitives over one head row (length n); `omp simd` lets the reductions reassociate.
+// ---- vector primitives over head rows of length n. `omp simd` lets the reductions reassociate;
+// keys are taken in groups of N = 4, 2 or 1 so that one pass over a query row serves N keys and
+// the N accumulator chains hide the FMA latency.
 
+// a . b with two independent chains (the halves of the row).
 template <typename T>
 FREMURE_ALWAYS_INLINE T dot1(const T* a, const T* b, int64_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t d = 0; d < n; ++d) s += a[d] * b[d];
-  return s;
-}
-
-// a . b0..b3 with a single pass over a.
-template <typename T>
-FREMURE_ALWAYS_INLINE void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, int64_t n, T* s) {
-  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int64_t d = 0; d < n; ++d) {
-    const T x = a[d];
-    s0 += x * b0[d];
-    s1 += x * b1[d];
-    s2 += x * b2[d];
-    s3 += x * b3[d];
+  const int64_t half = n / 2;
+  const T* a1 = a + half;
+  const T* b1 = b + half;
+  T s0 = 0, s1 = 0;
+#pragma omp simd reduction(+ : s0, s1)
+  for (int64_t d = 0; d < half; ++d) {
+    s0 += a[d] * b[d];
+    s1 += a1[d] * b1[d];
   }
-  s[0] = s0;
-  s[1] = s1;
-  s[2] = s2;
-  s[3] = s3;
+  if (n & 1) s0 += a[n - 1] * b[n - 1];
+  return s0 + s1;
 }
 
-// y += c0 b0 + ... + c3 b3
-template <typename T>
-FREMURE_ALWAYS_INLINE void axpy4(T* y, const T* c, const T* b0, const T* b1, const T* b2, const T* b3, int64_t n) {
-  const T c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
-#pragma omp simd
-  for (int64_t d = 0; d < n; ++d) y[d] += c0 * b0[d] + c1 * b1[d] + c2 * b2[d] + c3 * b3[d];
+// s[c] = a . b[c] for c < N, one pass over a.
+template <int N, typename T>
+FREMURE_ALWAYS_INLINE void dot_group(const T* a, const T* const* b, int64_t n, T* s) {
+  if constexpr (N == 1) {
+    s[0] = dot1(a, b[0], n);
+  } else {
+    const T* b0 = b[0];
+    const T* b1 = b[1];
+    const T* b2 = b[N > 2 ? 2 : 0];
+    const T* b3 = b[N > 3 ? 3 : 0];
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t d = 0; d < n; ++d) {
+      const T x = a[d];
+      s0 += x * b0[d];
+      s1 += x * b1[d];
+      if constexpr (N > 2) s2 += x * b2[d];
+      if constexpr (N > 3) s3 += x * b3[d];
+    }
+    s[0] = s0;
+    s[1] = s1;
+    if constexpr (N > 2) s[2] = s2;
+    if constexpr (N > 3) s[3] = s3;
+  }
 }
 
-template <typename T>
-FREMURE_ALWAYS_INLINE void axpy1(T* y, T c, const T* b, int64_t n) {
+// y += sum_c c[c] b[c]
+template <int N, typename T>
+FREMURE_ALWAYS_INLINE void axpy_group(T* y, const T* c, const T* const* b, int64_t n) {
+  const T* b0 = b[0];
+  const T* b1 = b[N > 1 ? 1 : 0];
+  const T* b2 = b[N > 2 ? 2 : 0];
+  const T* b3 = b[N > 3 ? 3 : 0];
+  const T c0 = c[0], c1 = c[N > 1 ? 1 : 0], c2 = c[N > 2 ? 2 : 0], c3 = c[N > 3 ? 3 : 0];
 #pragma omp simd
-  for (int64_t d = 0; d < n; ++d) y[d] += c * b[d];
+  for (int64_t d = 0; d < n; ++d) {
+    T acc = y[d] + c0 * b0[d];
+    if constexpr (N > 1) acc += c1 * b1[d];
+    if constexpr (N > 2) acc += c2 * b2[d];
+    if constexpr (N > 3) acc += c3 * b3[d];
+    y[d] = acc;
+  }
 }
+
+// Expands STMT (which uses the group size N and first key jj) over keys [0, count) in groups of
+// 4, then 2, then 1. A macro rather than a generic lambda: a lambda is a function of its own that
+// the compiler may keep out of line, and then it would miss the ISA of the clone that calls it.
+#define FREMURE_FOR_KEY_GROUPS(count, STMT)      \
+  do {                                           \
+    int64_t jj = 0;                              \
+    for (; jj + 4 <= (count); jj += 4) {         \
+      constexpr int N = 4;                       \
+      STMT;                                      \
+    }                                            \
+    if (jj + 2 <= (count)) {                     \
+      constexpr int N = 2;                       \
+      STMT;                                      \
+      jj += 2;                                   \
+    }                                            \
+    if (jj < (count)) {                          \
+      constexpr int N = 1;                       \
+      STMT;                                      \
+    }                                            \
+  } while (0)
 
 // ---- forward: one (segment, head) pair
 
@@ -134,6 +177,8 @@ FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, in
   const int64_t len = a.offsets[seg + 1] - start;
   const int64_t n = a.dh;
   T s[kKeyTile];
+  const T* kr[kKeyTile];
+  const T* vr[kKeyTile];
   for (int64_t i = 0; i < len; ++i) {
     const T* qi = a.q.row(start + i, h);
     T* oi = a.out.row(start + i, h);
@@ -142,22 +187,20 @@ FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, in
     T l = T(0);
     for (int64_t j0 = 0; j0 < len; j0 += kKeyTile) {
       const int64_t nb = std::min(kKeyTile, len - j0);
-      const int64_t kt = start + j0;
-      int64_t jj = 0;
-      for (; jj + 4 <= nb; jj += 4) {
-        dot4(qi, a.k.row(kt + jj, h), a.k.row(kt + jj + 1, h), a.k.row(kt + jj + 2, h), a.k.row(kt + jj + 3, h), n,
-             s + jj);
+      for (int64_t jj = 0; jj < nb; ++jj) {
+        kr[jj] = a.k.row(start + j0 + jj, h);
+        vr[jj] = a.v.row(start + j0 + jj, h);
       }
-      for (; jj < nb; ++jj) s[jj] = dot1(qi, a.k.row(kt + jj, h), n);
+      FREMURE_FOR_KEY_GROUPS(nb, (dot_group<N>(qi, kr + jj, n, s + jj)));
       T tile_max = attn_neg_inf<T>();
-      for (jj = 0; jj < nb; ++jj) {
+      for (int64_t jj = 0; jj < nb; ++jj) {
         s[jj] *= a.scale;
         tile_max = std::max(tile_max, s[jj]);
       }
       const T m_new = std::max(m, tile_max);
       const T alpha = attn_rescale<T>(m, m_new);
       T tile_sum = T(0);
-      for (jj = 0; jj < nb; ++jj) {
+      for (int64_t jj = 0; jj < nb; ++jj) {
         s[jj] = std::exp(s[jj] - m_new);
         tile_sum += s[jj];
       }
@@ -165,11 +208,7 @@ FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, in
       if (j0 > 0 && alpha != T(1)) {
         for (int64_t d = 0; d < n; ++d) oi[d] *= alpha;
       }
-      for (jj = 0; jj + 4 <= nb; jj += 4) {
-        axpy4(oi, s + jj, a.v.row(kt + jj, h), a.v.row(kt + jj + 1, h), a.v.row(kt + jj + 2, h),
-              a.v.row(kt + jj + 3, h), n);
-      }
-      for (; jj < nb; ++jj) axpy1(oi, s[jj], a.v.row(kt + jj, h), n);
+      FREMURE_FOR_KEY_GROUPS(nb, (axpy_group<N>(oi, s + jj, vr + jj, n)));
       m = m_new;
     }
     const T inv = T(1) / l;
@@ -178,8 +217,85 @@ FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, in
   }
 }
 
-// ---- backward: one (segment, head) pair; delta is scratch for `len` row sums.
+// ---- backward: one (segment, head) pair
 
+// Query row i against keys b[0..N): recompute p, accumulate dQ_i, dK_j and dV_j.
+template <int N, typename T>
+FREMURE_ALWAYS_INLINE void backward_group(const T* qi, const T* doi, T* dqi, T lse_i, T delta_i, T scale,
+                                          const T* const* kr, const T* const* vr, T* const* dkr, T* const* dvr,
+                                          int64_t n) {
+  T s[4] = {0, 0, 0, 0};
+  T g[4] = {0, 0, 0, 0};
+  {
+    const T* k0 = kr[0];
+    const T* k1 = kr[N > 1 ? 1 : 0];
+    const T* k2 = kr[N > 2 ? 2 : 0];
+    const T* k3 = kr[N > 3 ? 3 : 0];
+    const T* v0 = vr[0];
+    const T* v1 = vr[N > 1 ? 1 : 0];
+    const T* v2 = vr[N > 2 ? 2 : 0];
+    const T* v3 = vr[N > 3 ? 3 : 0];
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0, g0 = 0, g1 = 0, g2 = 0, g3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, g0, g1, g2, g3)
+    for (int64_t d = 0; d < n; ++d) {
+      const T x = qi[d];
+      const T y = doi[d];
+      s0 += x * k0[d];
+      g0 += y * v0[d];
+      if constexpr (N > 1) {
+        s1 += x * k1[d];
+        g1 += y * v1[d];
+      }
+      if constexpr (N > 2) {
+        s2 += x * k2[d];
+        g2 += y * v2[d];
+      }
+      if constexpr (N > 3) {
+        s3 += x * k3[d];
+        g3 += y * v3[d];
+      }
+    }
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+    g[0] = g0, g[1] = g1, g[2] = g2, g[3] = g3;
+  }
+  T p[4], ds[4];
+  for (int c = 0; c < N; ++c) {
+    p[c] = attn_prob<T>(scale * s[c], lse_i);
+    ds[c] = attn_dscore<T>(p[c], g[c], delta_i, scale);
+  }
+  axpy_group<N>(dqi, ds, kr, n);
+  T* dk0 = dkr[0];
+  T* dk1 = dkr[N > 1 ? 1 : 0];
+  T* dk2 = dkr[N > 2 ? 2 : 0];
+  T* dk3 = dkr[N > 3 ? 3 : 0];
+  T* dv0 = dvr[0];
+  T* dv1 = dvr[N > 1 ? 1 : 0];
+  T* dv2 = dvr[N > 2 ? 2 : 0];
+  T* dv3 = dvr[N > 3 ? 3 : 0];
+  const T c0 = ds[0], c1 = ds[N > 1 ? 1 : 0], c2 = ds[N > 2 ? 2 : 0], c3 = ds[N > 3 ? 3 : 0];
+  const T p0 = p[0], p1 = p[N > 1 ? 1 : 0], p2 = p[N > 2 ? 2 : 0], p3 = p[N > 3 ? 3 : 0];
+#pragma omp simd
+  for (int64_t d = 0; d < n; ++d) {
+    const T x = qi[d];
+    const T y = doi[d];
+    dk0[d] += c0 * x;
+    dv0[d] += p0 * y;
+    if constexpr (N > 1) {
+      dk1[d] += c1 * x;
+      dv1[d] += p1 * y;
+    }
+    if constexpr (N > 2) {
+      dk2[d] += c2 * x;
+      dv2[d] += p2 * y;
+    }
+    if constexpr (N > 3) {
+      dk3[d] += c3 * x;
+      dv3[d] += p3 * y;
+    }
+  }
+}
+
+// delta is scratch for `len` row sums rowsum(dO * O).
 template <typename T>
 FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, int64_t h, T* delta) {
   const int64_t start = a.offsets[seg];
@@ -197,9 +313,19 @@ FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, 
     }
     delta[i] = dot1(a.dout.row(t, h), a.out.row(t, h), n);
   }
+  const T* kr[kBwdKeyBlock];
+  const T* vr[kBwdKeyBlock];
+  T* dkr[kBwdKeyBlock];
+  T* dvr[kBwdKeyBlock];
   for (int64_t j0 = 0; j0 < len; j0 += kBwdKeyBlock) {
     const int64_t nb = std::min(kBwdKeyBlock, len - j0);
-    const int64_t kt = start + j0;
+    for (int64_t jj = 0; jj < nb; ++jj) {
+      const int64_t t = start + j0 + jj;
+      kr[jj] = a.k.row(t, h);
+      vr[jj] = a.v.row(t, h);
+      dkr[jj] = a.dk.row(t, h);
+      dvr[jj] = a.dv.row(t, h);
+    }
     for (int64_t i = 0; i < len; ++i) {
       const int64_t t = start + i;
       const T* qi = a.q.row(t, h);
@@ -207,78 +333,8 @@ FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, 
       T* dqi = a.dq.row(t, h);
       const T lse_i = a.lse[t * a.heads + h];
       const T delta_i = delta[i];
-      int64_t jj = 0;
-      for (; jj + 4 <= nb; jj += 4) {
-        const T* k0 = a.k.row(kt + jj, h);
-        const T* k1 = a.k.row(kt + jj + 1, h);
-        const T* k2 = a.k.row(kt + jj + 2, h);
-        const T* k3 = a.k.row(kt + jj + 3, h);
-        const T* v0 = a.v.row(kt + jj, h);
-        const T* v1 = a.v.row(kt + jj + 1, h);
-        const T* v2 = a.v.row(kt + jj + 2, h);
-        const T* v3 = a.v.row(kt + jj + 3, h);
-        T s0 = 0, s1 = 0, s2 = 0, s3 = 0, g0 = 0, g1 = 0, g2 = 0, g3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, g0, g1, g2, g3)
-        for (int64_t d = 0; d < n; ++d) {
-          const T x = qi[d];
-          const T y = doi[d];
-          s0 += x * k0[d];
-          s1 += x * k1[d];
-          s2 += x * k2[d];
-          s3 += x * k3[d];
-          g0 += y * v0[d];
-          g1 += y * v1[d];
-          g2 += y * v2[d];
-          g3 += y * v3[d];
-        }
-        const T p0 = attn_prob<T>(a.scale * s0, lse_i), p1 = attn_prob<T>(a.scale * s1, lse_i);
-        const T p2 = attn_prob<T>(a.scale * s2, lse_i), p3 = attn_prob<T>(a.scale * s3, lse_i);
-        const T ds[4] = {attn_dscore<T>(p0, g0, delta_i, a.scale), attn_dscore<T>(p1, g1, delta_i, a.scale),
-                         attn_dscore<T>(p2, g2, delta_i, a.scale), attn_dscore<T>(p3, g3, delta_i, a.scale)};
-        axpy4(dqi, ds, k0, k1, k2, k3, n);
-        T* dk0 = a.dk.row(kt + jj, h);
-        T* dk1 = a.dk.row(kt + jj + 1, h);
-        T* dk2 = a.dk.row(kt + jj + 2, h);
-        T* dk3 = a.dk.row(kt + jj + 3, h);
-        T* dv0 = a.dv.row(kt + jj, h);
-        T* dv1 = a.dv.row(kt + jj + 1, h);
-        T* dv2 = a.dv.row(kt + jj + 2, h);
-        T* dv3 = a.dv.row(kt + jj + 3, h);
-        const T c0 = ds[0], c1 = ds[1], c2 = ds[2], c3 = ds[3];
-#pragma omp simd
-        for (int64_t d = 0; d < n; ++d) {
-          const T x = qi[d];
-          const T y = doi[d];
-          dk0[d] += c0 * x;
-          dk1[d] += c1 * x;
-          dk2[d] += c2 * x;
-          dk3[d] += c3 * x;
-          dv0[d] += p0 * y;
-          dv1[d] += p1 * y;
-          dv2[d] += p2 * y;
-          dv3[d] += p3 * y;
-        }
-      }
-      for (; jj < nb; ++jj) {
-        const T* kj = a.k.row(kt + jj, h);
-        const T* vj = a.v.row(kt + jj, h);
-        T s = 0, g = 0;
-#pragma omp simd reduction(+ : s, g)
-        for (int64_t d = 0; d < n; ++d) {
-          s += qi[d] * kj[d];
-          g += doi[d] * vj[d];
-        }
-        const T p = attn_prob<T>(a.scale * s, lse_i);
-        const T c = attn_dscore<T>(p, g, delta_i, a.scale);
-        axpy1(dqi, c, kj, n);
-        T* dkj = a.dk.row(kt + jj, h);
-        T* dvj = a.dv.row(kt + jj, h);
-#pragma omp simd
-        for (int64_t d = 0; d < n; ++d) {
-          dkj[d] += c * qi[d];
-          dvj[d] += p * doi[d];
-        }
-      }
+      FREMURE_FOR_KEY_GROUPS(
+          nb, (backward_group<N>(qi, doi, dqi, lse_i, delta_i, a.scale, kr + jj, vr + jj, dkr + jj, dvr + jj, n)));
     }
   }
 }
@@ -470,6 +526,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
   });
   return {dq, dk, dv};
 }
+
+#undef FREMURE_FOR_KEY_GROUPS
 
 }  // namespace segment_attention_detail
 

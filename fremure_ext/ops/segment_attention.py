@@ -37,6 +37,18 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
         log-sum-exp that backward uses is the op's second output
         (``torch.ops.fremure.segment_attention``), not returned here.
     """
+    _check_inputs(q, k, v, segment_offsets)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale))[0]
+
+
+def _check_inputs(q, k, v, segment_offsets) -> None:
+    """Metadata checks (no data read): TypeError for a wrong type or dtype, ValueError else."""
     check_float(q, "q")
     check_float(k, "k")
     check_float(v, "v")
@@ -56,13 +68,33 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
     if segment_offsets.dim() != 1 or segment_offsets.shape[0] < 1:
         raise ValueError(f"segment_offsets must be a 1-D tensor [S + 1] with at least one element, "
                          f"got shape {tuple(segment_offsets.shape)}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale))[0]
+
+
+def _check_fake(op: str, check, *args) -> None:
+    """Runs a metadata check inside a fake kernel; the error is a RuntimeError as from the C++ kernel.
+
+    The fake kernel is also what runs when the inputs mix a real device with "meta", so it must
+    reject what the real kernel rejects instead of returning uninitialised memory.
+    """
+    try:
+        check(*args)
+    except (TypeError, ValueError) as err:
+        raise RuntimeError(f"fremure.{op}: {err}") from err
+
+
+def _check_backward_inputs(grad_out, q, k, v, out, lse, segment_offsets) -> None:
+    _check_inputs(q, k, v, segment_offsets)
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        check_float(t, name)
+        check_same(q, "q", t, name)
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+    check_tensor(lse, "lse")
+    check_same(q, "q", lse, "lse", dtype=False)
+    if lse.dtype != _lse_dtype(q.dtype):
+        raise TypeError(f"lse must have dtype {_lse_dtype(q.dtype)} for {q.dtype} inputs, got {lse.dtype}")
+    if lse.shape != q.shape[:2]:
+        raise ValueError(f"lse must have shape {tuple(q.shape[:2])}, got {tuple(lse.shape)}")
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -71,6 +103,7 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.library.register_fake("fremure::segment_attention")
 def _fake(q, k, v, segment_offsets, scale):
+    _check_fake("segment_attention", _check_inputs, q, k, v, segment_offsets)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
     return out, lse
@@ -78,6 +111,7 @@ def _fake(q, k, v, segment_offsets, scale):
 
 @torch.library.register_fake("fremure::segment_attention_backward")
 def _fake_backward(grad_out, q, k, v, out, lse, segment_offsets, scale):
+    _check_fake("segment_attention_backward", _check_backward_inputs, grad_out, q, k, v, out, lse, segment_offsets)
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 
