@@ -3,8 +3,9 @@
 // q, k, v: [T, H, Dh] packed tokens; segment_offsets: [S + 1] CSR boundaries. Work is split over
 // (segment, head) pairs: each pair owns the rows [start, end) x {h} of every output, so threads
 // never share an accumulator. Scores are never stored beyond one tile of keys per query
-// (forward, online softmax) or one (query, key) pair at a time (backward, probabilities
-// recomputed from the saved lse), so any segment length works with O(Dh) scratch.
+// (forward, online softmax) or one group of keys at a time (backward, probabilities recomputed
+// from the saved lse): any segment length works with bounded scratch (one tile of scores, and
+// one row sum rowsum(dO * O) per query of the segment in backward).
 //
 // Inputs only need a unit stride in their last dimension (views such as the q/k/v slices of a
 // fused projection are read in place). float and double compute in their own type; float16 and
