@@ -63,13 +63,21 @@ class GlocalTransformer(nn.Module):
         gate: "stats" (published six-statistic FreqGate) or "log_inverse" (the paper's Eq. 2).
         keep_unused: build ``global_attention_tail`` and ``fusion_gate_global``, which the
             published forward never uses but its checkpoints contain.
+        zero_sum_padding: reference path only: the published padding rule of the temporal
+            decoder, where a row whose features sum to exactly 0 counts as padding (no query
+            attends to it; AG spec Q-M2). False: explicit padding masks. The ops path always uses
+            explicit masks: whether a sum of D rounded values is exactly 0 depends on the rounding
+            of the computation that produced them, so no other computation can reproduce the
+            rule row for row. It matters in practice only while the LayerNorm affine parameters
+            are at their initial values (the no-frequency path feeds LayerNorm outputs, which sum
+            to ~0, straight into the decoder); the two paths then differ on the affected rows.
     """
 
     def __init__(self, embed_dim: int = 1936, nhead: int = 8, dim_feedforward: int = 2048, enc_layer_num: int = 1,
                  dec_layer_num: int = 3, dropout: float = 0.1, mode: str = "latter", mem_compute: str | None = None,
                  mem_fusion: str = "late", selection: str = "manual", selection_lambda: float = 0.5,
                  window: int = 2, stride: int = 1, kernels: str = "auto", gate: str = "stats",
-                 keep_unused: bool = True):
+                 keep_unused: bool = True, zero_sum_padding: bool = True):
         super().__init__()
         _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride)
         self.embed_dim = embed_dim
@@ -79,6 +87,7 @@ class GlocalTransformer(nn.Module):
         self.selection = selection
         self.selection_lambda = float(selection_lambda)
         self.window, self.stride = window, stride
+        self.zero_sum_padding = zero_sum_padding
         self.kernels = check_kernels(kernels)
 
         self.local_attention = LayerStack(EncoderLayer(embed_dim, nhead, dim_feedforward, dropout), enc_layer_num)
@@ -255,8 +264,12 @@ class GlocalTransformer(nn.Module):
         global_input = z.new_zeros(wl.length, wl.num_windows, dim).index_put(index, z[wl.src])
         position = z.new_zeros(wl.length, wl.num_windows, dim).index_put(
             index, self.position_embedding.weight[wl.position].to(z.dtype))
-        # Published padding rule: a row is padding when its features sum to exactly 0.
-        masks = (global_input.reshape(-1, dim).sum(dim=1) == 0).view(wl.length, wl.num_windows).T
+        if self.zero_sum_padding:
+            # Published padding rule: a row is padding when its features sum to exactly 0.
+            masks = (global_input.reshape(-1, dim).sum(dim=1) == 0).view(wl.length, wl.num_windows).T
+        else:
+            masks = torch.ones(wl.num_windows, wl.length, dtype=torch.bool, device=z.device)
+            masks[wl.window_id, wl.row] = False
         y = global_input
         for layer in self.global_attention.layers:
             y = layer(y, masks, position)
@@ -322,6 +335,10 @@ class GlocalTransformer(nn.Module):
         """Temporal decoder over ``copies`` stacked copies ``[copies * N, D]`` of one video's rows
         (one per relation type), all windows of all copies in one packed batch."""
         n = z.shape[0] // copies
+        if torch.compiler.is_compiling():
+            # window_pack's fake kernel counts windows with Python comparisons on the (data-dependent)
+            # frame count; a traced graph therefore assumes at least one full window.
+            torch._check(layout.num_frames >= self.window)
         packs = [fremure_ext.window_pack(z[r * n:(r + 1) * n], layout.offsets, self.window, self.stride, False)
                  for r in range(copies)]
         per_copy = packs[0].out.shape[0]

@@ -50,11 +50,14 @@ def frame_layout(im_idx: torch.Tensor, num_rows: int, device: torch.device | Non
     if not torch.compiler.is_compiling():
         _check_frames(im_idx)
     frame = im_idx.to(device=device, dtype=torch.long)
-    num_frames = int(frame[-1]) + 1
+    last = int(frame[-1])
+    torch._check(last >= 0)  # lets torch.compile treat the frame count as a size
+    num_frames = last + 1
     offsets = torch.searchsorted(frame, torch.arange(num_frames + 1, device=device))
     counts = offsets.diff()
     slot = torch.arange(num_rows, device=device) - offsets[frame]
     most = int(counts.max())
+    torch._check(most >= 1)
     return FrameLayout(frame, offsets, counts, slot, num_frames, most)
 
 
