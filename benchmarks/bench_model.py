@@ -13,8 +13,9 @@ Providers (each in its own subprocess, so the peak RSS is its own):
   does not use (RoIAlign/NMS, the Cython box code, GloVe download) are replaced by stand-ins
   before import; all providers use torch.optim.AdamW.
 
-Reports the median step time over the video set (several rounds, providers interleaved) and the
-peak resident memory of each provider's process; writes benchmarks/results/model_step_cpu.csv.
+Reports the median step time over the video set (several rounds, providers interleaved), the
+median process CPU time per step (less sensitive to other jobs on a shared machine) and the peak
+resident memory of each provider's process; writes benchmarks/results/model_step_cpu.csv.
 
     PYTHONPATH=.:python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
 """
@@ -160,13 +161,14 @@ def worker(args) -> dict:
         optimizer.step()
 
     step(*data[0])  # warm-up (allocator, optimizer state)
-    times = []
+    times, cpu_times = [], []
     for entry, labels in data:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step(entry, labels)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     pairs = [sum(v) for v in videos]
-    return {"provider": args.provider, "times": times, "pairs": pairs,
+    return {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -210,18 +212,22 @@ def main() -> None:
             result = run_worker(provider, args)
             runs[provider].append(result)
             print(f"round {round_} {provider:10s} median step {statistics.median(result['times']) * 1e3:8.1f} ms  "
+                  f"(CPU {statistics.median(result['cpu_times']) * 1e3:8.1f} ms)  "
                   f"peak RSS {result['peak_rss_mib']:8.0f} MiB", flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     baseline = "published" if args.published else "reference"
     medians = {p: statistics.median(t for r in runs[p] for t in r["times"]) for p in providers}
+    cpu = {p: statistics.median(t for r in runs[p] for t in r["cpu_times"]) for p in providers}
     rows = []
     for p in providers:
         rows.append(dict(provider=p, device=machine, rel_head=args.rel_head, memory=args.memory,
                          videos=args.videos, rounds=args.rounds,
                          pairs_per_video=statistics.mean(runs[p][0]["pairs"]),
                          median_step_ms=medians[p] * 1e3, speedup_vs_baseline=medians[baseline] / medians[p],
+                         median_step_cpu_ms=cpu[p] * 1e3, cpu_speedup_vs_baseline=cpu[baseline] / cpu[p],
                          baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p])))
         print(f"{p:10s} median step {medians[p] * 1e3:8.1f} ms  x{medians[baseline] / medians[p]:5.2f} vs {baseline}"
+              f"  (CPU time {cpu[p] * 1e3:8.1f} ms, x{cpu[baseline] / cpu[p]:5.2f})"
               f"  peak RSS {rows[-1]['peak_rss_mib']:8.0f} MiB")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "model_step_cpu.csv"
