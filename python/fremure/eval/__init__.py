@@ -20,6 +20,7 @@ from .report import format_table, plot_per_predicate, read_json, write_json
 
 __all__ = [
     "ATTENTION_PREDICATES", "CONTACTING_PREDICATES", "KS", "NUM_PREDICATES", "OBJECT_CLASSES", "PREDICATES",
-    "MultiConstraintEvaluator", "PackedGT", "PackedPrediction", "SPATIAL_PREDICATES", "SceneGraphEvaluator", "box_iou_plus1", "format_table", "pack_gt",
-    "pack_prediction", "paired_iou_plus1", "plot_per_predicate", "read_json", "write_json",
+    "SPATIAL_PREDICATES", "MultiConstraintEvaluator", "PackedGT", "PackedPrediction", "SceneGraphEvaluator",
+    "box_iou_plus1", "format_table", "pack_gt", "pack_prediction", "paired_iou_plus1", "plot_per_predicate",
+    "read_json", "write_json",
 ]

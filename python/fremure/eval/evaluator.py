@@ -23,7 +23,7 @@ import numpy as np
 from .classes import NUM_PREDICATES, PREDICATES
 from .inputs import (MODES, GTBatch, PackedGT, PackedPrediction, gt_batch, pack_gt, pack_prediction,
                      prediction_batch)
-from .matching import KeyIndex, first_match_rank, rank_in_frames, triplet_keys
+from .matching import KeyIndex, first_match_rank, predicate_masks, rank_in_frames, triplet_keys
 from .triplets import CONSTRAINTS, SEMI_ROW_TYPES, ScoreBlocks, predict_triplets, ranking_score, score_blocks
 
 KS: tuple[int, ...] = (10, 20, 50, 100)
@@ -49,31 +49,24 @@ class _Batch:
         """(lowest class, number of classes) over GT and predicted labels, for the triplet keys."""
         gt, pred = self.gt.classes, self.pred.classes
         low = min(int(gt.min(initial=0)), int(pred.min(initial=0)))
-        return low, max(int(gt.max(initial=0)), int(pred.max(initial=0))) - low + 1
+        num_classes = max(int(gt.max(initial=0)), int(pred.max(initial=0))) - low + 1
+        if num_classes ** 2 * NUM_PREDICATES * (self.gt.num_frames + 1) >= 2 ** 62:
+            raise ValueError(f"labels span {num_classes} values: too many for the int64 triplet keys")
+        return low, num_classes
+
+    def _pair_keys(self, frame: np.ndarray, classes: np.ndarray, subject: np.ndarray, obj: np.ndarray) -> np.ndarray:
+        low, num_classes = self.class_range
+        return triplet_keys(frame, classes[subject] - low, 0, classes[obj] - low, num_classes, 1)
 
     @functools.cached_property
     def row_predicates(self) -> np.ndarray:
-        """``[3P]`` int64 bit mask, per score row (pair, block), of the predicates that some GT triplet of the
-        frame has with the row's subject and object classes: a prediction can only match if its bit is set."""
-        gt, pred, blocks = self.gt, self.pred, self.blocks
-        low, num_classes = self.class_range
-        gt_pair = (gt.rel_frame * num_classes + gt.classes[gt.rel_subject] - low) * num_classes \
-            + gt.classes[gt.rel_object] - low
-        order = np.argsort(gt_pair, kind="stable")
-        gt_pair = gt_pair[order]
-        first = np.flatnonzero(np.concatenate([[True], gt_pair[1:] != gt_pair[:-1]]))
-        if first.shape[0] == 0:
-            return np.zeros(3 * blocks.frame.shape[0], dtype=np.int64)
-        masks = np.bitwise_or.reduceat(np.left_shift(1, gt.rel_predicate[order]), first)
-        distinct = gt_pair[first]
-        rows = []
-        for b in range(3):
-            subject, obj = blocks.subject_object(b)
-            rows.append((blocks.frame * num_classes + pred.classes[subject] - low) * num_classes
-                        + pred.classes[obj] - low)
-        row_pair = np.stack(rows, axis=1).ravel()                    # index 3 * pair + block
-        slot = np.minimum(np.searchsorted(distinct, row_pair), distinct.shape[0] - 1)
-        return np.where(distinct[slot] == row_pair, masks[slot], 0)
+        """``[3P]`` int64: per score row (index ``3 * pair + block``), the bit mask of the predicates that
+        GT triplets of the frame carry between the row's subject and object classes. A prediction can
+        only match a GT triplet if its predicate's bit is set."""
+        gt, blocks = self.gt, self.blocks
+        gt_keys = self._pair_keys(gt.rel_frame, gt.classes, gt.rel_subject, gt.rel_object)
+        rows = [self._pair_keys(blocks.frame, self.pred.classes, *blocks.subject_object(b)) for b in range(3)]
+        return predicate_masks(gt_keys, gt.rel_predicate, np.stack(rows, axis=1).ravel())
 
     @functools.cached_property
     def gt_index(self) -> KeyIndex:

@@ -147,6 +147,27 @@ def triplet_keys(frame: np.ndarray, subject_class: np.ndarray, predicate: np.nda
     return key * num_classes + object_class
 
 
+def predicate_masks(keys: np.ndarray, predicates: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """For each query key, the bit mask of the predicates carried by the items with that key.
+
+    Args:
+        keys: ``[G]`` int64 item keys (e.g. frame and the two labels of each GT triplet).
+        predicates: ``[G]`` int64 predicate of each item, below 63.
+        queries: ``[Q]`` int64 keys to look up.
+    Returns:
+        ``[Q]`` int64, bit p set iff an item with the query's key has predicate p (0 for unknown keys).
+    """
+    if keys.shape[0] == 0:
+        return np.zeros(queries.shape[0], dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    first = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    masks = np.bitwise_or.reduceat(np.left_shift(1, predicates[order]), first)
+    distinct = sorted_keys[first]
+    slot = np.minimum(np.searchsorted(distinct, queries), distinct.shape[0] - 1)
+    return np.where(distinct[slot] == queries, masks[slot], 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyIndex:
     """GT triplet keys prepared for lookup: each distinct key and the GT triplets that carry it.

@@ -7,9 +7,10 @@ Inside a frame the rows are ordered: every attention row, then every spatial row
 contacting row, each in the stored pair order. That order decides ties, so each prediction carries
 ``emission``, a key that grows with the reference's order inside the frame.
 
-Here the zero columns are never materialised: each block is handled as a ``[P, width]`` array, and the
+Here the zero columns are materialised only where they can change a result (frames with few positive
+cells under the 'no' constraint): each block is otherwise handled as a ``[P, width]`` slice, and the
 reference's 26-column semantics (arg-max over the whole row, zero cells in the 'no' top-100) are
-reproduced exactly where they can matter. All frames of a batch are processed at once.
+reproduced exactly. All frames of a batch are processed at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from .classes import CONTACTING_OFFSET, NUM_ATTENTION, NUM_PREDICATES, PREDICATE_GROUP, SPATIAL_OFFSET
 from .inputs import PredictionBatch
-from .matching import order_in_frames, positions_in_groups
+from .matching import positions_in_groups
 
 CONSTRAINTS = ("with", "semi", "no")
 SEMI_ROW_TYPES = ("scores", "block")
