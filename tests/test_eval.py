@@ -366,6 +366,9 @@ def test_order_in_frames_equals_a_stable_lexsort():
     later = np.lexsort((-tie, -value, frame))
     np.testing.assert_array_equal(order_in_frames(frame, value, tie, "earlier"), earlier)
     np.testing.assert_array_equal(order_in_frames(frame, value, tie, "later"), later)
+    in_order = earlier           # already sorted input takes a linear-time path
+    np.testing.assert_array_equal(in_order[order_in_frames(frame[in_order], value[in_order], np.arange(3000),
+                                                           "later")], later)
     shuffled = rng.permutation(3000)
     np.testing.assert_array_equal(shuffled[order_in_frames(frame[shuffled], value[shuffled], tie[shuffled],
                                                            "earlier")], earlier)

@@ -107,6 +107,9 @@ def _sort_tied_runs(order: np.ndarray, frame: np.ndarray, value: np.ndarray, tie
     if not tied.any():
         return order
     n = order.shape[0]
+    if not (tied & (tie_key[order[1:]] < tie_key[order[:-1]])).any():
+        # Every run is already ascending in tie_key (input that came in order): keep or reverse runs.
+        return order if ties == "earlier" else order[_reversed_runs(tied)]
     in_run = np.zeros(n, dtype=bool)
     in_run[1:] |= tied
     in_run[:-1] |= tied
@@ -117,6 +120,15 @@ def _sort_tied_runs(order: np.ndarray, frame: np.ndarray, value: np.ndarray, tie
     key = key - key.min() if ties == "earlier" else key.max() - key
     order[where] = members[np.lexsort((key, run))]
     return order
+
+
+def _reversed_runs(tied: np.ndarray) -> np.ndarray:
+    """Permutation of ``n = len(tied) + 1`` positions reversing each run (``tied[i]``: i and i+1 share one)."""
+    n = tied.shape[0] + 1
+    index = np.arange(n)
+    start = np.maximum.accumulate(np.where(np.concatenate([[True], ~tied]), index, 0))
+    end = n - 1 - np.maximum.accumulate(np.where(np.concatenate([[True], ~tied[::-1]]), index, 0))[::-1]
+    return start + end - index
 
 
 def rank_in_frames(frame: np.ndarray, score: np.ndarray, emission: np.ndarray) -> np.ndarray:

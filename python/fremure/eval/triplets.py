@@ -208,13 +208,8 @@ def no_constraint(blocks: ScoreBlocks, object_scores: np.ndarray, top: int = 100
         pair_count, dense = divmod(int(key), 2)
         pair = first_pair[frame][:, None] + np.arange(pair_count)[None, :]        # [F, pairs]
         cells, layout = _frame_cells(overall[pair], bool(dense))
-        order = np.argsort(-cells, axis=1)
         kept = min(top, cells.shape[1])
-        ranked = np.take_along_axis(cells, order[:, :kept + 1], axis=1)
-        tied = (ranked[:, 1:] == ranked[:, :-1]).any(axis=1)
-        if tied.any():                           # exact tie order only where it matters
-            order[tied] = np.argsort(-cells[tied], axis=1, kind="stable")
-        column = order[:, :kept]
+        column = (_dense_order(cells) if dense else _descending(-cells, kept))[:, :kept]
         cell_block, cell_pair, cell_column = (part[column] for part in layout)
         cell_pair = pair[np.arange(frame.shape[0])[:, None], cell_pair]
         frames.append(np.repeat(frame, kept))
@@ -223,6 +218,40 @@ def no_constraint(blocks: ScoreBlocks, object_scores: np.ndarray, top: int = 100
     code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
     by_frame = np.argsort(frame.astype(np.uint16) if num_frames <= 2 ** 16 else frame, kind="stable")
     return _decode_cells(blocks, frame[by_frame], code[by_frame])
+
+
+def _descending(keys: np.ndarray, kept: int) -> np.ndarray:
+    """Row-wise ``argsort`` of ``[F, W]`` keys, stable (earlier column first on ties of finite keys) in the
+    first ``kept`` positions: the fast unstable sort is redone stably only for rows with such ties."""
+    order = np.argsort(keys, axis=1)
+    ranked = np.take_along_axis(keys, order[:, :kept + 1], axis=1)
+    tied = ((ranked[:, 1:] == ranked[:, :-1]) & np.isfinite(ranked[:, 1:])).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(keys[tied], axis=1, kind="stable")
+    return order
+
+
+def _dense_order(cells: np.ndarray) -> np.ndarray:
+    """Row-wise order of ``[F, W]`` cells: positive cells by descending value, then zero cells, then
+    negative cells by descending value; ties (zeros above all) in column order.
+
+    Equals a stable ``argsort(-cells, axis=1)`` without sorting the many zero cells of a dense row.
+    """
+    num, width = cells.shape
+    positive, negative = cells > 0, cells < 0
+    zero = ~positive & ~negative
+    position = np.broadcast_to(np.arange(width), cells.shape)
+    rank = np.empty(cells.shape, dtype=np.int64)
+    np.put_along_axis(rank, _descending(np.where(positive, -cells, np.inf), width), position, axis=1)
+    before = positive.sum(axis=1, keepdims=True)
+    rank = np.where(zero, before + np.cumsum(zero, axis=1) - 1, rank)
+    if negative.any():
+        negative_rank = np.empty(cells.shape, dtype=np.int64)
+        np.put_along_axis(negative_rank, _descending(np.where(negative, -cells, np.inf), width), position, axis=1)
+        rank = np.where(negative, before + zero.sum(axis=1, keepdims=True) + negative_rank, rank)
+    order = np.empty(cells.shape, dtype=np.int64)
+    np.put_along_axis(order, rank, position, axis=1)
+    return order
 
 
 def _frame_cells(values: np.ndarray, dense: bool) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
