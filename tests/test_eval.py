@@ -533,3 +533,21 @@ def test_per_predicate_recall_names():
     recall = evaluate("predcls", "with", example1_gt(), example1_pred()).per_predicate_recall(20)
     assert list(recall) == list(PREDICATES)
     assert recall["holding"] == pytest.approx(1.0) and recall["touching"] == 0.0
+
+
+def test_empty_video_and_custom_k_values():
+    empty = entry(np.zeros((0, 5)), [], [], [], np.zeros((0, 3)), np.zeros((0, 6)), np.zeros((0, 17)))
+    evaluator = SceneGraphEvaluator("predcls", "no", ks=(100, 5))
+    evaluator.add_video([], empty)
+    assert evaluator.num_frames == 0
+    evaluator.add_video(example1_gt(), example1_pred())
+    gt, pred = example2()
+    evaluator.add_video(gt, pred)
+    reference = SceneGraphEvaluator("predcls", "no")
+    reference.add_video(example1_gt(), example1_pred())
+    reference.add_video(gt, pred)
+    assert evaluator.summary()["R"][100] == reference.summary()["R"][100]
+    assert list(evaluator.summary()["R"]) == [100, 5]
+    assert evaluator.hits[5].sum() <= reference.hits[10].sum()
+    with pytest.raises(ValueError, match="distinct"):
+        SceneGraphEvaluator("predcls", ks=(20, 20))

@@ -144,8 +144,8 @@ class SceneGraphEvaluator:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         ks = tuple(ks)
-        if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-            raise ValueError(f"ks: expected positive ints, got {ks!r}")
+        if not ks or len(set(ks)) != len(ks) or any(not isinstance(k, int) or k < 1 for k in ks):
+            raise ValueError(f"ks: expected distinct positive ints, got {ks!r}")
         self.mode = mode
         self.constraint = constraint
         self.iou_threshold = float(iou_threshold)

@@ -185,6 +185,8 @@ def pack_gt(gt_annotation: Sequence[Sequence[Mapping[str, Any]]], allow_empty_fr
         raise
     num_objects = len(objects)
     try:
+        if (np.fromiter(map(len, boxes), dtype=np.int64, count=num_objects) != 4).any():
+            raise ValueError("a 'bbox' does not hold 4 numbers")
         object_boxes = np.concatenate(boxes, dtype=np.float64).reshape(num_objects, 4) if boxes else np.zeros((0, 4))
         object_classes = np.array(classes, dtype=np.int64).reshape(num_objects)
     except (TypeError, ValueError) as error:

@@ -201,7 +201,7 @@ class KeyIndex:
         """Index of ``[G]`` int64 keys."""
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
-        first = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+        first = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])[:keys.shape[0]])
         return cls(order=order, distinct=sorted_keys[first], first=first,
                    count=np.diff(np.append(first, keys.shape[0])))
 
