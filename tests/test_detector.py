@@ -256,3 +256,41 @@ def test_detect_shapes(detector):
     assert out["bbox_pred"].shape == (2, 4, 148) and out["features"].shape == (2, 4, 2048)
     assert out["fmaps"].shape == (2, 1024, 3, 4)
     torch.testing.assert_close(out["cls_prob"].sum(-1), torch.ones(2, 4))
+
+
+def test_folded_batchnorm_gives_the_same_features(detector, tmp_path):
+    import copy
+
+    folded = copy.deepcopy(detector).fold_batchnorm_()
+    assert folded.folded and not detector.folded
+    images = torch.randn(1, 3, 48, 64) * 40
+    rois = torch.tensor([[0.0, 3, 4, 40, 30], [0, 10, 0, 63, 47]])
+    with torch.no_grad():
+        fmaps, fmaps_folded = detector.base_features(images), folded.base_features(images)
+        torch.testing.assert_close(fmaps_folded, fmaps, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(folded.roi_features(fmaps, rois), detector.roi_features(fmaps, rois),
+                                   atol=1e-4, rtol=1e-4)
+    assert folded.fingerprint() != detector.fingerprint()
+    with pytest.raises(ValueError, match="folded"):
+        folded.published_state_dict()
+
+
+def test_padding_proposals_and_clip_flags(detector):
+    rois = torch.zeros(2, 3, 5)
+    rois[:, 0, 1:] = torch.tensor([5.0, 5, 70, 40])                # one real proposal, two zero paddings
+    cls_prob = torch.full((2, 3, 37), 0.02)
+    cls_prob[:, :, [1, 5]] = 0.33
+    cls_prob[:, 0, [1, 5]] = 0.4                                  # the real proposal scores highest
+    det = {"rois": rois, "cls_prob": cls_prob, "bbox_pred": torch.zeros(2, 3, 148), "features": torch.randn(2, 3, 2048)}
+    im_info = torch.tensor([[48.0, 64.0, 1.0]] * 2)
+    config = detector.config
+    try:
+        kept = detector.select_detections(det, im_info)
+        # per frame: best person, book from the real proposal, book from the (NMS-merged) zero paddings
+        assert kept["labels"].tolist() == [1, 5, 5, 1, 5, 5]
+        assert kept["boxes"][:, 3].tolist() == [63, 63, 1, 71, 71, 1]   # zero deltas decode to x2 + 1; Q-S1 clip
+        detector.config = DetectorConfig(skip_padding_proposals=True, clip_all_frames=True)
+        kept = detector.select_detections(det, im_info)
+    finally:
+        detector.config = config
+    assert kept["labels"].tolist() == [1, 5, 1, 5] and torch.all(kept["boxes"][:, 3] == 63)

@@ -316,16 +316,22 @@ def _sgdet_train_entry(detector: AGFasterRCNN, det: dict[str, torch.Tensor], im_
     det_frame = det["boxes"][:, 0].to(torch.int64).cpu()
     det_counts = torch.bincount(det_frame, minlength=len(frames))
     # SUPPLY: unmatched GT boxes become rows with score 1, features from the GT box.
+    # Scaled like the reference: float32 product for the (float32) person box, float64 product
+    # rounded once to float32 for the (float64) object boxes.
+    scale32 = np.float32(scale.item())
     sup_frame, sup_coords, sup_labels = [], [], []
     for i, match in enumerate(matches):
         for g in match.supply:
             sup_frame.append(i)
-            sup_coords.append(frames[i].person if g == 0 else frames[i].boxes[g - 1])
+            if g == 0:
+                sup_coords.append(frames[i].person.astype(np.float32) * scale32)
+            else:
+                sup_coords.append((frames[i].boxes[g - 1] * np.float64(scale32)).astype(np.float32))
             sup_labels.append(1 if g == 0 else frames[i].classes[g - 1])
     sup_scaled = torch.zeros(len(sup_frame), 5, device=device)
     if sup_frame:
         sup_scaled[:, 0] = torch.tensor(sup_frame, dtype=torch.float32, device=device)
-        sup_scaled[:, 1:] = torch.from_numpy(np.stack(sup_coords)).to(device=device, dtype=torch.float32) * scale
+        sup_scaled[:, 1:] = torch.from_numpy(np.stack(sup_coords)).to(device)
     sup_features = detector.roi_features(det["fmaps"], sup_scaled)
     sup_boxes = sup_scaled.clone()
     sup_boxes[:, 1:] = sup_scaled[:, 1:] / scale
