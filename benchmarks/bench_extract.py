@@ -3,7 +3,8 @@
 For each mode/phase it times ``build_entry`` on a synthetic video (after one warm-up run), and
 separately the frame loading (PNG decode + mean subtraction + OpenCV-style resize + padding).
 AG frames are 480x270 and are resized to a 1067x600 blob; ``--frame``/``--target`` choose
-smaller sizes for a quick run. Results go to ``benchmarks/results/extract_<device>.csv``.
+smaller sizes for a quick run. Results are appended to ``benchmarks/results/extract_<device>.csv`` (with the machine's load average:
+on a shared CPU, timings depend on it).
 
     python benchmarks/bench_extract.py --frame 270x480 --target 600 --frames 4
     python benchmarks/bench_extract.py --frame 135x240 --target 300 --frames 10 --modes predcls,sgdet
@@ -127,12 +128,16 @@ def main() -> None:
                 rows.append([mode, phase, seconds])
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"extract_{'cuda' if device.startswith('cuda') else 'cpu'}.csv"
-    with open(out, "w", newline="") as handle:
+    new_file = not out.exists()
+    load_average = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    with open(out, "a", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["device", "frame", "blob", "frames", "bn_folded", "mode", "phase", "seconds", "frames_per_s"])
+        if new_file:
+            writer.writerow(["device", "threads", "load_average", "frame", "blob", "frames", "bn_folded", "mode",
+                             "phase", "seconds", "frames_per_s"])
         for mode, phase, seconds in rows:
-            writer.writerow([name, f"{height}x{width}", blob, args.frames, int(args.fold), mode, phase,
-                             f"{seconds:.4f}", f"{args.frames / seconds:.3f}"])
+            writer.writerow([name, torch.get_num_threads(), load_average, f"{height}x{width}", blob, args.frames,
+                             int(args.fold), mode, phase, f"{seconds:.4f}", f"{args.frames / seconds:.3f}"])
     print(f"wrote {out}")
 
 

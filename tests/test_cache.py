@@ -88,7 +88,7 @@ def test_resume_skips_finished_videos(dataset, tmp_path, monkeypatch):
     build = _CountingBuild()
     monkeypatch.setattr(cache_module, "build_entry", build)
     detector = small_detector()
-    extract_features(dataset, detector, tmp_path, "sgdet", training=True, progress=False)
+    extract_features(dataset, detector, tmp_path, "sgdet", training=True, progress=False, num_workers=1)
     assert build.videos == ["V0000.mp4", "V0001.mp4"]
     extract_features(dataset, detector, tmp_path, "sgdet", training=True, progress=False)
     assert len(build.videos) == 2
@@ -146,3 +146,18 @@ def test_video_entry_source_is_transparent(dataset, extracted, tmp_path):
     torch.testing.assert_close(computed["features"], extracted[0]["features"], atol=1e-2, rtol=2e-3)
     with pytest.raises(ValueError, match="holds predcls test entries"):
         VideoEntrySource(dataset, "sgcls", cache=extracted)
+
+
+def test_reading_a_cache_does_not_need_torchvision(extracted):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torchvision'] = None\n"
+            "from fremure.data.cache import FeatureCache\n"
+            f"entry = FeatureCache({extracted.out_dir!r})['V0000.mp4']\n"
+            "assert entry['features'].shape[1] == 2048\n"
+            "try:\n    import fremure.data.detector\nexcept ImportError as err:\n    print(err)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "fremure[detector]" in result.stdout

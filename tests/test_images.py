@@ -103,6 +103,15 @@ def test_read_frame_is_bgr_and_errors_name_the_file(tmp_path):
         read_frame_bgr(tmp_path / "bad.png")
 
 
+def test_grey_and_rgba_frames_become_three_channels(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((4, 5), 77, dtype=np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.full((4, 5, 4), [10, 20, 30, 128], dtype=np.uint8)).save(tmp_path / "rgba.png")
+    assert torch.all(read_frame_bgr(tmp_path / "grey.png") == 77)
+    assert read_frame_bgr(tmp_path / "rgba.png")[:, 0, 0].tolist() == [30, 20, 10]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="uint8"):
         preprocess_frames(torch.zeros(1, 3, 4, 4), 4)

@@ -23,13 +23,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .detector import AGFasterRCNN
 from .images import load_video_blob
+
+if TYPE_CHECKING:  # the detector module needs torchvision; reading entries must not
+    from .detector import AGFasterRCNN
 
 MODES = ("predcls", "sgcls", "sgdet")
 MASK_SIZE = 27
