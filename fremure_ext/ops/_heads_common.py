@@ -37,3 +37,12 @@ def check_noise_or_seed(noise: torch.Tensor | None, seed: object, ref: torch.Ten
     if not _INT64_MIN <= seed <= _INT64_MAX:
         raise ValueError(f"seed must fit in int64, got {seed}")
     return seed
+
+
+def fake_check_devices(op: str, ref: torch.Tensor, ref_name: str, **others: torch.Tensor | None) -> None:
+    """Device agreement inside fake (meta) kernels: a call mixing a meta tensor with real ones is
+    dispatched to the fake kernel, which must reject it as the real kernel would."""
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"fremure.{op}: {name} must be on the same device as {ref_name} ({ref.device}), "
+                               f"got {t.device}")

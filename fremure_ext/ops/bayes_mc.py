@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._common import check_float, check_ndim, check_same
-from ._heads_common import check_activation, check_noise_or_seed
+from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
 
 __all__ = ["bayes_mc"]
 
@@ -47,11 +47,13 @@ def bayes_mc(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None 
 
 @torch.library.register_fake("fremure::bayes_mc")
 def _fake(mu, logvar, noise, seed, samples, activation):
+    fake_check_devices("bayes_mc", mu, "mu", logvar=logvar, noise=noise)
     return mu.new_empty(mu.shape)
 
 
 @torch.library.register_fake("fremure::bayes_mc_backward")
 def _fake_backward(grad_out, mu, logvar, noise, seed, samples, activation):
+    fake_check_devices("bayes_mc_backward", mu, "mu", grad_out=grad_out, logvar=logvar, noise=noise)
     return mu.new_empty(mu.shape), mu.new_empty(mu.shape)
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ._common import check_float, check_ndim, check_same
-from ._heads_common import check_activation, check_noise_or_seed
+from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
 
 __all__ = ["gmm_mixture"]
 
@@ -76,6 +76,7 @@ def gmm_mixture(mu: torch.Tensor, var_raw: torch.Tensor, pi_logit: torch.Tensor,
 
 @torch.library.register_fake("fremure::gmm_mixture")
 def _fake(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation, uncertainty):
+    fake_check_devices("gmm_mixture", mu, "mu", var_raw=var_raw, pi_logit=pi_logit, tau=tau, noise=noise)
     _, b, c = mu.shape
     pred = mu.new_empty((b, c))
     aleatoric = mu.new_empty((b, c)) if uncertainty else mu.new_empty((0,))
@@ -85,6 +86,8 @@ def _fake(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceili
 @torch.library.register_fake("fremure::gmm_mixture_backward")
 def _fake_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
                    var_ceiling, activation):
+    fake_check_devices("gmm_mixture_backward", mu, "mu", grad_pred=grad_pred, grad_aleatoric=grad_aleatoric,
+                       var_raw=var_raw, pi_logit=pi_logit, tau=tau, noise=noise)
     return (
         mu.new_empty(mu.shape),
         mu.new_empty(mu.shape),
