@@ -19,16 +19,28 @@ constexpr double kGmmTauMin = 1e-3;        // tau.clamp_min(1e-3) of the publish
 constexpr double kGmmLogEps = 1e-9;        // pi.clamp_min(1e-9) before the entropy's log
 constexpr double kSoftplusThreshold = 20;  // F.softplus default (beta 1): linear above it
 
+// softplus and its derivative given x and e = exp(x), so that a kernel computing both pays for
+// one exponential. Above the threshold softplus is the identity (and e may be inf: not used).
 template <typename T>
-FREMURE_HD_INLINE T softplus_value(T x) {
-  const T soft = fm::log1p(fm::exp(x));
+FREMURE_HD_INLINE T softplus_from_exp(T x, T e) {
+  const T soft = fm::log1p(e);
   return x > T(kSoftplusThreshold) ? x : soft;
 }
 
 template <typename T>
+FREMURE_HD_INLINE T softplus_grad_from_exp(T x, T e) {
+  const T sig = e / (e + T(1));
+  return x > T(kSoftplusThreshold) ? T(1) : sig;
+}
+
+template <typename T>
+FREMURE_HD_INLINE T softplus_value(T x) {
+  return softplus_from_exp(x, fm::exp(x));
+}
+
+template <typename T>
 FREMURE_HD_INLINE T softplus_grad(T x) {
-  const T e = fm::exp(x);
-  return x > T(kSoftplusThreshold) ? T(1) : e / (e + T(1));
+  return softplus_grad_from_exp(x, fm::exp(x));
 }
 
 // softplus(raw) + eps, before the clamp (the clamp's gradient mask needs this value).

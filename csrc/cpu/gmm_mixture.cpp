@@ -108,12 +108,12 @@ struct GmmScratch {
   std::vector<acc_t> store;
   std::vector<uint32_t> philox_words;
   std::vector<float> philox;
-  acc_t *logit, *raw, *vpre, *var, *sd, *eps, *pi, *prob, *dpi;  // [K, L] each
+  acc_t *logit, *raw, *exp_raw, *vpre, *var, *sd, *eps, *pi, *prob, *dpi;  // [K, L] each
   acc_t *tmp, *tmp2;                                              // [L] each
 
-  GmmScratch(int64_t K, int64_t L) : store(static_cast<size_t>((9 * K + 2) * L)), philox_words(static_cast<size_t>(2 * L)), philox(static_cast<size_t>(2 * L)) {
+  GmmScratch(int64_t K, int64_t L) : store(static_cast<size_t>((10 * K + 2) * L)), philox_words(static_cast<size_t>(2 * L)), philox(static_cast<size_t>(2 * L)) {
     acc_t* p = store.data();
-    for (acc_t** slot : {&logit, &raw, &vpre, &var, &sd, &eps, &pi, &prob, &dpi}) {
+    for (acc_t** slot : {&logit, &raw, &exp_raw, &vpre, &var, &sd, &eps, &pi, &prob, &dpi}) {
       *slot = p;
       p += K * L;
     }

@@ -50,39 +50,53 @@ inline int64_t rows_per_chunk(int64_t C, int64_t target) {
   return C <= 0 ? 1 : (target / C > 0 ? target / C : 1);
 }
 
-// out[r * C + c] = base[(b0 + r) * sb + c * sc] for r < rows, converted to the accumulation type.
-template <typename scalar_t, typename acc_t>
-FREMURE_HD_INLINE void gather_rows(const scalar_t* base, int64_t sb, int64_t sc, int64_t b0, int64_t rows, int64_t C,
-                        acc_t* out) {
-  const scalar_t* src = base + b0 * sb;
-  if (sc == 1 && (sb == C || rows == 1)) {
-    const int64_t n = rows * C;
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<acc_t>(src[j]);
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t* row = src + r * sb;
-    acc_t* dst = out + r * C;
-    for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<acc_t>(row[c * sc]);
-  }
+// Lane buffers are padded to whole 64-byte vectors: element-wise loops then run over the padding
+// (finite filler, never written back) instead of ending in a scalar remainder, which for the
+// exp/log/cos loops would cost as much as the vector body.
+constexpr int64_t kLanePad = 16;
+
+inline int64_t padded(int64_t lanes) {
+  return (lanes + kLanePad - 1) / kLanePad * kLanePad;
 }
 
-// In-place softmax over each row of C lanes. `tmp` holds rows * C values.
+// out[r * C + c] = base[(b0 + r) * sb + c * sc] for r < rows, converted to the accumulation type;
+// out[rows * C .. padded_count) = 0.
+template <typename scalar_t, typename acc_t>
+FREMURE_HD_INLINE void gather_rows(const scalar_t* base, int64_t sb, int64_t sc, int64_t b0, int64_t rows, int64_t C,
+                                   acc_t* out, int64_t padded_count) {
+  const scalar_t* src = base + b0 * sb;
+  const int64_t n = rows * C;
+  if (sc == 1 && (sb == C || rows == 1)) {
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<acc_t>(src[j]);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* row = src + r * sb;
+      acc_t* dst = out + r * C;
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<acc_t>(row[c * sc]);
+    }
+  }
+  for (int64_t j = n; j < padded_count; ++j) out[j] = acc_t(0);
+}
+
+// In-place softmax over each row of C lanes; the exponentials run over `padded_count` lanes.
+// `tmp` holds padded_count values.
 template <typename acc_t>
-FREMURE_HD_INLINE void softmax_rows(acc_t* z, int64_t rows, int64_t C, acc_t* tmp) {
+FREMURE_HD_INLINE void softmax_rows(acc_t* z, int64_t rows, int64_t C, int64_t padded_count, acc_t* tmp) {
+  const int64_t n = rows * C;
   for (int64_t r = 0; r < rows; ++r) {
     const acc_t* zr = z + r * C;
     acc_t m = zr[0];
     for (int64_t c = 1; c < C; ++c) m = zr[c] > m ? zr[c] : m;
     for (int64_t c = 0; c < C; ++c) tmp[r * C + c] = m;
   }
-  const int64_t n = rows * C;
-  for (int64_t j = 0; j < n; ++j) z[j] = fm::exp(z[j] - tmp[j]);
+  for (int64_t j = n; j < padded_count; ++j) tmp[j] = z[j];
+  for (int64_t j = 0; j < padded_count; ++j) z[j] = fm::exp(z[j] - tmp[j]);
   for (int64_t r = 0; r < rows; ++r) {
     acc_t* zr = z + r * C;
     acc_t s = 0;
     for (int64_t c = 0; c < C; ++c) s += zr[c];
-    for (int64_t c = 0; c < C; ++c) zr[c] = zr[c] / s;
+    const acc_t inv = acc_t(1) / s;
+    for (int64_t c = 0; c < C; ++c) zr[c] = zr[c] * inv;
   }
 }
 
