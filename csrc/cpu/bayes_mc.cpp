@@ -76,18 +76,22 @@ struct BayesInputs {
   int64_t n_ss, n_sb, n_sc;
 };
 
+// Per-task scratch: P (padded) lanes per quantity, and the Philox words / Box-Muller parts.
 template <typename acc_t>
 struct BayesScratch {
   std::vector<acc_t> store;
   std::vector<uint32_t> philox_words;
   std::vector<float> philox;
-  acc_t *mu, *sd, *eps, *prob, *acc, *acc2, *tmp;  // [L] each
+  acc_t *mu, *sd, *eps, *prob, *acc, *acc2, *tmp;  // [P] each
 
-  explicit BayesScratch(int64_t L) : store(static_cast<size_t>(7 * L)), philox_words(static_cast<size_t>(2 * L)), philox(static_cast<size_t>(2 * L)) {
+  explicit BayesScratch(int64_t P)
+      : store(static_cast<size_t>(7 * P)),
+        philox_words(static_cast<size_t>(2 * P)),
+        philox(static_cast<size_t>(2 * P)) {
     acc_t* p = store.data();
     for (acc_t** slot : {&mu, &sd, &eps, &prob, &acc, &acc2, &tmp}) {
       *slot = p;
-      p += L;
+      p += P;
     }
   }
 };

@@ -102,23 +102,27 @@ struct GmmInputs {
   View3<scalar_t> mu, var_raw, pi_logit, noise;
 };
 
-// Per-task scratch: K x L lanes for each per-component quantity, L for per-pair ones.
+// Per-task scratch: K slices of P (padded) lanes for each per-component quantity, P lanes for
+// per-pair ones, and the Philox words / Box-Muller parts of one slice.
 template <typename acc_t>
 struct GmmScratch {
   std::vector<acc_t> store;
   std::vector<uint32_t> philox_words;
   std::vector<float> philox;
-  acc_t *logit, *raw, *exp_raw, *vpre, *var, *sd, *eps, *pi, *prob, *dpi;  // [K, L] each
-  acc_t *tmp, *tmp2;                                              // [L] each
+  acc_t *logit, *raw, *exp_raw, *vpre, *var, *sd, *eps, *pi, *prob, *dpi;  // [K, P] each
+  acc_t *tmp, *tmp2;                                                       // [P] each
 
-  GmmScratch(int64_t K, int64_t L) : store(static_cast<size_t>((10 * K + 2) * L)), philox_words(static_cast<size_t>(2 * L)), philox(static_cast<size_t>(2 * L)) {
+  GmmScratch(int64_t K, int64_t P)
+      : store(static_cast<size_t>((10 * K + 2) * P)),
+        philox_words(static_cast<size_t>(2 * P)),
+        philox(static_cast<size_t>(2 * P)) {
     acc_t* p = store.data();
     for (acc_t** slot : {&logit, &raw, &exp_raw, &vpre, &var, &sd, &eps, &pi, &prob, &dpi}) {
       *slot = p;
-      p += K * L;
+      p += K * P;
     }
     tmp = p;
-    tmp2 = p + L;
+    tmp2 = p + P;
   }
 };
 
