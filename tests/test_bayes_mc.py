@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo.testing
 from hypothesis import given, settings, strategies as st
 
 import fremure_ext
@@ -215,6 +216,18 @@ def test_torch_compile_fullgraph(seed):
     torch.testing.assert_close(compiled(x, seed), model(x, seed))
     compiled(x, seed).backward()
     assert model.proj.weight.grad is not None
+
+
+def test_torch_compile_keeps_the_seed_symbolic():
+    """The seed is a SymInt in the schema: a new seed every step must not recompile every step."""
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    model = _TinyHead()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    x = torch.randn(6, 16)
+    for seed in range(100, 106):
+        torch.testing.assert_close(compiled(x, seed), model(x, seed))
+    assert counter.frame_count <= 2  # the first seed is specialised, the second makes it dynamic
 
 
 def test_torch_compile_inductor():
