@@ -28,15 +28,15 @@ TORCH_LIBRARY(fremure, m) {
         "Tensor segment_offsets, float scale) -> (Tensor, Tensor, Tensor)");
 
   // GMM-Plus mixture (METHOD.md 4).
-  m.def("gmm_mixture(Tensor mu, Tensor var_raw, Tensor pi_logit, Tensor tau, Tensor? noise, int? seed, "
+  m.def("gmm_mixture(Tensor mu, Tensor var_raw, Tensor pi_logit, Tensor tau, Tensor? noise, SymInt? seed, "
         "float var_eps, float var_floor, float var_ceiling, str activation, bool uncertainty) "
         "-> (Tensor pred, Tensor aleatoric)");
   m.def("gmm_mixture_backward(Tensor grad_pred, Tensor? grad_aleatoric, Tensor mu, Tensor var_raw, "
-        "Tensor pi_logit, Tensor tau, Tensor? noise, int? seed, float var_eps, float var_floor, "
+        "Tensor pi_logit, Tensor tau, Tensor? noise, SymInt? seed, float var_eps, float var_floor, "
         "float var_ceiling, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // Bayesian head Monte-Carlo mean (METHOD.md 4).
-  m.def("bayes_mc(Tensor mu, Tensor logvar, Tensor? noise, int? seed, int samples, str activation) -> Tensor");
-  m.def("bayes_mc_backward(Tensor grad_out, Tensor mu, Tensor logvar, Tensor? noise, int? seed, int samples, "
+  m.def("bayes_mc(Tensor mu, Tensor logvar, Tensor? noise, SymInt? seed, int samples, str activation) -> Tensor");
+  m.def("bayes_mc_backward(Tensor grad_out, Tensor mu, Tensor logvar, Tensor? noise, SymInt? seed, int samples, "
         "str activation) -> (Tensor, Tensor)");
 }
