@@ -22,6 +22,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/gated_fusion.h"
@@ -142,6 +143,20 @@ void normalise_rows(const scalar_t* x, scalar_t* out, int64_t rows, int64_t n, i
   });
 }
 
+// LN0 of head and tail rows side by side into the [N, 2D] workspace, in one parallel region.
+template <typename scalar_t>
+void normalise_pair_rows(const scalar_t* head, const scalar_t* tail, scalar_t* ht, int64_t rows, int64_t n,
+                         scalar_t* rstd_head = nullptr, scalar_t* rstd_tail = nullptr) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t rh = normalise_row(head + r * n, ht + r * 2 * n, n);
+      const scalar_t rt = normalise_row(tail + r * n, ht + r * 2 * n + n, n);
+      if (rstd_head != nullptr) rstd_head[r] = rh;
+      if (rstd_tail != nullptr) rstd_tail[r] = rt;
+    }
+  });
+}
+
 // Logits z [N, D] (without the bias/condition vector, which the row loops add) from the
 // normalised [h | t] workspace and the normalised condition. Returns the per-column vector
 // (bias and/or shared-condition term) or an undefined tensor when there is none.
@@ -216,8 +231,7 @@ std::tuple<at::Tensor, at::Tensor> gated_fusion_cpu(const at::Tensor& head, cons
   at::Tensor s = at::empty({N, D}, head.options());
   AT_DISPATCH_FLOATING_TYPES(head.scalar_type(), "gated_fusion_cpu", [&] {
     scalar_t* ht_p = ht.mutable_data_ptr<scalar_t>();
-    normalise_rows<scalar_t>(hc.const_data_ptr<scalar_t>(), ht_p, N, D, 2 * D);
-    normalise_rows<scalar_t>(tc.const_data_ptr<scalar_t>(), ht_p + D, N, D, 2 * D);
+    normalise_pair_rows<scalar_t>(hc.const_data_ptr<scalar_t>(), tc.const_data_ptr<scalar_t>(), ht_p, N, D);
     const at::Tensor qn = normalise_cond<scalar_t>(cc, S, nullptr);
     const at::Tensor column_term = gate_logits(ht, qn, wc, bias, S, out);
     // The logits live in `out` and are replaced element by element by the blend.
@@ -284,8 +298,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
       s_tensor = gate_sigmoid->contiguous();
     } else {
       // No saved gate: normalise first, then repeat the forward GEMM.
-      normalise_rows<scalar_t>(hp, ht_p, N, D, 2 * D, rstd_h);
-      normalise_rows<scalar_t>(tp, ht_p + D, N, D, 2 * D, rstd_t);
+      normalise_pair_rows<scalar_t>(hp, tp, ht_p, N, D, rstd_h, rstd_t);
       s_tensor = at::empty({N, D}, opts);
       const at::Tensor column_term = gate_logits(ht, qn, wc, bias, S, dz);  // dz as scratch for z
       gate_rows<scalar_t>(dz_p, column_term.defined() ? column_term.const_data_ptr<scalar_t>() : nullptr, ht_p,
@@ -294,8 +307,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
     const scalar_t* sp = s_tensor.const_data_ptr<scalar_t>();
     const bool normalised = !gate_sigmoid.has_value();
 
-    // dz per row (normalising head and tail on the way when that was not done above).
+    // dz per row (normalising head and tail on the way when that was not done above), and its
+    // column sums (dbias, and the shared condition's gradient) from per-task partial rows.
+    const int64_t blocks = (N + kRowGrain - 1) / kRowGrain;
+    std::vector<acc_t> partial(static_cast<size_t>(blocks * D), acc_t(0));
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
+      acc_t* col = partial.data() + (begin / kRowGrain) * D;
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* h = ht_p + r * 2 * D;
         scalar_t* t = h + D;
@@ -307,16 +324,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
         const scalar_t* sr = sp + r * D;
         scalar_t* dzr = dz_p + r * D;
         for (int64_t j = 0; j < D; ++j) {
-          dzr[j] = scalar_t(gated_fusion_dlogit<acc_t>(acc_t(dyr[j]), acc_t(h[j]), acc_t(t[j]), acc_t(sr[j]), l, u, T));
+          const acc_t v = gated_fusion_dlogit<acc_t>(acc_t(dyr[j]), acc_t(h[j]), acc_t(t[j]), acc_t(sr[j]), l, u, T);
+          dzr[j] = scalar_t(v);
+          col[j] += v;
         }
       }
     });
+    at::Tensor dz_sum = at::empty({D}, opts);
+    scalar_t* dz_sum_p = dz_sum.mutable_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < D; ++j) {
+      acc_t total = 0;
+      for (int64_t b = 0; b < blocks; ++b) total += partial[b * D + j];
+      dz_sum_p[j] = scalar_t(total);
+    }
 
     // GEMMs: weight gradient into column slices of one tensor, input gradients of h and t.
     at::Tensor grad_w_ht = grad_weight.narrow(1, 0, 2 * D);
     at::Tensor grad_w_q = grad_weight.narrow(1, 2 * D, Dc);
     at::mm_out(grad_w_ht, dz.t(), ht);
-    const at::Tensor dz_sum = dz.sum(0);
     at::Tensor dq;
     if (S.per_row_cond) {
       at::mm_out(grad_w_q, dz.t(), qn);
