@@ -76,6 +76,24 @@ def test_backward_without_saved_gate_recomputes_it():
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("isa", ["base", "avx2", "native"])
+def test_every_cpu_kernel_variant(isa, monkeypatch):
+    """The row loops are compiled for AVX-512, AVX2 and the baseline ISA; FREMURE_CPU_ISA caps the
+    run-time choice, so each variant is checked (on CPUs that have it) against the reference."""
+    if isa != "native":
+        monkeypatch.setenv("FREMURE_CPU_ISA", isa)
+    _compare(_inputs(9, 40, 6, torch.float32, per_row=False, weight_scale=4.0))
+    _compare(_inputs(5, 33, 3, torch.float64, per_row=True, with_bias=False))
+    # The float sigmoid is a polynomial exp: as accurate as torch.sigmoid over the whole range.
+    d = 1001
+    logits = torch.linspace(-120.0, 120.0, d)
+    weight = torch.zeros(d, 2 * d + 1)
+    _, s = torch.ops.fremure.gated_fusion(torch.randn(1, d), torch.randn(1, d), torch.ones(1), weight, logits,
+                                          1.3, 0.0, 1.0)
+    exact = torch.sigmoid(logits.double() / 1.3)
+    torch.testing.assert_close(s[0].double(), exact, atol=1e-7, rtol=3e-7)
+
+
 def test_gate_sigmoid_output_and_empty_bias_grad():
     head, tail, cond, weight, _ = _inputs(5, 12, 3, torch.float64)
     out, s = torch.ops.fremure.gated_fusion(head, tail, cond, weight, None, 2.0, 0.1, 0.9)

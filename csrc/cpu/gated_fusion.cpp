@@ -9,23 +9,43 @@
 // Everything else (LN0 of the three inputs, sigmoid / T, clamp, blend) runs in row loops around
 // the GEMMs. The forward also returns the pre-clamp sigmoid, which the backward needs and would
 // otherwise recompute with another GEMM; LN statistics are recomputed, not saved.
-// Backward: dz (gradient of the logits) in one row pass, then
+// Backward: dz (gradient of the logits) and its column sums in one row pass, then
 //   d[h|t] = dz [W_h | W_t],   dW = dz^T [h | t | q] written into column slices of one tensor,
 //   dbias = sum_rows dz,        dq = dz W_q (per row) or (sum_rows dz) W_q (shared condition),
 // and LN0 backward rows. float16/bfloat16 inputs run in float32 and are rounded at the end.
+//
+// The row loops are written to auto-vectorise (no calls, no branches in the inner loops; float
+// exp is a polynomial), and are compiled three times, for AVX-512, AVX2+FMA and the baseline
+// ISA, picked at run time (the build itself targets the baseline only); the environment variable
+// FREMURE_CPU_ISA=base|avx2 caps the choice.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <bit>
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/gated_fusion.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define GF_X86_DISPATCH 1
+#define GF_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")))
+#define GF_TARGET_AVX2 __attribute__((target("avx2,fma,bmi2")))
+#define GF_INLINE inline __attribute__((always_inline))
+#else
+#define GF_X86_DISPATCH 0
+#define GF_INLINE inline
+#endif
 
 namespace fremure {
 namespace {
@@ -89,129 +109,345 @@ std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
 }
 
-// Mean and rstd of one row (two passes: the centred second moment is exact enough for float32).
-template <typename scalar_t>
-void row_moments(const scalar_t* x, int64_t n, scalar_t& mean, scalar_t& rstd) {
-  using acc_t = at::opmath_type<scalar_t>;
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += acc_t(x[j]);
-  const acc_t m = sum / acc_t(n);
-  acc_t sq = 0;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t c = acc_t(x[j]) - m;
-    sq += c * c;
-  }
-  mean = scalar_t(m);
-  rstd = scalar_t(ln_rstd<acc_t>(sq / acc_t(n), acc_t(kLayerNormEps)));
+// ---------------------------------------------------------------------------------------------
+// Per-element helpers the vectoriser can see through.
+
+// exp for float: Cody-Waite range reduction and a degree-6 polynomial (Cephes expf), ~1 ulp.
+// Arguments are clamped to [-87.3, 88] so that 2^n stays a normal float; NaN propagates.
+GF_INLINE float exp_poly(float x) {
+  x = x > 88.0f ? 88.0f : x;
+  x = x < -87.3f ? -87.3f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  return y * std::bit_cast<float>(e);
 }
 
-// xhat = LN0(x) for one row; returns rstd.
-template <typename scalar_t>
-scalar_t normalise_row(const scalar_t* x, scalar_t* xhat, int64_t n) {
-  scalar_t mean, rstd;
-  row_moments(x, n, mean, rstd);
+GF_INLINE double exp_poly(double x) {
+  return std::exp(x);
+}
+
+template <typename T>
+GF_INLINE T sigmoid_poly(T z, T temperature) {
+  return T(1) / (T(1) + exp_poly(-(z / temperature)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels over [begin, end), always inlined into the per-ISA entry points below.
+
+template <typename T>
+struct NormArgs {
+  const T* x;      // [rows, n] (or [rows, n] head and tail when pair)
+  const T* x2;     // tail, or nullptr
+  T* out;          // [rows, out_stride]
+  T* rstd;         // [rows] or nullptr
+  T* rstd2;        // [rows] or nullptr (tail)
+  int64_t n;
+  int64_t out_stride;
+};
+
+// xhat = LN0(x) for one row; returns rstd. Two passes: the centred second moment.
+template <typename T>
+GF_INLINE T normalise_row(const T* __restrict x, T* __restrict xhat, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += x[j];
+  const T mean = sum / T(n);
+  T sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < n; ++j) {
+    const T c = x[j] - mean;
+    sq += c * c;
+  }
+  const T rstd = ln_rstd<T>(sq / T(n), T(kLayerNormEps));
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) xhat[j] = ln_normalise<scalar_t>(x[j], mean, rstd);
+  for (int64_t j = 0; j < n; ++j) xhat[j] = ln_normalise<T>(x[j], mean, rstd);
   return rstd;
 }
 
+template <typename T>
+GF_INLINE void normalise_impl(const NormArgs<T>& a, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T rs = normalise_row(a.x + r * a.n, a.out + r * a.out_stride, a.n);
+    if (a.rstd != nullptr) a.rstd[r] = rs;
+    if (a.x2 != nullptr) {
+      const T rs2 = normalise_row(a.x2 + r * a.n, a.out + r * a.out_stride + a.n, a.n);
+      if (a.rstd2 != nullptr) a.rstd2[r] = rs2;
+    }
+  }
+}
+
+template <typename T>
+struct GateArgs {
+  T* z;             // [N, D] logits without the column term; the blend replaces them if write_out
+  const T* column;  // [D] bias + shared-condition term (zeros if none)
+  const T* ht;      // [N, 2D] normalised head | tail
+  T* s;             // [N, D] pre-clamp sigmoid (out)
+  int64_t dim;
+  T temperature, lo, hi;
+  bool write_out;
+};
+
+// s = sigmoid((z + c) / T); z is replaced by the blend h + (1 - clamp(s)) (t - h) if kWriteOut.
+template <typename T, bool kWriteOut>
+GF_INLINE void gate_row(T* __restrict z, const T* __restrict c, const T* __restrict h, const T* __restrict t,
+                        T* __restrict s, int64_t n, T temperature, T lo, T hi) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T sj = sigmoid_poly<T>(z[j] + c[j], temperature);
+    s[j] = sj;
+    if constexpr (kWriteOut) z[j] = gated_fusion_value<T>(h[j], t[j], gated_fusion_clamp<T>(sj, lo, hi));
+  }
+}
+
+template <typename T>
+GF_INLINE void gate_impl(const GateArgs<T>& a, int64_t begin, int64_t end) {
+  const int64_t D = a.dim;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* h = a.ht + r * 2 * D;
+    if (a.write_out) {
+      gate_row<T, true>(a.z + r * D, a.column, h, h + D, a.s + r * D, D, a.temperature, a.lo, a.hi);
+    } else {
+      gate_row<T, false>(a.z + r * D, a.column, h, h + D, a.s + r * D, D, a.temperature, a.lo, a.hi);
+    }
+  }
+}
+
+template <typename T>
+struct DlogitArgs {
+  const T* dy;      // [N, D]
+  const T* s;       // [N, D]
+  const T* head;    // raw rows, normalised here when normalise
+  const T* tail;
+  T* ht;            // [N, 2D] normalised head | tail (in, or out when normalise)
+  T* rstd_h;        // [N] (out when normalise)
+  T* rstd_t;
+  T* dz;            // [N, D] out
+  T* column_sums;   // [chunks, D] per-chunk partial sums of dz
+  int64_t dim;
+  int64_t chunks;   // rows are split into this many contiguous chunks, one partial row each
+  int64_t rows;
+  T temperature, lo, hi;
+  bool normalise;
+};
+
+template <typename T>
+GF_INLINE void dlogit_row(const T* __restrict dy, const T* __restrict h, const T* __restrict t,
+                          const T* __restrict s, T* __restrict dz, T* __restrict col, int64_t n, T lo, T hi,
+                          T temperature) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = gated_fusion_dlogit<T>(dy[j], h[j], t[j], s[j], lo, hi, temperature);
+    dz[j] = v;
+    col[j] += v;
+  }
+}
+
+template <typename T>
+GF_INLINE void dlogit_chunk(const DlogitArgs<T>& a, int64_t begin, int64_t end, T* col) {
+  const int64_t D = a.dim;
+  for (int64_t r = begin; r < end; ++r) {
+    T* h = a.ht + r * 2 * D;
+    if (a.normalise) {
+      a.rstd_h[r] = normalise_row(a.head + r * D, h, D);
+      a.rstd_t[r] = normalise_row(a.tail + r * D, h + D, D);
+    }
+    dlogit_row<T>(a.dy + r * D, h, h + D, a.s + r * D, a.dz + r * D, col, D, a.lo, a.hi, a.temperature);
+  }
+}
+
+// Runs over chunks [chunk_begin, chunk_end) of rows, each with its own partial column sums.
+template <typename T>
+GF_INLINE void dlogit_impl(const DlogitArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    const int64_t rows = a.rows;
+    dlogit_chunk(a, c * rows / a.chunks, (c + 1) * rows / a.chunks, a.column_sums + c * a.dim);
+  }
+}
+
+template <typename T>
+struct LnGradArgs {
+  const T* dy;      // [N, D]
+  const T* s;       // [N, D]
+  const T* dht;     // [N, 2D] dz [W_h | W_t]
+  const T* ht;      // [N, 2D]
+  const T* rstd_h;  // [N]
+  const T* rstd_t;
+  T* grad_head;     // [N, D] out
+  T* grad_tail;
+  int64_t dim;
+  T lo, hi;
+};
+
 // In-place LN0 backward of one row: g holds dL/dxhat on entry and dL/dx on exit.
-template <typename scalar_t>
-void ln_backward_row(scalar_t* g, const scalar_t* xhat, scalar_t rstd, int64_t n) {
-  scalar_t s1 = 0, s2 = 0;
+template <typename T>
+GF_INLINE void ln_backward_row(T* __restrict g, const T* __restrict xhat, T rstd, int64_t n) {
+  T s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t j = 0; j < n; ++j) {
     s1 += g[j];
     s2 += g[j] * xhat[j];
   }
-  const scalar_t m1 = s1 / scalar_t(n), m2 = s2 / scalar_t(n);
+  const T m1 = s1 / T(n), m2 = s2 / T(n);
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) g[j] = ln_backward<scalar_t>(g[j], xhat[j], rstd, m1, m2);
+  for (int64_t j = 0; j < n; ++j) g[j] = ln_backward<T>(g[j], xhat[j], rstd, m1, m2);
 }
 
-// LN0 of every row of x [rows, n] into out (row stride out_stride); rstd per row if wanted.
-template <typename scalar_t>
-void normalise_rows(const scalar_t* x, scalar_t* out, int64_t rows, int64_t n, int64_t out_stride,
-                    scalar_t* rstd = nullptr) {
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t rs = normalise_row(x + r * n, out + r * out_stride, n);
-      if (rstd != nullptr) rstd[r] = rs;
-    }
-  });
-}
-
-// LN0 of head and tail rows side by side into the [N, 2D] workspace, in one parallel region.
-template <typename scalar_t>
-void normalise_pair_rows(const scalar_t* head, const scalar_t* tail, scalar_t* ht, int64_t rows, int64_t n,
-                         scalar_t* rstd_head = nullptr, scalar_t* rstd_tail = nullptr) {
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t rh = normalise_row(head + r * n, ht + r * 2 * n, n);
-      const scalar_t rt = normalise_row(tail + r * n, ht + r * 2 * n + n, n);
-      if (rstd_head != nullptr) rstd_head[r] = rh;
-      if (rstd_tail != nullptr) rstd_tail[r] = rt;
-    }
-  });
-}
-
-// Logits z [N, D] (without the bias/condition vector, which the row loops add) from the
-// normalised [h | t] workspace and the normalised condition. Returns the per-column vector
-// (bias and/or shared-condition term) or an undefined tensor when there is none.
-at::Tensor gate_logits(const at::Tensor& ht, const at::Tensor& qn, const at::Tensor& w,
-                       const std::optional<at::Tensor>& bias, const FusionShape& S, at::Tensor& z) {
-  const at::Tensor w_ht = w.narrow(1, 0, 2 * S.dim);
-  const at::Tensor w_q = w.narrow(1, 2 * S.dim, S.cond_dim);
-  at::mm_out(z, ht, w_ht.t());
-  at::Tensor column_term;
-  if (S.per_row_cond) {
-    z.addmm_(qn, w_q.t());
-    if (bias.has_value()) column_term = bias->contiguous();
-  } else {
-    column_term = at::mv(w_q, qn);
-    if (bias.has_value()) column_term.add_(*bias);
+// dL/dh and dL/dt (before LN0 backward): the GEMM part plus the direct blend terms.
+template <typename T>
+GF_INLINE void blend_grad_row(const T* __restrict dy, const T* __restrict s, const T* __restrict dh,
+                              const T* __restrict dt, T* __restrict gh, T* __restrict gt, int64_t n, T lo, T hi) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = gated_fusion_clamp<T>(s[j], lo, hi);
+    gh[j] = dh[j] + gated_fusion_dh_direct<T>(dy[j], g);
+    gt[j] = dt[j] + gated_fusion_dt_direct<T>(dy[j], g);
   }
-  return column_term;
 }
 
-// s = sigmoid((z + c) / T) row by row; out (may alias z) = h + (1 - clamp(s)) (t - h) if wanted.
-template <typename scalar_t>
-void gate_rows(const scalar_t* z, const scalar_t* column_term, const scalar_t* ht, scalar_t* s_out, scalar_t* out,
-               const FusionShape& S, double temperature, double lo, double hi) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t D = S.dim;
-  const acc_t T = acc_t(temperature), l = acc_t(lo), u = acc_t(hi);
-  at::parallel_for(0, S.rows, kRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* zr = z + r * D;
-      const scalar_t* h = ht + r * 2 * D;
-      const scalar_t* t = h + D;
-      scalar_t* sr = s_out + r * D;
-      scalar_t* yr = out == nullptr ? nullptr : out + r * D;
-      for (int64_t j = 0; j < D; ++j) {
-        const acc_t logit = acc_t(zr[j]) + (column_term != nullptr ? acc_t(column_term[j]) : acc_t(0));
-        const acc_t s = gated_fusion_sigmoid<acc_t>(logit, T);
-        sr[j] = scalar_t(s);
-        if (yr != nullptr) {
-          const acc_t g = gated_fusion_clamp<acc_t>(s, l, u);
-          yr[j] = scalar_t(gated_fusion_value<acc_t>(acc_t(h[j]), acc_t(t[j]), g));
-        }
-      }
-    }
-  });
+template <typename T>
+GF_INLINE void ln_grad_impl(const LnGradArgs<T>& a, int64_t begin, int64_t end) {
+  const int64_t D = a.dim;
+  for (int64_t r = begin; r < end; ++r) {
+    T* gh = a.grad_head + r * D;
+    T* gt = a.grad_tail + r * D;
+    const T* dh = a.dht + r * 2 * D;
+    blend_grad_row<T>(a.dy + r * D, a.s + r * D, dh, dh + D, gh, gt, D, a.lo, a.hi);
+    ln_backward_row(gh, a.ht + r * 2 * D, a.rstd_h[r], D);
+    ln_backward_row(gt, a.ht + r * 2 * D + D, a.rstd_t[r], D);
+  }
 }
 
-// Normalised condition: [N, Dc] rows or one [Dc] vector; rstd per row (or one) if wanted.
-template <typename scalar_t>
-at::Tensor normalise_cond(const at::Tensor& cond, const FusionShape& S, scalar_t* rstd) {
+// ---------------------------------------------------------------------------------------------
+// Per-ISA entry points and the run-time choice between them.
+
+template <typename T>
+struct RowKernels {
+  void (*normalise)(const NormArgs<T>&, int64_t, int64_t);
+  void (*gate)(const GateArgs<T>&, int64_t, int64_t);
+  void (*dlogit)(const DlogitArgs<T>&, int64_t, int64_t);
+  void (*ln_grad)(const LnGradArgs<T>&, int64_t, int64_t);
+};
+
+#define GF_DEFINE_KERNELS(SUFFIX, ATTR)                                                                     \
+  template <typename T>                                                                                     \
+  ATTR void normalise_##SUFFIX(const NormArgs<T>& a, int64_t b, int64_t e) { normalise_impl<T>(a, b, e); } \
+  template <typename T>                                                                                     \
+  ATTR void gate_##SUFFIX(const GateArgs<T>& a, int64_t b, int64_t e) { gate_impl<T>(a, b, e); }           \
+  template <typename T>                                                                                     \
+  ATTR void dlogit_##SUFFIX(const DlogitArgs<T>& a, int64_t b, int64_t e) { dlogit_impl<T>(a, b, e); }     \
+  template <typename T>                                                                                     \
+  ATTR void ln_grad_##SUFFIX(const LnGradArgs<T>& a, int64_t b, int64_t e) { ln_grad_impl<T>(a, b, e); }   \
+  template <typename T>                                                                                     \
+  RowKernels<T> kernels_##SUFFIX() {                                                                        \
+    return {&normalise_##SUFFIX<T>, &gate_##SUFFIX<T>, &dlogit_##SUFFIX<T>, &ln_grad_##SUFFIX<T>};          \
+  }
+
+GF_DEFINE_KERNELS(base, )
+#if GF_X86_DISPATCH
+GF_DEFINE_KERNELS(avx2, GF_TARGET_AVX2)
+GF_DEFINE_KERNELS(avx512, GF_TARGET_AVX512)
+#endif
+
+// 0: baseline ISA, 1: AVX2 + FMA, 2: AVX-512 (F, VL, BW, DQ).
+int best_isa_level() {
+#if GF_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+    return 2;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+  return 0;
+}
+
+// The best level the CPU supports, lowered by FREMURE_CPU_ISA=base|avx2 (read on every call,
+// so tests can exercise every variant in one process).
+int isa_level() {
+  static const int best = best_isa_level();
+  const char* env = std::getenv("FREMURE_CPU_ISA");
+  if (env == nullptr) return best;
+  const std::string wanted(env);
+  if (wanted == "base") return 0;
+  if (wanted == "avx2") return std::min(best, 1);
+  return best;
+}
+
+template <typename T>
+RowKernels<T> row_kernels() {
+#if GF_X86_DISPATCH
+  switch (isa_level()) {
+    case 2:
+      return kernels_avx512<T>();
+    case 1:
+      return kernels_avx2<T>();
+    default:
+      break;
+  }
+#endif
+  return kernels_base<T>();
+}
+
+template <typename Args>
+void parallel_rows(void (*kernel)(const Args&, int64_t, int64_t), const Args& args, int64_t rows) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-level steps shared by forward and backward.
+
+// LN0 of head and tail into the [N, 2D] workspace (one parallel region); rstd per row if wanted.
+template <typename T>
+void normalise_head_tail(const at::Tensor& head, const at::Tensor& tail, at::Tensor& ht, T* rstd_h, T* rstd_t) {
+  const int64_t N = head.size(0), D = head.size(1);
+  const NormArgs<T> args{head.const_data_ptr<T>(), tail.const_data_ptr<T>(), ht.mutable_data_ptr<T>(),
+                         rstd_h, rstd_t, D, 2 * D};
+  parallel_rows(row_kernels<T>().normalise, args, N);
+}
+
+// Normalised condition: [N, Dc] rows or one [Dc] vector; rstd per row (or the one) if wanted.
+template <typename T>
+at::Tensor normalise_cond(const at::Tensor& cond, const FusionShape& S, T* rstd) {
   at::Tensor qn = at::empty_like(cond);
-  const int64_t rows = S.per_row_cond ? S.rows : 1;
-  normalise_rows<scalar_t>(cond.const_data_ptr<scalar_t>(), qn.mutable_data_ptr<scalar_t>(), rows, S.cond_dim,
-                           S.cond_dim, rstd);
+  const NormArgs<T> args{cond.const_data_ptr<T>(), nullptr, qn.mutable_data_ptr<T>(), rstd, nullptr,
+                         S.cond_dim, S.cond_dim};
+  parallel_rows(row_kernels<T>().normalise, args, S.per_row_cond ? S.rows : 1);
   return qn;
 }
+
+// Logits z [N, D] without the per-column term, which is returned ([D]: bias plus the shared
+// condition's W_q q, zeros when there is neither) for the row loops to add.
+at::Tensor gate_logits(const at::Tensor& ht, const at::Tensor& qn, const at::Tensor& w,
+                       const std::optional<at::Tensor>& bias, const FusionShape& S, at::Tensor& z) {
+  const at::Tensor w_q = w.narrow(1, 2 * S.dim, S.cond_dim);
+  at::mm_out(z, ht, w.narrow(1, 0, 2 * S.dim).t());
+  if (S.per_row_cond) {
+    z.addmm_(qn, w_q.t());
+    return bias.has_value() ? bias->contiguous() : at::zeros({S.dim}, ht.options());
+  }
+  at::Tensor column = at::mv(w_q, qn);
+  if (bias.has_value()) column.add_(*bias);
+  return column;
+}
+
+template <typename T>
+void gate(at::Tensor& z, const at::Tensor& column, const at::Tensor& ht, at::Tensor& s, double temperature,
+          double lo, double hi, bool write_out) {
+  const GateArgs<T> args{z.mutable_data_ptr<T>(), column.const_data_ptr<T>(), ht.const_data_ptr<T>(),
+                         s.mutable_data_ptr<T>(), z.size(1), T(temperature), T(lo), T(hi), write_out};
+  parallel_rows(row_kernels<T>().gate, args, z.size(0));
+}
+
+// ---------------------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> gated_fusion_cpu(const at::Tensor& head, const at::Tensor& tail,
                                                     const at::Tensor& cond, const at::Tensor& weight,
@@ -230,14 +466,10 @@ std::tuple<at::Tensor, at::Tensor> gated_fusion_cpu(const at::Tensor& head, cons
   at::Tensor out = at::empty({N, D}, head.options());
   at::Tensor s = at::empty({N, D}, head.options());
   AT_DISPATCH_FLOATING_TYPES(head.scalar_type(), "gated_fusion_cpu", [&] {
-    scalar_t* ht_p = ht.mutable_data_ptr<scalar_t>();
-    normalise_pair_rows<scalar_t>(hc.const_data_ptr<scalar_t>(), tc.const_data_ptr<scalar_t>(), ht_p, N, D);
+    normalise_head_tail<scalar_t>(hc, tc, ht, nullptr, nullptr);
     const at::Tensor qn = normalise_cond<scalar_t>(cc, S, nullptr);
-    const at::Tensor column_term = gate_logits(ht, qn, wc, bias, S, out);
-    // The logits live in `out` and are replaced element by element by the blend.
-    gate_rows<scalar_t>(out.const_data_ptr<scalar_t>(),
-                        column_term.defined() ? column_term.const_data_ptr<scalar_t>() : nullptr, ht_p,
-                        s.mutable_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), S, temperature, lo, hi);
+    const at::Tensor column = gate_logits(ht, qn, wc, bias, S, out);
+    gate<scalar_t>(out, column, ht, s, temperature, lo, hi, /*write_out=*/true);  // logits -> blend in place
   });
   return {out, s};
 }
@@ -279,68 +511,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
   at::Tensor grad_weight = at::empty({D, 2 * D + Dc}, opts);
   at::Tensor grad_cond;
   at::Tensor grad_bias;
-  const at::Tensor w_q = wc.narrow(1, 2 * D, Dc);
 
   AT_DISPATCH_FLOATING_TYPES(head.scalar_type(), "gated_fusion_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t T = acc_t(temperature), l = acc_t(lo), u = acc_t(hi);
-    const scalar_t* dy = dyc.const_data_ptr<scalar_t>();
-    const scalar_t* hp = hc.const_data_ptr<scalar_t>();
-    const scalar_t* tp = tc.const_data_ptr<scalar_t>();
-    scalar_t* ht_p = ht.mutable_data_ptr<scalar_t>();
-    scalar_t* dz_p = dz.mutable_data_ptr<scalar_t>();
-    scalar_t* rstd_h = rstd_ht.mutable_data_ptr<scalar_t>();
-    scalar_t* rstd_t = rstd_h + N;
-    const at::Tensor qn = normalise_cond<scalar_t>(cc, S, rstd_q.mutable_data_ptr<scalar_t>());
+    using T = scalar_t;
+    const RowKernels<T> kernels = row_kernels<T>();
+    T* rstd_h = rstd_ht.mutable_data_ptr<T>();
+    T* rstd_t = rstd_h + N;
+    const at::Tensor qn = normalise_cond<T>(cc, S, rstd_q.mutable_data_ptr<T>());
 
-    at::Tensor s_tensor;
-    if (gate_sigmoid.has_value()) {
-      s_tensor = gate_sigmoid->contiguous();
+    at::Tensor s;
+    const bool recompute = !gate_sigmoid.has_value();
+    if (recompute) {
+      // No saved gate: normalise first, then repeat the forward GEMM (dz serves as scratch for z).
+      normalise_head_tail<T>(hc, tc, ht, rstd_h, rstd_t);
+      s = at::empty({N, D}, opts);
+      const at::Tensor column = gate_logits(ht, qn, wc, bias, S, dz);
+      gate<T>(dz, column, ht, s, temperature, lo, hi, /*write_out=*/false);
     } else {
-      // No saved gate: normalise first, then repeat the forward GEMM.
-      normalise_pair_rows<scalar_t>(hp, tp, ht_p, N, D, rstd_h, rstd_t);
-      s_tensor = at::empty({N, D}, opts);
-      const at::Tensor column_term = gate_logits(ht, qn, wc, bias, S, dz);  // dz as scratch for z
-      gate_rows<scalar_t>(dz_p, column_term.defined() ? column_term.const_data_ptr<scalar_t>() : nullptr, ht_p,
-                          s_tensor.mutable_data_ptr<scalar_t>(), nullptr, S, temperature, lo, hi);
+      s = gate_sigmoid->contiguous();
     }
-    const scalar_t* sp = s_tensor.const_data_ptr<scalar_t>();
-    const bool normalised = !gate_sigmoid.has_value();
 
-    // dz per row (normalising head and tail on the way when that was not done above), and its
-    // column sums (dbias, and the shared condition's gradient) from per-task partial rows.
-    const int64_t blocks = (N + kRowGrain - 1) / kRowGrain;
-    std::vector<acc_t> partial(static_cast<size_t>(blocks * D), acc_t(0));
-    at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      acc_t* col = partial.data() + (begin / kRowGrain) * D;
-      for (int64_t r = begin; r < end; ++r) {
-        scalar_t* h = ht_p + r * 2 * D;
-        scalar_t* t = h + D;
-        if (!normalised) {
-          rstd_h[r] = normalise_row(hp + r * D, h, D);
-          rstd_t[r] = normalise_row(tp + r * D, t, D);
-        }
-        const scalar_t* dyr = dy + r * D;
-        const scalar_t* sr = sp + r * D;
-        scalar_t* dzr = dz_p + r * D;
-        for (int64_t j = 0; j < D; ++j) {
-          const acc_t v = gated_fusion_dlogit<acc_t>(acc_t(dyr[j]), acc_t(h[j]), acc_t(t[j]), acc_t(sr[j]), l, u, T);
-          dzr[j] = scalar_t(v);
-          col[j] += v;
-        }
-      }
-    });
+    // dz per row (normalising head and tail on the way when not done above), and its column
+    // sums (dbias, and the shared condition's gradient) from per-chunk partial rows: one chunk
+    // of rows per thread, so the summation order does not depend on scheduling.
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / kRowGrain));
+    std::vector<T> partial(static_cast<size_t>(blocks * D), T(0));
+    const DlogitArgs<T> dargs{dyc.const_data_ptr<T>(), s.const_data_ptr<T>(), hc.const_data_ptr<T>(),
+                              tc.const_data_ptr<T>(), ht.mutable_data_ptr<T>(), rstd_h, rstd_t,
+                              dz.mutable_data_ptr<T>(), partial.data(), D, blocks, N, T(temperature), T(lo),
+                              T(hi), !recompute};
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) { kernels.dlogit(dargs, begin, end); });
     at::Tensor dz_sum = at::empty({D}, opts);
-    scalar_t* dz_sum_p = dz_sum.mutable_data_ptr<scalar_t>();
+    T* dz_sum_p = dz_sum.mutable_data_ptr<T>();
     for (int64_t j = 0; j < D; ++j) {
-      acc_t total = 0;
+      T total = 0;
       for (int64_t b = 0; b < blocks; ++b) total += partial[b * D + j];
-      dz_sum_p[j] = scalar_t(total);
+      dz_sum_p[j] = total;
     }
 
-    // GEMMs: weight gradient into column slices of one tensor, input gradients of h and t.
+    // GEMMs: weight gradient into column slices of one tensor, then the condition's and the
+    // branches' input gradients.
     at::Tensor grad_w_ht = grad_weight.narrow(1, 0, 2 * D);
     at::Tensor grad_w_q = grad_weight.narrow(1, 2 * D, Dc);
+    const at::Tensor w_q = wc.narrow(1, 2 * D, Dc);
     at::mm_out(grad_w_ht, dz.t(), ht);
     at::Tensor dq;
     if (S.per_row_cond) {
@@ -351,41 +564,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
       dq = at::mv(w_q.t(), dz_sum);
     }
     grad_bias = bias.has_value() ? dz_sum : at::empty({0}, opts);
-    // One GEMM for both branches: dz [N, D] x [W_h | W_t] [D, 2D] -> d[h | t] [N, 2D].
-    const at::Tensor dht = at::mm(dz, wc.narrow(1, 0, 2 * D));
+    const at::Tensor dht = at::mm(dz, wc.narrow(1, 0, 2 * D));  // [N, 2D], both branches at once
 
-    // Add the direct blend terms, then LN0 backward, row by row into grad_head / grad_tail.
-    const scalar_t* dht_p = dht.const_data_ptr<scalar_t>();
-    scalar_t* gh = grad_head.mutable_data_ptr<scalar_t>();
-    scalar_t* gt = grad_tail.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* dyr = dy + r * D;
-        const scalar_t* sr = sp + r * D;
-        const scalar_t* dhr = dht_p + r * 2 * D;
-        const scalar_t* dtr = dhr + D;
-        scalar_t* ghr = gh + r * D;
-        scalar_t* gtr = gt + r * D;
-        for (int64_t j = 0; j < D; ++j) {
-          const acc_t d = acc_t(dyr[j]);
-          const acc_t g = gated_fusion_clamp<acc_t>(acc_t(sr[j]), l, u);
-          ghr[j] = scalar_t(acc_t(dhr[j]) + gated_fusion_dh_direct<acc_t>(d, g));
-          gtr[j] = scalar_t(acc_t(dtr[j]) + gated_fusion_dt_direct<acc_t>(d, g));
-        }
-        ln_backward_row(ghr, ht_p + r * 2 * D, rstd_h[r], D);
-        ln_backward_row(gtr, ht_p + r * 2 * D + D, rstd_t[r], D);
-      }
-    });
+    // Direct blend terms plus LN0 backward, row by row into grad_head / grad_tail.
+    const LnGradArgs<T> largs{dyc.const_data_ptr<T>(), s.const_data_ptr<T>(), dht.const_data_ptr<T>(),
+                              ht.const_data_ptr<T>(), rstd_h, rstd_t, grad_head.mutable_data_ptr<T>(),
+                              grad_tail.mutable_data_ptr<T>(), D, T(lo), T(hi)};
+    parallel_rows(kernels.ln_grad, largs, N);
 
-    // Condition: LN0 backward of dq (rows, or the one shared vector).
+    // Condition: LN0 backward of dq (rows, or the one shared vector); small, done serially.
     grad_cond = dq.contiguous();
+    T* gq = grad_cond.mutable_data_ptr<T>();
+    const T* qp = qn.const_data_ptr<T>();
+    const T* rq = rstd_q.const_data_ptr<T>();
     const int64_t q_rows = S.per_row_cond ? N : 1;
-    scalar_t* gq = grad_cond.mutable_data_ptr<scalar_t>();
-    const scalar_t* qp = qn.const_data_ptr<scalar_t>();
-    const scalar_t* rq = rstd_q.const_data_ptr<scalar_t>();
-    at::parallel_for(0, q_rows, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) ln_backward_row(gq + r * Dc, qp + r * Dc, rq[r], Dc);
-    });
+    for (int64_t r = 0; r < q_rows; ++r) ln_backward_row(gq + r * Dc, qp + r * Dc, rq[r], Dc);
   });
   return {grad_head, grad_tail, grad_cond, grad_weight, grad_bias};
 }
