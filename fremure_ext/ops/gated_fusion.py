@@ -43,6 +43,10 @@ def gated_fusion(
     Returns:
         ``[N, D]`` tensor of head's dtype. Differentiable in head, tail, cond, weight and bias
         (torch.clamp's rule: the gradient passes where ``lo <= sigmoid <= hi``).
+
+    The raw op ``torch.ops.fremure.gated_fusion`` returns ``(out, gate_sigmoid)``, the second being
+    ``sigmoid(logits / temperature)`` before clamping: autograd keeps it (one ``[N, D]`` tensor) so
+    the backward needs no second forward GEMM; LayerNorm statistics are recomputed instead.
     """
     check_float(head, "head")
     for t, name in ((tail, "tail"), (cond, "cond"), (weight, "weight")):
