@@ -50,7 +50,11 @@
 namespace fremure {
 namespace {
 
-constexpr int64_t kRowGrain = 4;  // rows of ~2k elements: a few per task is plenty
+// Rows per parallel task: at least ATen's elementwise grain (32k elements) of work, so that small
+// batches do not pay for a parallel region that saves less than it costs.
+int64_t row_grain(int64_t row_elements) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_elements));
+}
 
 struct FusionShape {
   int64_t rows;
@@ -398,8 +402,10 @@ RowKernels<T> row_kernels() {
 }
 
 template <typename Args>
-void parallel_rows(void (*kernel)(const Args&, int64_t, int64_t), const Args& args, int64_t rows) {
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+void parallel_rows(void (*kernel)(const Args&, int64_t, int64_t), const Args& args, int64_t rows,
+                   int64_t row_elements) {
+  at::parallel_for(0, rows, row_grain(row_elements),
+                   [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,7 +417,7 @@ void normalise_head_tail(const at::Tensor& head, const at::Tensor& tail, at::Ten
   const int64_t N = head.size(0), D = head.size(1);
   const NormArgs<T> args{head.const_data_ptr<T>(), tail.const_data_ptr<T>(), ht.mutable_data_ptr<T>(),
                          rstd_h, rstd_t, D, 2 * D};
-  parallel_rows(row_kernels<T>().normalise, args, N);
+  parallel_rows(row_kernels<T>().normalise, args, N, 2 * D);
 }
 
 // Normalised condition: [N, Dc] rows or one [Dc] vector; rstd per row (or the one) if wanted.
@@ -420,7 +426,7 @@ at::Tensor normalise_cond(const at::Tensor& cond, const FusionShape& S, T* rstd)
   at::Tensor qn = at::empty_like(cond);
   const NormArgs<T> args{cond.const_data_ptr<T>(), nullptr, qn.mutable_data_ptr<T>(), rstd, nullptr,
                          S.cond_dim, S.cond_dim};
-  parallel_rows(row_kernels<T>().normalise, args, S.per_row_cond ? S.rows : 1);
+  parallel_rows(row_kernels<T>().normalise, args, S.per_row_cond ? S.rows : 1, S.cond_dim);
   return qn;
 }
 
@@ -444,7 +450,7 @@ void gate(at::Tensor& z, const at::Tensor& column, const at::Tensor& ht, at::Ten
           double lo, double hi, bool write_out) {
   const GateArgs<T> args{z.mutable_data_ptr<T>(), column.const_data_ptr<T>(), ht.const_data_ptr<T>(),
                          s.mutable_data_ptr<T>(), z.size(1), T(temperature), T(lo), T(hi), write_out};
-  parallel_rows(row_kernels<T>().gate, args, z.size(0));
+  parallel_rows(row_kernels<T>().gate, args, z.size(0), z.size(1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +540,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
     // dz per row (normalising head and tail on the way when not done above), and its column
     // sums (dbias, and the shared condition's gradient) from per-chunk partial rows: one chunk
     // of rows per thread, so the summation order does not depend on scheduling.
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / kRowGrain));
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / row_grain(D)));
     std::vector<T> partial(static_cast<size_t>(blocks * D), T(0));
     const DlogitArgs<T> dargs{dyc.const_data_ptr<T>(), s.const_data_ptr<T>(), hc.const_data_ptr<T>(),
                               tc.const_data_ptr<T>(), ht.mutable_data_ptr<T>(), rstd_h, rstd_t,
@@ -570,7 +576,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
     const LnGradArgs<T> largs{dyc.const_data_ptr<T>(), s.const_data_ptr<T>(), dht.const_data_ptr<T>(),
                               ht.const_data_ptr<T>(), rstd_h, rstd_t, grad_head.mutable_data_ptr<T>(),
                               grad_tail.mutable_data_ptr<T>(), D, T(lo), T(hi)};
-    parallel_rows(kernels.ln_grad, largs, N);
+    parallel_rows(kernels.ln_grad, largs, N, 2 * D);
 
     // Condition: LN0 backward of dq (rows, or the one shared vector); small, done serially.
     grad_cond = dq.contiguous();
