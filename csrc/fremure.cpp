@@ -8,10 +8,13 @@ TORCH_LIBRARY(fremure, m) {
   m.def("freq_gate_blend_backward(Tensor grad_out, Tensor x, Tensor gate, Tensor? valid) -> (Tensor, Tensor)");
 
   // Gated dual-branch fusion (METHOD.md 3.4), GEMM over [LN0(head) | LN0(tail) | LN0(cond)].
+  // gate_sigmoid = sigmoid(logits / temperature) before clamping, kept for the backward so that it
+  // does not repeat the forward GEMM; passing None to the backward recomputes it instead.
   m.def("gated_fusion(Tensor head, Tensor tail, Tensor cond, Tensor weight, Tensor? bias, "
-        "float temperature, float lo, float hi) -> Tensor");
+        "float temperature, float lo, float hi) -> (Tensor out, Tensor gate_sigmoid)");
   m.def("gated_fusion_backward(Tensor grad_out, Tensor head, Tensor tail, Tensor cond, Tensor weight, "
-        "Tensor? bias, float temperature, float lo, float hi) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? bias, Tensor? gate_sigmoid, float temperature, float lo, float hi) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // Sliding-window packing of frame-sorted rows (METHOD.md 3.1, 3.5), padded or packed layout.
   m.def("window_pack(Tensor x, Tensor frame_offsets, int window, int stride, bool padded) "
