@@ -50,7 +50,8 @@ def run_fixture(fx: dict, model: GlocalTransformer, features: torch.Tensor):
     inputs = fx["inputs"]
     out = model(features, inputs["im_idx"], memory=fixture_memory(inputs), rel_type=fx["config"].get("rel_type"),
                 freq=inputs.get("freq_tensor"))
-    loss = (out.output * inputs["loss_weight_output"]).sum() + (out.local_output * inputs["loss_weight_local_output"]).sum()
+    loss = (out.output * inputs["loss_weight_output"]).sum()
+    loss = loss + (out.local_output * inputs["loss_weight_local_output"]).sum()
     loss.backward()
     return out
 
