@@ -156,16 +156,15 @@ def make_optimizer(model, provider: str, choice: str, published: str | None):
     return torch.optim.AdamW(params, lr=1e-5, fused=True)
 
 
-def worker(args) -> dict:
+def make_step(provider: str, args):
+    """A training-step closure ``step(entry, labels)`` of one provider's model."""
     torch.manual_seed(0)
-    if args.provider == "published":
+    if provider == "published":
         model = build_published(args.published, args.rel_head, args.memory)
     else:
-        model = build_fremure(args.provider, args.rel_head, args.memory)
+        model = build_fremure(provider, args.rel_head, args.memory)
     model.train()
-    optimizer = make_optimizer(model, args.provider, args.optimizer, args.published)
-    videos = sample_videos(args.videos, args.seed)
-    data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
+    optimizer = make_optimizer(model, provider, args.optimizer, args.published)
 
     def step(entry, labels):
         out = model(dict(entry), "train")
@@ -175,6 +174,36 @@ def worker(args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5, norm_type=2)
         optimizer.step()
 
+    return step
+
+
+def paired(args, providers: list[str]) -> None:
+    """All providers in one process, stepping in turn on each video: on a machine shared with
+    other jobs, each video's time ratio compares steps run under nearly the same load."""
+    steps = {p: make_step(p, args) for p in providers}
+    videos = sample_videos(args.videos, args.seed)
+    data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
+    for step in steps.values():
+        step(*data[0])  # warm-up
+    times: dict[str, list[float]] = {p: [] for p in providers}
+    for round_ in range(args.rounds):
+        for entry, labels in data:
+            for p, step in steps.items():
+                start = time.perf_counter()
+                step(entry, labels)
+                times[p].append(time.perf_counter() - start)
+        print(f"round {round_} done", flush=True)
+    baseline = providers[-1]
+    for p in providers:
+        ratios = [b / t for b, t in zip(times[baseline], times[p])]
+        print(f"{p:10s} median step {statistics.median(times[p]) * 1e3:8.1f} ms  median per-video speed-up vs "
+              f"{baseline} x{statistics.median(ratios):5.2f} (min x{min(ratios):5.2f}, max x{max(ratios):5.2f})")
+
+
+def worker(args) -> dict:
+    step = make_step(args.provider, args)
+    videos = sample_videos(args.videos, args.seed)
+    data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
     step(*data[0])  # warm-up (allocator, optimizer state)
     times, cpu_times = [], []
     for entry, labels in data:
@@ -214,6 +243,8 @@ def main() -> None:
                         help="own: fused AdamW for fremure, lib/AdamW.py for published; torch: torch AdamW for all")
     parser.add_argument("--quick", action="store_true", help="2 videos, 1 round (smoke test)")
     parser.add_argument("--providers", default="ops,reference", help="comma-separated subset of ops,reference")
+    parser.add_argument("--paired", action="store_true",
+                        help="one process, providers alternating per video; per-video speed-ups (no memory figures)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--provider", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -223,6 +254,9 @@ def main() -> None:
     if args.quick:
         args.videos, args.rounds = 2, 1
     providers = args.providers.split(",") + (["published"] if args.published else [])
+    if args.paired:
+        paired(args, providers)
+        return
     runs: dict[str, list[dict]] = {p: [] for p in providers}
     for round_ in range(args.rounds):
         for provider in providers:
