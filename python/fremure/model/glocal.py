@@ -8,6 +8,7 @@ freq_gate_blend, gated_fusion); ``"auto"`` takes the ops when this build of frem
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, NamedTuple
 
@@ -19,7 +20,7 @@ import fremure_ext
 
 from ._kernels import check_kernels, use_ops
 from .layers import (REL_CLASSES, DecoderLayer, EncoderLayer, FrequencyAwareDecoder, FrequencyAwareEncoder,
-                     LayerStack)
+                     LayerStack, packed_attention)
 from .layout import FrameLayout, frame_layout, slot_order, window_layout
 
 MEMORY_TYPES = ("attention", "spatial", "contacting")          # order of the joint memory bank
@@ -351,10 +352,22 @@ class GlocalTransformer(nn.Module):
         position = packs[0].position.repeat(copies)
         offsets = torch.cat([p.window_offsets[:-1] + r * per_copy for r, p in enumerate(packs)]
                             + [packs[-1].window_offsets[-1:] + (copies - 1) * per_copy])
-        pos_embed = self.position_embedding.weight[position].to(z.dtype)
+        table = self.position_embedding.weight.to(z.dtype)
+        pos_embed = table[position]
+        layers = list(self.global_attention.layers)
         y = tokens
-        for layer in self.global_attention.layers:
-            y = layer.forward_packed(y, pos_embed, offsets)
+        for i, layer in enumerate(layers):
+            if i == 0:
+                core = layer.attend_gathered(z, src, table, position, offsets)
+            else:
+                core = packed_attention(layer.multihead2, y + pos_embed, y, offsets, project_out=False)
+            if i == len(layers) - 1 and self.mode == "latter":
+                # "latter" keeps one copy per row and everything after the attention core works
+                # row by row, so the last layer finishes only the kept copies.
+                keep = functools.partial(fremure_ext.window_unpack, src_index=src, weights=None,
+                                         num_rows=z.shape[0], mode="latter")
+                return layer.finish(keep(y), keep(core))
+            y = layer.finish(y, core)
         weights = self._window_weights(position)
         if weights is not None:
             weights = weights.to(y.dtype)

@@ -29,17 +29,27 @@ REL_CLASSES = {"attention": 3, "spatial": 6, "contact": 17}
 STAT_EPS = 1e-6
 
 
+def segment_core(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 offsets: torch.Tensor) -> torch.Tensor:
+    """Multi-head softmax attention of projected ``q, k, v [T, D]`` within the segments
+    ``offsets``, heads merged back to ``[T, D]`` (before ``mha``'s output projection)."""
+    heads = mha.num_heads
+    tokens, dim = q.shape
+    shape = (tokens, heads, dim // heads)
+    out = fremure_ext.segment_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), offsets,
+                                        1.0 / math.sqrt(dim // heads))
+    return out.reshape(tokens, dim)
+
+
 def packed_attention(mha: nn.MultiheadAttention, query: torch.Tensor, value: torch.Tensor,
-                     offsets: torch.Tensor) -> torch.Tensor:
+                     offsets: torch.Tensor, project_out: bool = True) -> torch.Tensor:
     """``mha(query, query, value)`` restricted to segments, on packed tokens.
 
     query (also the key), value: ``[T, D]``; offsets: int64 ``[S + 1]`` CSR of the segments.
-    Returns ``[T, D]``.
+    Returns ``[T, D]`` (before the output projection when ``project_out`` is False).
     """
-    dim, heads = mha.embed_dim, mha.num_heads
-    head_dim = dim // heads
+    dim = mha.embed_dim
     weight, bias = mha.in_proj_weight, mha.in_proj_bias
-    tokens = query.shape[0]
     if query is value:
         q, k, v = F.linear(query, weight, bias).split(dim, dim=-1)
     else:
@@ -47,10 +57,8 @@ def packed_attention(mha: nn.MultiheadAttention, query: torch.Tensor, value: tor
         v_bias = None if bias is None else bias[2 * dim:]
         q, k = F.linear(query, weight[: 2 * dim], qk_bias).split(dim, dim=-1)
         v = F.linear(value, weight[2 * dim:], v_bias)
-    shape = (tokens, heads, head_dim)
-    out = fremure_ext.segment_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), offsets,
-                                        1.0 / math.sqrt(head_dim))
-    return F.linear(out.reshape(tokens, dim), mha.out_proj.weight, mha.out_proj.bias)
+    out = segment_core(mha, q, k, v, offsets)
+    return F.linear(out, mha.out_proj.weight, mha.out_proj.bias) if project_out else out
 
 
 def post_norm_layer_packed(layer: nn.Module, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -113,7 +121,24 @@ class DecoderLayer(nn.Module):
 
     def forward_packed(self, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """x, position: ``[T, D]`` packed window tokens; offsets: int64 CSR of the windows."""
-        attended = packed_attention(self.multihead2, x + position, x, offsets)
+        return self.finish(x, packed_attention(self.multihead2, x + position, x, offsets, project_out=False))
+
+    def attend_gathered(self, rows: torch.Tensor, src: torch.Tensor, table: torch.Tensor, position: torch.Tensor,
+                        offsets: torch.Tensor) -> torch.Tensor:
+        """Attention core (before the output projection) of window tokens ``rows[src]`` with
+        position rows ``table[position]``, projecting the ``[R, D]`` source rows and the
+        ``[window, D]`` table instead of the (more numerous) tokens: the projections are linear,
+        so ``W (rows[src] + table[position]) = (W rows)[src] + (W table)[position]``."""
+        mha, dim = self.multihead2, rows.shape[1]
+        weight, bias = mha.in_proj_weight, mha.in_proj_bias
+        qk = F.linear(rows, weight[: 2 * dim])[src] + F.linear(table, weight[: 2 * dim], bias[: 2 * dim])[position]
+        v = F.linear(rows, weight[2 * dim:], bias[2 * dim:])[src]
+        q, k = qk.split(dim, dim=-1)
+        return segment_core(mha, q, k, v, offsets)
+
+    def finish(self, x: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
+        """Everything after the attention core, row by row: output projection, residual, norm3, FFN."""
+        attended = F.linear(core, self.multihead2.out_proj.weight, self.multihead2.out_proj.bias)
         return self._ffn(self.norm3(x + self.dropout2(attended)))
 
 
