@@ -1,0 +1,236 @@
+"""End-to-end training step of the FReMuRe relation model (PredCls, D = 1936) on AG-sized videos.
+
+One step = forward(entry, "train") + the published losses (attention cross-entropy on the head's
+output, spatial/contacting binary cross-entropy) + backward + clip_grad_norm(5) + AdamW, one video
+per step, frequency priors on, as the published train.py does.
+
+Providers (each in its own subprocess, so the peak RSS is its own):
+- ``ops``: fremure with ``kernels="ops"`` (packed tokens, torch.ops.fremure kernels, encoders
+  shared by the three relation types);
+- ``reference``: fremure with ``kernels="reference"`` (the published computation, padded layouts);
+- ``published`` (with ``--published PATH``): the published code itself from a local checkout of
+  lcx529955/FReMuRe (``PATH/lib/FReMuRe.py``; never vendored). Its compiled helpers that PredCls
+  does not use (RoIAlign/NMS, the Cython box code, GloVe download) are replaced by stand-ins
+  before import; all providers use torch.optim.AdamW.
+
+Reports the median step time over the video set (several rounds, providers interleaved) and the
+peak resident memory of each provider's process; writes benchmarks/results/model_step_cpu.csv.
+
+    PYTHONPATH=.:python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FREQ = {"attention": [0.46, 0.40, 0.14], "spatial": [0.17, 0.05, 0.40, 0.13, 0.22, 0.03],
+        "contact": [0.01, 0.01, 0.01, 0.02, 0.26, 0.08, 0.01, 0.01, 0.02, 0.20, 0.08, 0.03, 0.01, 0.02,
+                    0.02, 0.20, 0.01]}
+
+
+def sample_videos(count: int, seed: int, frames=(20, 60), pairs=(1, 6)) -> list[list[int]]:
+    """Pairs per frame of ``count`` AG-sized videos: 20-60 frames, 1-6 pairs per frame."""
+    gen = torch.Generator().manual_seed(seed)
+    videos = []
+    for _ in range(count):
+        b = int(torch.randint(frames[0], frames[1] + 1, (1,), generator=gen))
+        videos.append(torch.randint(pairs[0], pairs[1] + 1, (b,), generator=gen).tolist())
+    return videos
+
+
+def make_entry(pairs_per_frame: list[int], seed: int) -> tuple[dict, dict]:
+    """A PredCls entry and its relation labels (one attention class, 1-2 spatial, 1-3 contacting)."""
+    from fremure.model.synthetic import predcls_entry
+
+    entry = predcls_entry(pairs_per_frame, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    p = entry["pair_idx"].shape[0]
+    spatial = torch.zeros(p, 6)
+    contact = torch.zeros(p, 17)
+    spatial[torch.arange(p), torch.randint(0, 6, (p,), generator=gen)] = 1
+    contact[torch.arange(p), torch.randint(0, 17, (p,), generator=gen)] = 1
+    contact[torch.arange(p), torch.randint(0, 17, (p,), generator=gen)] = 1
+    labels = {"attention": torch.randint(0, 3, (p,), generator=gen), "spatial": spatial, "contacting": contact}
+    return entry, labels
+
+
+def published_loss(out: dict, labels: dict) -> torch.Tensor:
+    """The published train.py losses for rel_head="bayesian" (cross-entropy on the probabilities, Q-T3)."""
+    return (F.cross_entropy(out["attention_distribution"], labels["attention"])
+            + F.binary_cross_entropy(out["spatial_distribution"], labels["spatial"])
+            + F.binary_cross_entropy(out["contacting_distribution"], labels["contacting"]))
+
+
+def build_fremure(kernels: str, rel_head: str, memory: bool):
+    from fremure.model import FReMuRe
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no GloVe vectors")
+        model = FReMuRe(rel_head=rel_head, kernels=kernels, freq_attention=torch.tensor(FREQ["attention"]),
+                        freq_spatial=torch.tensor(FREQ["spatial"]), freq_contact=torch.tensor(FREQ["contact"]))
+    if memory:
+        model.rel_memory = _memory()
+    for name, p in model.named_parameters():
+        if name.startswith("object_classifier."):
+            p.requires_grad_(False)  # frozen in PredCls, as published
+    return model
+
+
+def _memory() -> dict:
+    gen = torch.Generator().manual_seed(7)
+    return {r: torch.randn(c, 1936, generator=gen) * 0.1 for r, c in (("attention", 3), ("spatial", 6),
+                                                                        ("contacting", 17))}
+
+
+def _install_published_stand_ins() -> None:
+    """Stand-ins for the published code's compiled/online helpers that PredCls never calls."""
+    import torchvision
+
+    from fremure.model.pairs import spatial_masks
+
+    def module(name: str, **attrs):
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+        return mod
+
+    for name in ("fasterRCNN", "fasterRCNN.lib", "fasterRCNN.lib.model"):
+        module(name)
+    module("fasterRCNN.lib.model.roi_layers", ROIAlign=torchvision.ops.RoIAlign, nms=torchvision.ops.nms)
+    module("lib.draw_rectangles.draw_rectangles",
+           draw_union_boxes=lambda pairs, size: spatial_masks(torch.as_tensor(pairs), size).numpy())
+    module("lib.fpn.box_intersections_cpu.bbox", bbox_overlaps=None, bbox_intersections=None)
+    module("lib.word_vectors", obj_edge_vectors=lambda names, wv_type=None, wv_dir=None, wv_dim=200:
+           torch.randn(len(names), wv_dim))
+
+
+def build_published(path: str, rel_head: str, memory: bool):
+    sys.path.insert(0, str(pathlib.Path(path).resolve()))
+    _install_published_stand_ins()
+    from lib.FReMuRe import FReMuRe as Published  # noqa: E402  (the published module, from PATH)
+
+    model = Published(mode="predcls", attention_class_num=3, spatial_class_num=6, contact_class_num=17,
+                      obj_classes=[f"class{i}" for i in range(37)], enc_layer_num=1, dec_layer_num=3,
+                      obj_mem_compute=False, rel_mem_compute="joint", mem_fusion="late", selection="manual",
+                      selection_lambda=0.5, take_obj_mem_feat=False, obj_head="linear", rel_head=rel_head, K=6,
+                      tracking=False, freq_attention=torch.tensor(FREQ["attention"]),
+                      freq_spatial=torch.tensor(FREQ["spatial"]), freq_contact=torch.tensor(FREQ["contact"]))
+    if memory:
+        model.rel_memory = _memory()
+    for name, p in model.named_parameters():
+        if name.startswith("object_classifier."):
+            p.requires_grad_(False)
+    return model
+
+
+def worker(args) -> dict:
+    torch.manual_seed(0)
+    if args.provider == "published":
+        model = build_published(args.published, args.rel_head, args.memory)
+    else:
+        model = build_fremure(args.provider, args.rel_head, args.memory)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    videos = sample_videos(args.videos, args.seed)
+    data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
+
+    def step(entry, labels):
+        out = model(dict(entry), "train")
+        loss = published_loss(out, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5, norm_type=2)
+        optimizer.step()
+
+    step(*data[0])  # warm-up (allocator, optimizer state)
+    times = []
+    for entry, labels in data:
+        start = time.perf_counter()
+        step(entry, labels)
+        times.append(time.perf_counter() - start)
+    pairs = [sum(v) for v in videos]
+    return {"provider": args.provider, "times": times, "pairs": pairs,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_worker(provider: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--provider", provider, "--videos", str(args.videos),
+           "--seed", str(args.seed), "--rel-head", args.rel_head]
+    if args.memory:
+        cmd.append("--memory")
+    if args.published:
+        cmd += ["--published", args.published]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "python"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{provider} worker failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--published", help="local checkout of lcx529955/FReMuRe to time as well")
+    parser.add_argument("--videos", type=int, default=6, help="videos (= steps) per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, providers interleaved")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rel-head", default="bayesian", choices=["linear", "bayesian", "gmm", "gmm_plus"])
+    parser.add_argument("--memory", action="store_true", help="relation memory filled (epochs > 0)")
+    parser.add_argument("--quick", action="store_true", help="2 videos, 1 round (smoke test)")
+    parser.add_argument("--providers", default="ops,reference", help="comma-separated subset of ops,reference")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--provider", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.quick:
+        args.videos, args.rounds = 2, 1
+    providers = args.providers.split(",") + (["published"] if args.published else [])
+    runs: dict[str, list[dict]] = {p: [] for p in providers}
+    for round_ in range(args.rounds):
+        for provider in providers:
+            result = run_worker(provider, args)
+            runs[provider].append(result)
+            print(f"round {round_} {provider:10s} median step {statistics.median(result['times']) * 1e3:8.1f} ms  "
+                  f"peak RSS {result['peak_rss_mib']:8.0f} MiB", flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    baseline = "published" if args.published else "reference"
+    medians = {p: statistics.median(t for r in runs[p] for t in r["times"]) for p in providers}
+    rows = []
+    for p in providers:
+        rows.append(dict(provider=p, device=machine, rel_head=args.rel_head, memory=args.memory,
+                         videos=args.videos, rounds=args.rounds,
+                         pairs_per_video=statistics.mean(runs[p][0]["pairs"]),
+                         median_step_ms=medians[p] * 1e3, speedup_vs_baseline=medians[baseline] / medians[p],
+                         baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p])))
+        print(f"{p:10s} median step {medians[p] * 1e3:8.1f} ms  x{medians[baseline] / medians[p]:5.2f} vs {baseline}"
+              f"  peak RSS {rows[-1]['peak_rss_mib']:8.0f} MiB")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "model_step_cpu.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Import and export of the published FReMuRe code's checkpoints and state dicts."""
+
+from .checkpoint import infer_config, load_reference_checkpoint, read_reference_checkpoint
+from .state_dict import check_state_dict, export_reference_state_dict, load_reference_state_dict
+
+__all__ = ["load_reference_state_dict", "export_reference_state_dict", "check_state_dict",
+           "load_reference_checkpoint", "read_reference_checkpoint", "infer_config"]

@@ -1,0 +1,401 @@
+"""The glocal transformer of FReMuRe (METHOD.md section 3), with the published parameter layout.
+
+``kernels="reference"`` runs the published computation (zero-padded frame and window layouts,
+``nn.MultiheadAttention``, feature-sum padding masks); ``kernels="ops"`` computes the same numbers
+on packed tokens with the torch.ops.fremure kernels (window_pack/window_unpack, segment_attention,
+freq_gate_blend, gated_fusion); ``"auto"`` takes the ops when this build of fremure_ext has them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fremure_ext
+
+from ._kernels import check_kernels, use_ops
+from .layers import (REL_CLASSES, DecoderLayer, EncoderLayer, FrequencyAwareDecoder, FrequencyAwareEncoder,
+                     LayerStack)
+from .layout import FrameLayout, frame_layout, slot_order, window_layout
+
+MEMORY_TYPES = ("attention", "spatial", "contacting")          # order of the joint memory bank
+SEPARATE_MEMORY_ORDER = ("attention", "contacting", "spatial")  # published order of the per-type banks
+MODES = ("latter", "both", "mean", "weighted")
+FUSION_TEMPERATURE, FUSION_LO, FUSION_HI = 1.5, 0.02, 0.98
+FREQ_EMBED = 64
+_REL_ALIASES = {"contacting": "contact"}
+_UNPACK_MODE = {"latter": "latter", "both": "mean", "mean": "mean", "weighted": "weighted"}
+
+
+class TransformerOutput(NamedTuple):
+    """``output`` ``[N, D]`` goes to the relation heads; ``local_output`` and ``mem_features``
+    follow the published return convention (see :meth:`GlocalTransformer.forward`)."""
+
+    output: torch.Tensor
+    local_output: torch.Tensor
+    mem_features: torch.Tensor
+
+
+def canonical_rel_type(rel_type: str | None) -> str | None:
+    """'contacting' -> 'contact' (the published frequency-mapper key); other names unchanged."""
+    return _REL_ALIASES.get(rel_type, rel_type) if rel_type is not None else None
+
+
+class GlocalTransformer(nn.Module):
+    """Local (per-frame) + tail (per-slot, frequency-gated) encoders, gated fusion, windowed
+    temporal decoder and TEMPURA memory; the published ``transformer`` module.
+
+    Args:
+        embed_dim, nhead, dim_feedforward, enc_layer_num, dec_layer_num, dropout: as published
+            (the tail encoder keeps torch's FFN width 2048, as published).
+        mode: "latter" (published), "both" (published; = "mean" of the windows holding a frame),
+            "mean" or "weighted" (learned per-position weights ``window_weight``).
+        mem_compute: None (no memory), "joint" (one attention over all 26 prototypes) or
+            "seperate" (published spelling: one attention per relation type, averaged).
+        mem_fusion: "late" (after the temporal decoder) or "early" (before it).
+        selection: "manual" (fixed ``selection_lambda``) or "automated" (learned ``selector``).
+        window, stride: frames per temporal window and between window starts (published 2, 1).
+        kernels: "auto" | "ops" | "reference".
+        gate: "stats" (published six-statistic FreqGate) or "log_inverse" (the paper's Eq. 2).
+        keep_unused: build ``global_attention_tail`` and ``fusion_gate_global``, which the
+            published forward never uses but its checkpoints contain.
+        zero_sum_padding: reference path only: the published padding rule of the temporal
+            decoder, where a row whose features sum to exactly 0 counts as padding (no query
+            attends to it; AG spec Q-M2). False: explicit padding masks. The ops path always uses
+            explicit masks: whether a sum of D rounded values is exactly 0 depends on the rounding
+            of the computation that produced them, so no other computation can reproduce the
+            rule row for row. It matters in practice only while the LayerNorm affine parameters
+            are at their initial values (the no-frequency path feeds LayerNorm outputs, which sum
+            to ~0, straight into the decoder); the two paths then differ on the affected rows.
+    """
+
+    def __init__(self, embed_dim: int = 1936, nhead: int = 8, dim_feedforward: int = 2048, enc_layer_num: int = 1,
+                 dec_layer_num: int = 3, dropout: float = 0.1, mode: str = "latter", mem_compute: str | None = None,
+                 mem_fusion: str = "late", selection: str = "manual", selection_lambda: float = 0.5,
+                 window: int = 2, stride: int = 1, kernels: str = "auto", gate: str = "stats",
+                 keep_unused: bool = True, zero_sum_padding: bool = True):
+        super().__init__()
+        _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride)
+        self.embed_dim = embed_dim
+        self.mode = mode
+        self.mem_compute = "joint" if mem_compute is True else mem_compute
+        self.mem_fusion = mem_fusion
+        self.selection = selection
+        self.selection_lambda = float(selection_lambda)
+        self.window, self.stride = window, stride
+        self.zero_sum_padding = zero_sum_padding
+        self.kernels = check_kernels(kernels)
+
+        self.local_attention = LayerStack(EncoderLayer(embed_dim, nhead, dim_feedforward, dropout), enc_layer_num)
+        self.local_attention_tail = FrequencyAwareEncoder(embed_dim, nhead, enc_layer_num, dropout=dropout, gate=gate)
+        if self.mem_compute == "seperate":
+            self.mem_attention = nn.ModuleDict({r: nn.MultiheadAttention(embed_dim, 1, 0.0, bias=False)
+                                                for r in SEPARATE_MEMORY_ORDER})
+        elif self.mem_compute == "joint":
+            self.mem_attention = nn.MultiheadAttention(embed_dim, 1, 0.0, bias=False)
+        if self.mem_compute is not None and selection == "automated":
+            self.selector = nn.Linear(embed_dim, 1)
+        self.global_attention = LayerStack(DecoderLayer(embed_dim, nhead, dim_feedforward, dropout), dec_layer_num)
+        if keep_unused:
+            self.global_attention_tail = FrequencyAwareDecoder(embed_dim, nhead, dec_layer_num, dropout=dropout)
+        self.position_embedding = nn.Embedding(window, embed_dim)
+        nn.init.uniform_(self.position_embedding.weight)
+        if mode == "weighted":
+            self.window_weight = nn.Parameter(torch.zeros(window))
+        fusion_in = 2 * embed_dim + FREQ_EMBED
+        self.fusion_gate_local = nn.Sequential(nn.Linear(fusion_in, embed_dim), nn.Sigmoid())
+        if keep_unused:
+            self.fusion_gate_global = nn.Sequential(nn.Linear(fusion_in, embed_dim), nn.Sigmoid())
+        self.freq_mapper = nn.ModuleDict({r: nn.Linear(c, FREQ_EMBED) for r, c in REL_CLASSES.items()})
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(self, features: torch.Tensor, im_idx: torch.Tensor, memory: Mapping[str, torch.Tensor] | None = None,
+                rel_type: str | None = None, freq: torch.Tensor | None = None) -> TransformerOutput:
+        """One relation type's pass over a video.
+
+        Args:
+            features: ``[N, D]`` float relation features, rows sorted by frame.
+            im_idx: ``[N]`` frame of each row (float or integer), non-decreasing.
+            memory: None/empty, or prototypes ``{"attention": [3, D], "spatial": [6, D],
+                "contacting": [17, D]}`` (used when ``mem_compute`` is set).
+            rel_type: "attention" | "spatial" | "contact" ("contacting" accepted); needed with ``freq``.
+            freq: ``[C_r]`` class frequencies of ``rel_type``; None switches the tail branch off.
+
+        Returns:
+            :class:`TransformerOutput` ``(output, local_output, mem_features)``, each ``[N, D]``:
+            without memory ``(global, Z_loc, Z_loc)``; late fusion ``(fused global, global,
+            fused global)``; early fusion ``(global, Z_loc, fused Z_loc)`` (METHOD.md 3.6).
+        """
+        return self.forward_types(features, im_idx, memory, {rel_type: freq} if freq is not None else {None: None})[
+            canonical_rel_type(rel_type) if freq is not None else None]
+
+    def forward_types(self, features: torch.Tensor, im_idx: torch.Tensor,
+                      memory: Mapping[str, torch.Tensor] | None,
+                      freqs: Mapping[str | None, torch.Tensor | None]) -> dict[str | None, TransformerOutput]:
+        """Several relation types' passes over one video; ``freqs`` maps rel_type -> ``[C_r]`` (or
+        None -> None for the frequency-free pass). Results are keyed like ``freqs`` (with
+        'contacting' renamed 'contact').
+
+        On the ops path the local and tail encoders run once and are shared by all types (they do
+        not depend on the type) and the types' temporal decoders run as one batch; the reference
+        path runs the published per-type computation. Same numbers either way (eval / dropout 0).
+        """
+        _check_features(features, self.embed_dim)
+        layout = frame_layout(im_idx, features.shape[0], features.device)
+        requests = [self._check_request(r, f, features) for r, f in freqs.items()]
+        bank = self._check_memory(memory, features)
+        needed = ["segment_attention", "window_pack", "window_unpack"]
+        if any(f is not None for _, f in requests):
+            needed += ["freq_gate_blend", "gated_fusion"]
+        if use_ops(self.kernels, *needed):
+            outputs = self._run_packed(features, layout, bank, requests)
+        else:
+            outputs = [self._run_padded(features, layout, bank, r, f) for r, f in requests]
+        return {r: out for (r, _), out in zip(requests, outputs)}
+
+    # ------------------------------------------------------------------ input checks
+
+    def _check_request(self, rel_type, freq, features):
+        rel_type = canonical_rel_type(rel_type)
+        if freq is None:
+            return rel_type, None
+        if rel_type not in self.freq_mapper:
+            raise ValueError(f"rel_type must be one of {list(self.freq_mapper)} when freq is given, got {rel_type!r}")
+        if not isinstance(freq, torch.Tensor):
+            raise TypeError(f"freq for {rel_type!r} must be a torch.Tensor, got {type(freq).__name__}")
+        classes = self.freq_mapper[rel_type].in_features
+        if freq.shape != (classes,):
+            raise ValueError(f"freq for {rel_type!r} must have shape [{classes}] (one value per class), "
+                             f"got {tuple(freq.shape)}")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(freq).all()):
+            raise ValueError(f"freq for {rel_type!r} contains NaN or inf")
+        return rel_type, freq.to(device=features.device, dtype=self.freq_mapper[rel_type].weight.dtype)
+
+    def _check_memory(self, memory, features) -> dict[str, torch.Tensor] | None:
+        if self.mem_compute is None or memory is None or len(memory) == 0:
+            return None
+        if not isinstance(memory, Mapping):
+            raise TypeError(f"memory must be a dict of prototypes {MEMORY_TYPES}, got {type(memory).__name__}")
+        if set(memory) != set(MEMORY_TYPES):
+            raise ValueError(f"memory must have the keys {MEMORY_TYPES}, got {sorted(memory)}")
+        bank = {}
+        for r in MEMORY_TYPES:
+            m = memory[r]
+            if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != self.embed_dim:
+                shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+                raise ValueError(f"memory[{r!r}] must be a [C, {self.embed_dim}] tensor, got {shape}")
+            bank[r] = m.to(device=features.device, dtype=features.dtype)
+        return bank
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _fuse_reference(self, head: torch.Tensor, tail: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+        h = F.layer_norm(head, (head.shape[-1],))
+        t = F.layer_norm(tail, (tail.shape[-1],))
+        q = mapped.view(1, -1).expand(head.shape[0], -1)
+        q = F.layer_norm(q, (q.shape[-1],))
+        logits = self.fusion_gate_local[0](torch.cat([h, t, q], dim=-1))
+        gate = torch.clamp(torch.sigmoid(logits / FUSION_TEMPERATURE), FUSION_LO, FUSION_HI)
+        return h + (1 - gate) * (t - h)
+
+    def _selector_weight(self, feat: torch.Tensor):
+        if self.selection == "manual":
+            return self.selection_lambda
+        return self.selector(feat).sigmoid()
+
+    def _hallucinate(self, feat: torch.Tensor, bank: dict[str, torch.Tensor] | None, packed: bool) -> torch.Tensor:
+        """Memory read-out ``e * feat + (1 - e) * Attn(feat, M, M)`` (identity without memory)."""
+        if bank is None:
+            return feat
+        attend = _memory_attention if packed else _memory_attention_module
+        if self.mem_compute == "joint":
+            read = attend(self.mem_attention, feat, torch.cat([bank[r] for r in MEMORY_TYPES]))
+        else:
+            reads = [attend(self.mem_attention[r], feat, bank[r]) for r in SEPARATE_MEMORY_ORDER]
+            read = torch.stack(reads, dim=1).mean(dim=1)
+        e = self._selector_weight(feat)
+        return e * feat + (1 - e) * read
+
+    def _finish(self, local: torch.Tensor, global_out: torch.Tensor, bank, packed: bool) -> TransformerOutput:
+        """Published return convention around the late memory read-out."""
+        if self.mem_compute is not None and self.mem_fusion == "late":
+            fused = self._hallucinate(global_out, bank, packed)
+            return TransformerOutput(fused, global_out, fused)
+        return TransformerOutput(global_out, local, local)
+
+    def _window_weights(self, position: torch.Tensor) -> torch.Tensor | None:
+        return torch.exp(self.window_weight)[position] if self.mode == "weighted" else None
+
+    # ------------------------------------------------------------------ published (padded) path
+
+    def _run_padded(self, features, layout: FrameLayout, bank, rel_type, freq) -> TransformerOutput:
+        dim = features.shape[1]
+        rel_input = features.new_zeros(layout.most, layout.num_frames, dim)
+        rel_input = rel_input.index_put((layout.slot, layout.frame), features)
+        masks = torch.arange(layout.most, device=features.device)[None, :] >= layout.counts[:, None]  # [b, l]
+        x = rel_input
+        for layer in self.local_attention.layers:
+            x = layer(x, masks)
+        local = x[layout.slot, layout.frame]
+        if freq is not None:
+            tail = self.local_attention_tail(rel_input, masks)
+            gate = self.local_attention_tail.freq_gate(freq, rel_type).to(tail.dtype)
+            blended = gate * F.layer_norm(tail, (dim,)) + (1.0 - gate) * tail
+            tail = torch.where(~masks.T.unsqueeze(-1), blended, tail)[layout.slot, layout.frame]
+            local = self._fuse_reference(local, tail, self.freq_mapper[rel_type](freq.unsqueeze(0)))
+        early = self.mem_compute is not None and self.mem_fusion == "early"
+        decoder_in = self._hallucinate(local, bank, packed=False) if early else local
+        global_out = self._global_padded(decoder_in, layout)
+        if early:
+            return TransformerOutput(global_out, local, decoder_in)
+        return self._finish(local, global_out, bank, packed=False)
+
+    def _global_padded(self, z: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        n, dim = z.shape
+        wl = window_layout(layout, self.window, self.stride)
+        if wl.num_windows == 0:
+            return torch.zeros_like(z).detach()  # the published output of a too-short video: all zeros
+        index = (wl.row, wl.window_id)
+        global_input = z.new_zeros(wl.length, wl.num_windows, dim).index_put(index, z[wl.src])
+        position = z.new_zeros(wl.length, wl.num_windows, dim).index_put(
+            index, self.position_embedding.weight[wl.position].to(z.dtype))
+        if self.zero_sum_padding:
+            # Published padding rule: a row is padding when its features sum to exactly 0.
+            masks = (global_input.reshape(-1, dim).sum(dim=1) == 0).view(wl.length, wl.num_windows).T
+        else:
+            masks = torch.ones(wl.num_windows, wl.length, dtype=torch.bool, device=z.device)
+            masks[wl.window_id, wl.row] = False
+        y = global_input
+        for layer in self.global_attention.layers:
+            y = layer(y, masks, position)
+        tokens = y[index]
+        return self._unpack_padded(tokens, wl.src, wl.position, n)
+
+    def _unpack_padded(self, tokens: torch.Tensor, src: torch.Tensor, position: torch.Tensor, n: int) -> torch.Tensor:
+        count = tokens.shape[0]
+        out = tokens.new_zeros(n, tokens.shape[1])
+        if self.mode == "latter":
+            order = torch.arange(count, device=src.device)
+            first = torch.full((n,), count, dtype=torch.long, device=src.device).scatter_reduce(0, src, order, "amin")
+            covered = first < count
+            out[covered] = tokens[first[covered]]
+            return out
+        weights = self._window_weights(position)
+        if weights is None:
+            weights = tokens.new_ones(count)
+        total = tokens.new_zeros(n).index_add(0, src, weights.to(tokens.dtype))
+        out = out.index_add(0, src, tokens * weights[:, None].to(tokens.dtype))
+        return out / torch.where(total > 0, total, torch.ones_like(total))[:, None]
+
+    # ------------------------------------------------------------------ packed (ops) path
+
+    def _run_packed(self, features, layout: FrameLayout, bank, requests) -> list[TransformerOutput]:
+        n = features.shape[0]
+        head = features
+        for layer in self.local_attention.layers:
+            head = layer.forward_packed(head, layout.offsets)
+        tail = self._tail_packed(features, layout) if any(f is not None for _, f in requests) else None
+        locals_ = []
+        for rel_type, freq in requests:
+            if freq is None:
+                locals_.append(head)
+                continue
+            gate = self.local_attention_tail.freq_gate(freq, rel_type).to(features.dtype)
+            blended = fremure_ext.freq_gate_blend(tail, gate)
+            mapped = self.freq_mapper[rel_type](freq)
+            linear = self.fusion_gate_local[0]
+            locals_.append(fremure_ext.gated_fusion(head, blended, mapped, linear.weight, linear.bias,
+                                                    FUSION_TEMPERATURE, FUSION_LO, FUSION_HI))
+        stacked = torch.cat(locals_) if len(locals_) > 1 else locals_[0]
+        early = self.mem_compute is not None and self.mem_fusion == "early"
+        decoder_in = self._hallucinate(stacked, bank, packed=True) if early else stacked
+        global_out = self._global_packed(decoder_in, layout, len(requests))
+        results = []
+        for r in range(len(requests)):
+            rows = slice(r * n, (r + 1) * n)
+            if early:
+                results.append(TransformerOutput(global_out[rows], stacked[rows], decoder_in[rows]))
+            else:
+                results.append(self._finish(stacked[rows], global_out[rows], bank, packed=True))
+        return results
+
+    def _tail_packed(self, features: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        order, slot_offsets = slot_order(layout)
+        grouped = self.local_attention_tail.forward_packed(features[order], slot_offsets)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        return grouped[inverse]
+
+    def _global_packed(self, z: torch.Tensor, layout: FrameLayout, copies: int) -> torch.Tensor:
+        """Temporal decoder over ``copies`` stacked copies ``[copies * N, D]`` of one video's rows
+        (one per relation type), all windows of all copies in one packed batch."""
+        n = z.shape[0] // copies
+        if torch.compiler.is_compiling():
+            # window_pack's fake kernel counts windows with Python comparisons on the (data-dependent)
+            # frame count; a traced graph therefore assumes at least one full window.
+            torch._check(layout.num_frames >= self.window)
+        packs = [fremure_ext.window_pack(z[r * n:(r + 1) * n], layout.offsets, self.window, self.stride, False)
+                 for r in range(copies)]
+        per_copy = packs[0].out.shape[0]
+        if not torch.compiler.is_compiling() and per_copy == 0:
+            return torch.zeros_like(z).detach()  # the published output of a too-short video: all zeros
+        tokens = torch.cat([p.out for p in packs]) if copies > 1 else packs[0].out
+        src = torch.cat([p.src_index + r * n for r, p in enumerate(packs)])
+        position = packs[0].position.repeat(copies)
+        offsets = torch.cat([p.window_offsets[:-1] + r * per_copy for r, p in enumerate(packs)]
+                            + [packs[-1].window_offsets[-1:] + (copies - 1) * per_copy])
+        pos_embed = self.position_embedding.weight[position].to(z.dtype)
+        y = tokens
+        for layer in self.global_attention.layers:
+            y = layer.forward_packed(y, pos_embed, offsets)
+        weights = self._window_weights(position)
+        if weights is not None:
+            weights = weights.to(y.dtype)
+        return fremure_ext.window_unpack(y, src, weights, z.shape[0], _UNPACK_MODE[self.mode])
+
+
+def _memory_attention(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """One-head, bias-free attention of every row of ``feat [N, D]`` over ``bank [M, D]``."""
+    dim = feat.shape[1]
+    w_q, w_k, w_v = mha.in_proj_weight.split(dim)
+    scores = (F.linear(feat, w_q) / math.sqrt(dim)) @ F.linear(bank, w_k).T
+    return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
+
+
+def _memory_attention_module(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """The published call: sequence-first ``mha(feat[:, None], bank[:, None], bank[:, None])``."""
+    out, _ = mha(feat.unsqueeze(1), bank.unsqueeze(1), bank.unsqueeze(1))
+    return out.squeeze(1)
+
+
+def _check_features(features: object, embed_dim: int) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be a float tensor, got {features.dtype}")
+    if features.dim() != 2 or features.shape[1] != embed_dim:
+        raise ValueError(f"features must be [N, {embed_dim}], got shape {tuple(features.shape)}")
+
+
+def _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride) -> None:
+    if embed_dim % nhead:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by nhead ({nhead})")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mem_compute not in (None, True, "joint", "seperate"):
+        raise ValueError(f"mem_compute must be None, 'joint' or 'seperate', got {mem_compute!r}")
+    if mem_fusion not in ("late", "early"):
+        raise ValueError(f"mem_fusion must be 'late' or 'early', got {mem_fusion!r}")
+    if selection not in ("manual", "automated"):
+        raise ValueError(f"selection must be 'manual' or 'automated', got {selection!r}")
+    for value, name in ((window, "window"), (stride, "stride")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "canonical_rel_type"]

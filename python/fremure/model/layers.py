@@ -1,0 +1,217 @@
+"""Building blocks of the glocal transformer (METHOD.md section 3).
+
+Every layer keeps the published parameter layout (``nn.MultiheadAttention`` with its packed
+``in_proj_weight``, ``linear1/linear2``, ``normK``) so published state dicts load unchanged, and
+offers two computations of the same function:
+
+- ``forward``: the published one, on zero-padded sequence-first tensors with key-padding masks;
+- ``forward_packed``: on packed tokens ``[T, D]`` with CSR segment offsets, attention restricted
+  to each segment by ``fremure_ext.segment_attention`` (no padding row is ever computed) and the
+  attention's input/output projections applied as plain linear maps on the packed tokens.
+
+The packed path applies no dropout to the attention probabilities (the op has none); every other
+dropout is the same. In eval mode or with dropout 0 both paths compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fremure_ext
+
+REL_TYPES = ("attention", "spatial", "contact")
+REL_CLASSES = {"attention": 3, "spatial": 6, "contact": 17}
+STAT_EPS = 1e-6
+
+
+def packed_attention(mha: nn.MultiheadAttention, query: torch.Tensor, value: torch.Tensor,
+                     offsets: torch.Tensor) -> torch.Tensor:
+    """``mha(query, query, value)`` restricted to segments, on packed tokens.
+
+    query (also the key), value: ``[T, D]``; offsets: int64 ``[S + 1]`` CSR of the segments.
+    Returns ``[T, D]``.
+    """
+    dim, heads = mha.embed_dim, mha.num_heads
+    head_dim = dim // heads
+    weight, bias = mha.in_proj_weight, mha.in_proj_bias
+    tokens = query.shape[0]
+    if query is value:
+        q, k, v = F.linear(query, weight, bias).split(dim, dim=-1)
+    else:
+        qk_bias = None if bias is None else bias[: 2 * dim]
+        v_bias = None if bias is None else bias[2 * dim:]
+        q, k = F.linear(query, weight[: 2 * dim], qk_bias).split(dim, dim=-1)
+        v = F.linear(value, weight[2 * dim:], v_bias)
+    shape = (tokens, heads, head_dim)
+    out = fremure_ext.segment_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), offsets,
+                                        1.0 / math.sqrt(head_dim))
+    return F.linear(out.reshape(tokens, dim), mha.out_proj.weight, mha.out_proj.bias)
+
+
+def post_norm_layer_packed(layer: nn.Module, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """One post-norm encoder layer (self-attention -> add -> norm1 -> ReLU FFN -> add -> norm2) on
+    packed tokens ``x [T, D]`` with segments ``offsets``. Works for :class:`EncoderLayer` and
+    ``nn.TransformerEncoderLayer`` (same attribute names)."""
+    x = layer.norm1(x + layer.dropout1(packed_attention(layer.self_attn, x, x, offsets)))
+    hidden = layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
+    return layer.norm2(x + layer.dropout2(hidden))
+
+
+class EncoderLayer(nn.Module):
+    """STTran spatial encoder layer (post-norm, ReLU FFN); published ``TransformerEncoderLayer``."""
+
+    def __init__(self, embed_dim: int = 1936, nhead: int = 4, dim_feedforward: int = 2048, dropout: float = 0.1):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(embed_dim, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, src: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        """src: ``[L, B, D]``; key_padding_mask: bool ``[B, L]`` (True = padding). Returns ``[L, B, D]``."""
+        attended, _ = self.self_attn(src, src, src, key_padding_mask=key_padding_mask)
+        src = self.norm1(src + self.dropout1(attended))
+        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout2(hidden))
+
+    def forward_packed(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x: ``[T, D]`` packed tokens; offsets: int64 CSR of the attention segments."""
+        return post_norm_layer_packed(self, x, offsets)
+
+
+class DecoderLayer(nn.Module):
+    """STTran temporal decoder layer; published ``TransformerDecoderLayer``: position-embedded
+    self-attention -> add -> norm3 -> ReLU FFN -> add (no norm after the FFN)."""
+
+    def __init__(self, embed_dim: int = 1936, nhead: int = 4, dim_feedforward: int = 2048, dropout: float = 0.1):
+        super().__init__()
+        self.multihead2 = nn.MultiheadAttention(embed_dim, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
+        self.norm3 = nn.LayerNorm(embed_dim)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """x, position: ``[L, W, D]``; key_padding_mask: bool ``[W, L]``. Returns ``[L, W, D]``."""
+        keyed = x + position
+        attended, _ = self.multihead2(query=keyed, key=keyed, value=x, key_padding_mask=key_padding_mask)
+        return self._ffn(self.norm3(x + self.dropout2(attended)))
+
+    def forward_packed(self, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x, position: ``[T, D]`` packed window tokens; offsets: int64 CSR of the windows."""
+        attended = packed_attention(self.multihead2, x + position, x, offsets)
+        return self._ffn(self.norm3(x + self.dropout2(attended)))
+
+
+class LayerStack(nn.Module):
+    """``num_layers`` deep copies of one layer under ``layers.<i>`` (the published key layout)."""
+
+    def __init__(self, layer: nn.Module, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
+
+
+def frequency_statistics(freq: torch.Tensor) -> torch.Tensor:
+    """The six float32 statistics of a class-frequency vector ``[C]`` -> ``[6]``:
+    mean, min, max, std (biased), entropy and tailness of ``pi = (f + eps) / (sum f + eps C)``."""
+    f = freq.float()
+    pi = (f + STAT_EPS) / (f.sum() + STAT_EPS * f.numel())
+    mean = pi.mean()
+    entropy = -(pi * torch.log(pi + STAT_EPS)).sum()
+    tailness = torch.log(mean / (pi + STAT_EPS)).mean()
+    return torch.stack([mean, pi.min(), pi.max(), pi.std(unbiased=False), entropy, tailness])
+
+
+class FreqGate(nn.Module):
+    """Channel gate from class-frequency statistics: ``g = sigmoid(MLP(stats(f)) / tau)``, ``[D]``
+    (``[1]`` when not channel-wise). The published tail encoder's gate."""
+
+    def __init__(self, d_model: int, hidden: int = 64, channel_wise: bool = True, tau: float = 1.0):
+        super().__init__()
+        self.out_dim = d_model if channel_wise else 1
+        self.tau = tau
+        self.mlp = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, self.out_dim))
+
+    def forward(self, freq: torch.Tensor, rel_type: str | None = None) -> torch.Tensor:
+        """freq: ``[C]`` counts or normalised frequencies. Returns the gate ``[D]`` in the MLP's dtype."""
+        stats = frequency_statistics(freq).to(self.mlp[0].weight.dtype)
+        return torch.sigmoid(self.mlp(stats) / self.tau)
+
+
+class LogFreqGate(nn.Module):
+    """The paper's gate (Eq. 2): ``g = sigmoid(W_r log(1 / (f + eps)) + b_r)``, one linear map per
+    relation type (``proj.<type>``). Beyond the reference; checkpoints of the published code use
+    :class:`FreqGate`."""
+
+    def __init__(self, d_model: int, class_counts: dict[str, int] | None = None):
+        super().__init__()
+        counts = dict(REL_CLASSES if class_counts is None else class_counts)
+        self.proj = nn.ModuleDict({r: nn.Linear(c, d_model) for r, c in counts.items()})
+
+    def forward(self, freq: torch.Tensor, rel_type: str | None = None) -> torch.Tensor:
+        """freq: ``[C_r]``; rel_type: key of ``proj``. Returns ``[D]``."""
+        if rel_type not in self.proj:
+            raise ValueError(f"rel_type must be one of {list(self.proj)} for the log-frequency gate, got {rel_type!r}")
+        proj = self.proj[rel_type]
+        return torch.sigmoid(proj(torch.log(1.0 / (freq.to(proj.weight.dtype) + STAT_EPS))))
+
+
+class FrequencyAwareEncoder(nn.Module):
+    """Tail branch: ``nn.TransformerEncoder`` (post-norm, ReLU, ``batch_first=True``) + frequency gate.
+
+    The published code feeds it the frame-packed ``[l, b, D]`` tensor although it is batch-first,
+    so it attends across frames among the pairs that share a slot; ``forward_packed`` computes
+    exactly that on slot-grouped tokens.
+    """
+
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_layers: int = 1, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, gate: str = "stats"):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                                           dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=num_layers)
+        if gate == "stats":
+            self.freq_gate = FreqGate(d_model=d_model, hidden=64, channel_wise=True, tau=1.0)
+        elif gate == "log_inverse":
+            self.freq_gate = LogFreqGate(d_model)
+        else:
+            raise ValueError(f"gate must be 'stats' or 'log_inverse', got {gate!r}")
+
+    def forward(self, src: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        """Published computation without the gate: src ``[l, b, D]``, key_padding_mask ``[b, l]``
+        (transposed inside, as published). Returns ``[l, b, D]``."""
+        return self.encoder(src, src_key_padding_mask=key_padding_mask.T)
+
+    def forward_packed(self, x: torch.Tensor, slot_offsets: torch.Tensor) -> torch.Tensor:
+        """x: ``[N, D]`` rows grouped by slot; slot_offsets: CSR of the slot groups."""
+        for layer in self.encoder.layers:
+            x = post_norm_layer_packed(layer, x, slot_offsets)
+        return x
+
+
+class FrequencyAwareDecoder(nn.Module):
+    """Parameter holder for the published ``global_attention_tail`` (an ``nn.TransformerDecoder``
+    plus a frequency gate). The published forward never calls it; it exists so that published
+    checkpoints load strictly."""
+
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_layers: int = 1, dim_feedforward: int = 2048,
+                 dropout: float = 0.1):
+        super().__init__()
+        layer = nn.TransformerDecoderLayer(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                                           dropout=dropout)
+        self.decoder = nn.TransformerDecoder(layer, num_layers=num_layers)
+        self.freq_gate = FreqGate(d_model=d_model, hidden=64, channel_wise=True, tau=1.0)

@@ -1,0 +1,261 @@
+"""The FReMuRe relation model (METHOD.md sections 2-4), published parameter layout.
+
+``forward(entry, phase, unc)`` takes and returns the published ``entry`` dict (AG_AND_EVAL_SPEC.md
+2.6): object classification/pairing, relation features (subject/object RoI features, union
+branch, class embeddings; D = 1936), the glocal transformer per relation type with its frequency
+prior, and the three relation heads.
+
+Performance design (ops path): the local and tail encoders do not depend on the relation type, so
+they run once per video and are shared by the three types; only the frequency gate, fusion,
+temporal decoder (batched over the types) and memory read-out are per type. Eval results are
+unchanged; in training with dropout the three types share the encoders' dropout masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ._kernels import check_kernels
+from .embeddings import WORD_DIM, glove_table
+from .glocal import MEMORY_TYPES, GlocalTransformer, TransformerOutput
+from .heads import make_rel_head
+from .objects import HIDDEN, OBJ_DIM, ObjectClassifier
+from .pairs import MASK_SIZE
+
+EMBED_DIM = 1936           # 512 subject + 512 object + 512 union + 200 + 200 class embeddings
+UNION_CHANNELS = 1024
+VISUAL_DIM = 512
+REL_KEYS = {"attention": ("a_rel_compress", "attention", "freq_attention"),
+            "spatial": ("s_rel_compress", "spatial", "freq_spatial"),
+            "contact": ("c_rel_compress", "contacting", "freq_contact")}
+
+
+class FReMuRe(nn.Module):
+    """FReMuRe relation model.
+
+    Defaults are the published training configuration (``lib/config.py``; the published
+    constructor's own defaults, K=None and layer counts None, do not run).
+
+    Args (published): mode, attention/spatial/contact_class_num, obj_classes (names, background
+        first, or their number), rel_classes (unused, kept for the signature), enc_layer_num,
+        dec_layer_num, obj_mem_compute, rel_mem_compute (None | "joint" | "seperate"), mem_fusion,
+        selection, selection_lambda, take_obj_mem_feat, obj_head ("linear" | "gmm"), rel_head
+        ("linear" | "bayesian" | "gmm" | "gmm_plus"), K, tracking (unsupported), freq_attention /
+        freq_spatial / freq_contact (``[3]``, ``[6]``, ``[17]`` class frequencies; None switches
+        the frequency branch off).
+    Args (beyond the reference): kernels ("auto" | "ops" | "reference"), decouple ("shared": one
+        transformer, as published; "separate": one per relation type), gate ("stats" | "log_inverse"),
+        window, stride, window_mode ("latter" | "both" | "mean" | "weighted"), glove (GloVe path or
+        table for the class embeddings), keep_unused (see :class:`GlocalTransformer`), dropout.
+    """
+
+    def __init__(self, mode: str = "predcls", attention_class_num: int = 3, spatial_class_num: int = 6,
+                 contact_class_num: int = 17, obj_classes: Sequence[str] | int = 37,
+                 rel_classes: Sequence[str] | None = None, enc_layer_num: int = 1, dec_layer_num: int = 3,
+                 obj_mem_compute: bool = False, rel_mem_compute: str | None = "joint", mem_fusion: str = "late",
+                 selection: str = "manual", selection_lambda: float = 0.5, take_obj_mem_feat: bool = False,
+                 obj_head: str = "linear", rel_head: str = "bayesian", K: int = 6, tracking: bool = False,
+                 freq_attention: torch.Tensor | None = None, freq_spatial: torch.Tensor | None = None,
+                 freq_contact: torch.Tensor | None = None, *, kernels: str = "auto", decouple: str = "shared",
+                 gate: str = "stats", window: int = 2, stride: int = 1, window_mode: str = "latter",
+                 glove: Any = None, keep_unused: bool = True, dropout: float = 0.1):
+        super().__init__()
+        if mode not in ("predcls", "sgcls", "sgdet"):
+            raise ValueError(f"mode must be 'predcls', 'sgcls' or 'sgdet', got {mode!r}")
+        if decouple not in ("shared", "separate"):
+            raise ValueError(f"decouple must be 'shared' or 'separate', got {decouple!r}")
+        if take_obj_mem_feat and mode == "predcls":
+            raise ValueError("take_obj_mem_feat=True needs the object classifier's features (sgcls/sgdet)")
+        self.mode, self.decouple, self.rel_head, self.obj_head = mode, decouple, rel_head, obj_head
+        self.kernels = check_kernels(kernels)
+        self.attention_class_num, self.spatial_class_num = attention_class_num, spatial_class_num
+        self.contact_class_num = contact_class_num
+        self.rel_classes = rel_classes
+        names = list(obj_classes) if not isinstance(obj_classes, int) else None
+        self.num_obj_classes = len(names) if names is not None else obj_classes
+        self.object_classifier = ObjectClassifier(mode=mode, obj_head=obj_head, K=K, obj_classes=obj_classes,
+                                                  mem_compute=obj_mem_compute, selection=selection,
+                                                  selection_lambda=selection_lambda, tracking=tracking, glove=glove)
+        self.union_func1 = nn.Conv2d(UNION_CHANNELS, 256, 1, 1)
+        self.conv = nn.Sequential(
+            nn.Conv2d(2, 128, kernel_size=7, stride=2, padding=3, bias=True), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(128, momentum=0.01), nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(128, 256, kernel_size=3, stride=1, padding=1, bias=True), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(256, momentum=0.01))
+        self.take_obj_mem_feat = take_obj_mem_feat
+        box_dim = HIDDEN if take_obj_mem_feat else OBJ_DIM
+        self.subj_fc = nn.Linear(box_dim, VISUAL_DIM)
+        self.obj_fc = nn.Linear(box_dim, VISUAL_DIM)
+        self.vr_fc = nn.Linear(256 * 7 * 7, VISUAL_DIM)
+        self.obj_embed = nn.Embedding(self.num_obj_classes, WORD_DIM)
+        self.obj_embed2 = nn.Embedding(self.num_obj_classes, WORD_DIM)
+        if names is not None:
+            table = glove_table(names, glove)
+            self.obj_embed.weight.data = table.clone()
+            self.obj_embed2.weight.data = table.clone()
+
+        def transformer():
+            return GlocalTransformer(embed_dim=EMBED_DIM, nhead=8, dim_feedforward=2048, enc_layer_num=enc_layer_num,
+                                     dec_layer_num=dec_layer_num, dropout=dropout, mode=window_mode,
+                                     mem_compute=rel_mem_compute, mem_fusion=mem_fusion, selection=selection,
+                                     selection_lambda=selection_lambda, window=window, stride=stride,
+                                     kernels=kernels, gate=gate, keep_unused=keep_unused)
+
+        if decouple == "shared":
+            self.glocal_transformer = transformer()
+        else:
+            self.glocal_transformer = nn.ModuleDict({r: transformer() for r in REL_KEYS})
+        classes = {"attention": attention_class_num, "spatial": spatial_class_num, "contact": contact_class_num}
+        for rel_type, (attr, _, _) in REL_KEYS.items():
+            setattr(self, attr, make_rel_head(rel_head, EMBED_DIM, classes[rel_type], rel_type, K, kernels))
+        for rel_type, (_, _, freq_attr) in REL_KEYS.items():
+            self.register_buffer(freq_attr, None, persistent=False)
+        self.set_frequencies({"attention": freq_attention, "spatial": freq_spatial, "contact": freq_contact})
+        for mem_type in MEMORY_TYPES:
+            self.register_buffer(f"rel_memory_{mem_type}", None, persistent=False)
+
+    # ------------------------------------------------------------------ priors and memory
+
+    def set_frequencies(self, freqs: Mapping[str, torch.Tensor | None] | None) -> None:
+        """Sets the class-frequency priors ``{"attention": [3], "spatial": [6], "contact": [17]}``
+        ("contacting" accepted); None (or all None) switches the frequency branch off."""
+        freqs = dict(freqs or {})
+        if "contacting" in freqs:
+            freqs["contact"] = freqs.pop("contacting")
+        sizes = {"attention": self.attention_class_num, "spatial": self.spatial_class_num,
+                 "contact": self.contact_class_num}
+        unknown = set(freqs) - set(sizes)
+        if unknown:
+            raise ValueError(f"frequency priors must be keyed by {list(sizes)}, got {sorted(unknown)}")
+        given = {r: f for r, f in freqs.items() if f is not None}
+        if given and len(given) != 3:
+            raise ValueError(f"give all three frequency priors or none, got only {sorted(given)}")
+        for rel_type, (_, _, attr) in REL_KEYS.items():
+            f = given.get(rel_type)
+            if f is not None:
+                f = torch.as_tensor(f, dtype=torch.float32)
+                if f.shape != (sizes[rel_type],):
+                    raise ValueError(f"frequency prior of {rel_type!r} must have shape [{sizes[rel_type]}], "
+                                     f"got {tuple(f.shape)}")
+            setattr(self, attr, f)
+
+    @property
+    def frequencies(self) -> dict[str, torch.Tensor] | None:
+        """The priors keyed by "attention" / "spatial" / "contact", or None when unset."""
+        if self.freq_attention is None:
+            return None
+        return {r: getattr(self, attr) for r, (_, _, attr) in REL_KEYS.items()}
+
+    @property
+    def rel_memory(self) -> dict[str, torch.Tensor]:
+        """Relation prototypes ``{"attention": [3, D], "spatial": [6, D], "contacting": [17, D]}``;
+        {} while empty (epoch 0)."""
+        if getattr(self, "rel_memory_attention") is None:
+            return {}
+        return {r: getattr(self, f"rel_memory_{r}") for r in MEMORY_TYPES}
+
+    @rel_memory.setter
+    def rel_memory(self, memory: Mapping[str, torch.Tensor] | None) -> None:
+        if memory is None or len(memory) == 0:
+            for r in MEMORY_TYPES:
+                setattr(self, f"rel_memory_{r}", None)
+            return
+        if set(memory) != set(MEMORY_TYPES):
+            raise ValueError(f"relation memory must have the keys {MEMORY_TYPES}, got {sorted(memory)}")
+        for r in MEMORY_TYPES:
+            m = torch.as_tensor(memory[r])
+            if m.dim() != 2 or m.shape[1] != EMBED_DIM:
+                raise ValueError(f"relation memory[{r!r}] must be [C, {EMBED_DIM}], got {tuple(m.shape)}")
+            setattr(self, f"rel_memory_{r}", m.to(self.subj_fc.weight))
+
+    # ------------------------------------------------------------------ forward
+
+    def relation_features(self, entry: dict) -> torch.Tensor:
+        """``[P, 1936]`` = [subj_fc | obj_fc | vr_fc(union branch) | subject emb | object emb]."""
+        _check_entry(entry)
+        pair = entry["pair_idx"]
+        boxes = entry["object_mem_features"] if self.take_obj_mem_feat else entry["features"]
+        subj = self.subj_fc(boxes[pair[:, 0]])
+        obj = self.obj_fc(boxes[pair[:, 1]])
+        union = self.union_func1(entry["union_feat"]) + self.conv(entry["spatial_masks"].to(subj.dtype))
+        union = self.vr_fc(union.view(-1, 256 * 7 * 7))
+        labels = entry["pred_labels"]
+        semantic = torch.cat((self.obj_embed(labels[pair[:, 0]]), self.obj_embed2(labels[pair[:, 1]])), 1)
+        return torch.cat((subj, obj, union, semantic), dim=1)
+
+    def _transformer_passes(self, features: torch.Tensor, im_idx: torch.Tensor) -> dict:
+        memory = self.rel_memory
+        freqs = self.frequencies
+        if freqs is None:
+            if self.decouple == "shared":
+                out = self.glocal_transformer(features, im_idx, memory=memory)
+                return {None: out}
+            return {r: self.glocal_transformer[r](features, im_idx, memory=memory) for r in REL_KEYS}
+        if self.decouple == "shared":
+            return self.glocal_transformer.forward_types(features, im_idx, memory, freqs)
+        return {r: self.glocal_transformer[r](features, im_idx, memory=memory, rel_type=r, freq=f)
+                for r, f in freqs.items()}
+
+    def forward(self, entry: dict, phase: str = "train", unc: bool = False,
+                generator: torch.Generator | None = None) -> dict:
+        """Runs the model on one video's ``entry`` and returns it with the published outputs:
+        ``attention_distribution [P, 3]``, ``spatial_distribution [P, 6]``,
+        ``contacting_distribution [P, 17]`` (or ``*_al_uc`` / ``*_ep_uc`` when ``unc``), the
+        transformer features (``attention_features``, ``attention_mem_features``, ... with
+        frequency priors; ``rel_features``, ``rel_mem_features`` without) and the priors.
+        ``generator`` drives the heads' training noise (global RNG when None)."""
+        entry = self.object_classifier(entry, phase=phase, unc=unc)
+        features = self.relation_features(entry)
+        passes = self._transformer_passes(features, entry["im_idx"])
+        if None in passes:
+            out: TransformerOutput = passes[None]
+            entry["rel_features"], entry["rel_mem_features"] = out.local_output, out.mem_features
+            outputs = {r: out.output for r in REL_KEYS}
+        else:
+            outputs = {}
+            for rel_type, (_, name, freq_attr) in REL_KEYS.items():
+                out = passes[rel_type]
+                outputs[rel_type] = out.output
+                if self.frequencies is not None:
+                    entry[f"{name}_features"], entry[f"{name}_mem_features"] = out.local_output, out.mem_features
+                    entry[freq_attr] = getattr(self, freq_attr)
+                else:
+                    entry[f"{name}_rel_features"] = out.local_output
+        for rel_type, (attr, name, _) in REL_KEYS.items():
+            head = getattr(self, attr)
+            if unc and self.rel_head != "linear":
+                entry[f"{name}_al_uc"], entry[f"{name}_ep_uc"] = head(outputs[rel_type], phase, unc=True)
+            else:
+                entry[f"{name}_distribution"] = head(outputs[rel_type], phase, generator=generator)
+        return entry
+
+
+def _check_entry(entry: Any) -> None:
+    """Boundary checks of the keys the relation features read (ValueError naming the key)."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"entry must be a dict, got {type(entry).__name__}")
+    for key in ("features", "pair_idx", "im_idx", "union_feat", "spatial_masks", "pred_labels"):
+        if key not in entry:
+            raise ValueError(f"entry lacks {key!r}")
+    features, pair = entry["features"], entry["pair_idx"]
+    if features.dim() != 2 or features.shape[1] != OBJ_DIM:
+        raise ValueError(f"entry['features'] must be [N, {OBJ_DIM}], got {tuple(features.shape)}")
+    if pair.dim() != 2 or pair.shape[1] != 2 or pair.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"entry['pair_idx'] must be an integer [P, 2] tensor, got {tuple(pair.shape)} {pair.dtype}")
+    n, p = features.shape[0], pair.shape[0]
+    if p and (int(pair.min()) < 0 or int(pair.max()) >= n):
+        raise ValueError(f"entry['pair_idx'] indexes rows [{int(pair.min())}, {int(pair.max())}] but there are "
+                         f"{n} boxes")
+    if entry["pred_labels"].shape != (n,):
+        raise ValueError(f"entry['pred_labels'] must be [{n}], got {tuple(entry['pred_labels'].shape)}")
+    if entry["union_feat"].shape[0] != p or tuple(entry["union_feat"].shape[1:]) != (UNION_CHANNELS, 7, 7):
+        raise ValueError(f"entry['union_feat'] must be [{p}, {UNION_CHANNELS}, 7, 7], got "
+                         f"{tuple(entry['union_feat'].shape)}")
+    if tuple(entry["spatial_masks"].shape) != (p, 2, MASK_SIZE, MASK_SIZE):
+        raise ValueError(f"entry['spatial_masks'] must be [{p}, 2, {MASK_SIZE}, {MASK_SIZE}], got "
+                         f"{tuple(entry['spatial_masks'].shape)}")
+    if entry["im_idx"].shape != (p,):
+        raise ValueError(f"entry['im_idx'] must be [{p}] (one frame per pair), got {tuple(entry['im_idx'].shape)}")
