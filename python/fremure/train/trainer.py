@@ -52,8 +52,9 @@ def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
     freqs = frequencies or {}
     contact = freqs.get("contacting", freqs.get("contact"))
     import warnings
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
+        torch.manual_seed(config.seed)          # same initial weights for the same seed, whatever ran before
         model = FReMuRe(mode=config.mode, obj_classes=obj_classes, enc_layer_num=config.enc_layer,
                         dec_layer_num=config.dec_layer,
                         rel_mem_compute=None if config.rel_mem_compute == "none" else config.rel_mem_compute,
