@@ -148,10 +148,13 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     resumed.fit(resume=True)
     expected, got = _weights(reference), _weights(resumed)
     assert expected.keys() == got.keys()
+    # CPU kernels with parallel reductions are not bitwise reproducible between runs; a wrong
+    # resume (lost optimiser state, wrong position, other noise) moves weights by ~lr = 1e-4
     for key in expected:
-        assert torch.equal(expected[key], got[key]), key
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=2e-6, msg=key)
     for kind in ("attention", "spatial", "contacting"):
-        assert torch.equal(reference.model.rel_memory[kind], resumed.model.rel_memory[kind])
+        torch.testing.assert_close(resumed.model.rel_memory[kind], reference.model.rel_memory[kind],
+                                   rtol=1e-4, atol=1e-4)
     assert resumed.epoch == 1 and resumed.history[0]["R@20"] == reference.history[0]["R@20"]
 
     # a damaged 'last' is reported, never loaded

@@ -65,7 +65,9 @@ def relation_losses(entry: dict[str, Any], mode: str, rel_head: str = "bayesian"
     for rel_type, name in (("spatial", "spatial_relation_loss"), ("contacting", "contact_relation_loss")):
         key, gt_key, classes = REL_GT[rel_type]
         probs = entry[key].float()
-        if spatial_loss == "bce":
+        if not bool(torch.isfinite(probs).all()):     # BCE refuses NaN inputs: report a NaN loss instead
+            losses[name] = probs.sum() * float("nan")
+        elif spatial_loss == "bce":
             losses[name] = F.binary_cross_entropy(probs.clamp(0.0, 1.0), multi_hot(entry[gt_key], classes, device))
         else:
             losses[name] = F.multilabel_margin_loss(probs, margin_targets(entry[gt_key], classes, device))
