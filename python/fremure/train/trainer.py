@@ -264,12 +264,18 @@ class Trainer:
         for video in mine:
             torch.manual_seed(video_seed(config.seed, self.epoch, video))
             entry = _to_device(self.train_source[video], config.device)
+            # batch-norm statistics change in the forward pass: keep them to undo a non-finite video
+            buffers = {name: b.clone() for name, b in self.model.named_buffers() if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
             with _autocast(config.device, config.amp):
                 pred = self.forward(entry, phase="train")
             losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 self._skip(video, f"non-finite loss {float(loss)}")
+                with torch.no_grad():
+                    for name, value in self.model.named_buffers():
+                        if name in buffers:
+                            value.copy_(buffers[name])
                 continue
             self.scaler.scale(loss * scale).backward()
             loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
