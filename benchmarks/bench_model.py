@@ -11,10 +11,12 @@ Providers (each in its own subprocess, so the peak RSS is its own):
 - ``published`` (with ``--published PATH``): the published code itself from a local checkout of
   lcx529955/FReMuRe (``PATH/lib/FReMuRe.py``; never vendored). Its compiled helpers that PredCls
   does not use (RoIAlign/NMS, the Cython box code, GloVe download) are replaced by stand-ins
-  before import; all providers use torch.optim.AdamW.
+  before import; ``--optimizer own`` gives each implementation its own AdamW (fremure: torch's fused AdamW;
+published: its lib/AdamW.py), ``--optimizer torch`` torch.optim.AdamW for all.
 
-Reports the median step time over the video set (several rounds, providers interleaved) and the
-peak resident memory of each provider's process; writes benchmarks/results/model_step_cpu.csv.
+Reports the median step time over the video set (several rounds, providers interleaved), the
+median process CPU time per step (less sensitive to other jobs on a shared machine) and the peak
+resident memory of each provider's process; writes benchmarks/results/model_step_cpu.csv.
 
     PYTHONPATH=.:python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
 """
@@ -140,6 +142,20 @@ def build_published(path: str, rel_head: str, memory: bool):
     return model
 
 
+def make_optimizer(model, provider: str, choice: str, published: str | None):
+    """AdamW, lr 1e-5 (published recipe). ``choice="own"``: each implementation's own optimizer
+    (fremure: torch's fused AdamW; published: its lib/AdamW.py); ``"torch"``: torch.optim.AdamW
+    (foreach) for every provider, so that only the model differs."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if choice == "torch":
+        return torch.optim.AdamW(params, lr=1e-5)
+    if provider == "published":
+        from lib.AdamW import AdamW as PublishedAdamW  # from the checkout (build_published put it on sys.path)
+
+        return PublishedAdamW(params, lr=1e-5)
+    return torch.optim.AdamW(params, lr=1e-5, fused=True)
+
+
 def worker(args) -> dict:
     torch.manual_seed(0)
     if args.provider == "published":
@@ -147,7 +163,7 @@ def worker(args) -> dict:
     else:
         model = build_fremure(args.provider, args.rel_head, args.memory)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = make_optimizer(model, args.provider, args.optimizer, args.published)
     videos = sample_videos(args.videos, args.seed)
     data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
 
@@ -160,19 +176,20 @@ def worker(args) -> dict:
         optimizer.step()
 
     step(*data[0])  # warm-up (allocator, optimizer state)
-    times = []
+    times, cpu_times = [], []
     for entry, labels in data:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step(entry, labels)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     pairs = [sum(v) for v in videos]
-    return {"provider": args.provider, "times": times, "pairs": pairs,
+    return {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def run_worker(provider: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--provider", provider, "--videos", str(args.videos),
-           "--seed", str(args.seed), "--rel-head", args.rel_head]
+           "--seed", str(args.seed), "--rel-head", args.rel_head, "--optimizer", args.optimizer]
     if args.memory:
         cmd.append("--memory")
     if args.published:
@@ -193,6 +210,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rel-head", default="bayesian", choices=["linear", "bayesian", "gmm", "gmm_plus"])
     parser.add_argument("--memory", action="store_true", help="relation memory filled (epochs > 0)")
+    parser.add_argument("--optimizer", default="own", choices=["own", "torch"],
+                        help="own: fused AdamW for fremure, lib/AdamW.py for published; torch: torch AdamW for all")
     parser.add_argument("--quick", action="store_true", help="2 videos, 1 round (smoke test)")
     parser.add_argument("--providers", default="ops,reference", help="comma-separated subset of ops,reference")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -210,21 +229,26 @@ def main() -> None:
             result = run_worker(provider, args)
             runs[provider].append(result)
             print(f"round {round_} {provider:10s} median step {statistics.median(result['times']) * 1e3:8.1f} ms  "
+                  f"(CPU {statistics.median(result['cpu_times']) * 1e3:8.1f} ms)  "
                   f"peak RSS {result['peak_rss_mib']:8.0f} MiB", flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     baseline = "published" if args.published else "reference"
     medians = {p: statistics.median(t for r in runs[p] for t in r["times"]) for p in providers}
+    cpu = {p: statistics.median(t for r in runs[p] for t in r["cpu_times"]) for p in providers}
     rows = []
     for p in providers:
         rows.append(dict(provider=p, device=machine, rel_head=args.rel_head, memory=args.memory,
+                         optimizer=args.optimizer,
                          videos=args.videos, rounds=args.rounds,
                          pairs_per_video=statistics.mean(runs[p][0]["pairs"]),
                          median_step_ms=medians[p] * 1e3, speedup_vs_baseline=medians[baseline] / medians[p],
+                         median_step_cpu_ms=cpu[p] * 1e3, cpu_speedup_vs_baseline=cpu[baseline] / cpu[p],
                          baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p])))
         print(f"{p:10s} median step {medians[p] * 1e3:8.1f} ms  x{medians[baseline] / medians[p]:5.2f} vs {baseline}"
+              f"  (CPU time {cpu[p] * 1e3:8.1f} ms, x{cpu[baseline] / cpu[p]:5.2f})"
               f"  peak RSS {rows[-1]['peak_rss_mib']:8.0f} MiB")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "model_step_cpu.csv"
+    path = RESULTS / f"model_step_cpu_{args.optimizer}_optimizer.csv"
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

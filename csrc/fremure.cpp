@@ -8,10 +8,13 @@ TORCH_LIBRARY(fremure, m) {
   m.def("freq_gate_blend_backward(Tensor grad_out, Tensor x, Tensor gate, Tensor? valid) -> (Tensor, Tensor)");
 
   // Gated dual-branch fusion (METHOD.md 3.4), GEMM over [LN0(head) | LN0(tail) | LN0(cond)].
+  // gate_sigmoid = sigmoid(logits / temperature) before clamping, kept for the backward so that it
+  // does not repeat the forward GEMM; passing None to the backward recomputes it instead.
   m.def("gated_fusion(Tensor head, Tensor tail, Tensor cond, Tensor weight, Tensor? bias, "
-        "float temperature, float lo, float hi) -> Tensor");
+        "float temperature, float lo, float hi) -> (Tensor out, Tensor gate_sigmoid)");
   m.def("gated_fusion_backward(Tensor grad_out, Tensor head, Tensor tail, Tensor cond, Tensor weight, "
-        "Tensor? bias, float temperature, float lo, float hi) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? bias, Tensor? gate_sigmoid, float temperature, float lo, float hi) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // Sliding-window packing of frame-sorted rows (METHOD.md 3.1, 3.5), padded or packed layout.
   m.def("window_pack(Tensor x, Tensor frame_offsets, int window, int stride, bool padded) "
@@ -28,15 +31,15 @@ TORCH_LIBRARY(fremure, m) {
         "Tensor segment_offsets, float scale) -> (Tensor, Tensor, Tensor)");
 
   // GMM-Plus mixture (METHOD.md 4).
-  m.def("gmm_mixture(Tensor mu, Tensor var_raw, Tensor pi_logit, Tensor tau, Tensor? noise, int? seed, "
+  m.def("gmm_mixture(Tensor mu, Tensor var_raw, Tensor pi_logit, Tensor tau, Tensor? noise, SymInt? seed, "
         "float var_eps, float var_floor, float var_ceiling, str activation, bool uncertainty) "
         "-> (Tensor pred, Tensor aleatoric)");
   m.def("gmm_mixture_backward(Tensor grad_pred, Tensor? grad_aleatoric, Tensor mu, Tensor var_raw, "
-        "Tensor pi_logit, Tensor tau, Tensor? noise, int? seed, float var_eps, float var_floor, "
+        "Tensor pi_logit, Tensor tau, Tensor? noise, SymInt? seed, float var_eps, float var_floor, "
         "float var_ceiling, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // Bayesian head Monte-Carlo mean (METHOD.md 4).
-  m.def("bayes_mc(Tensor mu, Tensor logvar, Tensor? noise, int? seed, int samples, str activation) -> Tensor");
-  m.def("bayes_mc_backward(Tensor grad_out, Tensor mu, Tensor logvar, Tensor? noise, int? seed, int samples, "
+  m.def("bayes_mc(Tensor mu, Tensor logvar, Tensor? noise, SymInt? seed, int samples, str activation) -> Tensor");
+  m.def("bayes_mc_backward(Tensor grad_out, Tensor mu, Tensor logvar, Tensor? noise, SymInt? seed, int samples, "
         "str activation) -> (Tensor, Tensor)");
 }

@@ -31,10 +31,12 @@ def test_transformer_loads_from_whole_model_and_data_parallel_keys():
 
 def test_other_architecture_is_a_clear_error():
     fx = load_fixture("transformer_plain.pt")
-    with pytest.raises(ValueError, match=r"does not fit GMMHeadPlus.*missing keys \(13\): heads\.mu_1\.bias.*unexpected keys \(99\): freq_mapper"):
+    with pytest.raises(ValueError, match=r"does not fit GMMHeadPlus.*missing keys \(13\): heads\.mu_1\.bias"
+                                         r".*unexpected keys \(99\): freq_mapper"):
         load_reference_state_dict(GMMHeadPlus(48, 3, k=2), fx["state_dict"])
     small = GlocalTransformer(embed_dim=32, nhead=4, dim_feedforward=96, enc_layer_num=1, dec_layer_num=2)
-    with pytest.raises(ValueError, match=r"shape mismatches \(given vs expected\) \(83\): fusion_gate_global\.0\.bias: \(48,\) vs \(32,\)"):
+    with pytest.raises(ValueError, match=r"shape mismatches \(given vs expected\) \(83\): "
+                                         r"fusion_gate_global\.0\.bias: \(48,\) vs \(32,\)"):
         load_reference_state_dict(small, fx["state_dict"])
     deeper = build(fx["config"], "reference", dec_layer_num=3)
     with pytest.raises(ValueError, match=r"missing keys .*global_attention\.layers\.2\."):

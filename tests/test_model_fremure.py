@@ -101,7 +101,8 @@ def test_checkpoint_round_trip(tmp_path, reference_model):
     path = tmp_path / "best_Mrecall_model.tar"
     torch.save({"state_dict": state, "object_memory": [], "rel_memory": reference_model.rel_memory}, path)
     config = infer_config(state)
-    assert (config["rel_head"], config["K"], config["obj_head"], config["dec_layer_num"]) == ("gmm_plus", 6, "linear", 1)
+    inferred = (config["rel_head"], config["K"], config["obj_head"], config["dec_layer_num"])
+    assert inferred == ("gmm_plus", 6, "linear", 1)
     loaded = load_reference_checkpoint(path, freq=FREQ, kernels="reference")
     entry = predcls_entry([2, 1], seed=7)
     with torch.no_grad():

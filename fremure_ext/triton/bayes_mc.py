@@ -26,6 +26,13 @@ def _activation(z, col_ok, ACT: tl.constexpr):
 
 
 @triton.jit
+def _activation_backward(dy, a, ACT: tl.constexpr):
+    if ACT == 0:
+        return dy * a * (1.0 - a)
+    return a * (dy - tl.sum(dy * a, axis=1)[:, None])
+
+
+@triton.jit
 def _eps(noise_ptr, seed, s, offs, mask, BC, MODE: tl.constexpr):
     if MODE == 1:
         return tl.load(noise_ptr + s * BC + offs, mask=mask, other=0.0).to(tl.float32)
@@ -66,21 +73,13 @@ def _bayes_mc_bwd(dout_ptr, mu_ptr, logvar_ptr, noise_ptr, dmu_ptr, dlogvar_ptr,
     dmu = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     dlogvar = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     if MODE == 0:
-        a = _activation(mu, col_ok, ACT)
-        if ACT == 0:
-            dmu = dout * a * (1.0 - a)
-        else:
-            dmu = a * (dout - tl.sum(dout * a, axis=1)[:, None])
+        dmu = _activation_backward(dout, _activation(mu, col_ok, ACT), ACT)
     else:
         std = tl.sqrt(tl.exp(tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)))
         da = dout / S
         for s in range(S):
             eps = _eps(noise_ptr, seed, s, offs, mask, B * C, MODE)
-            a = _activation(mu + eps * std, col_ok, ACT)
-            if ACT == 0:
-                dz = da * a * (1.0 - a)
-            else:
-                dz = a * (da - tl.sum(da * a, axis=1)[:, None])
+            dz = _activation_backward(da, _activation(mu + eps * std, col_ok, ACT), ACT)
             dmu += dz
             # d sqrt(exp(l)) / dl = 0.5 * sqrt(exp(l))
             dlogvar += dz * eps * 0.5 * std

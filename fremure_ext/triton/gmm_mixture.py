@@ -92,6 +92,16 @@ def _fwd_kernel(mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_ptr, pred_ptr, alea_ptr,
 
 
 @triton.jit
+def _grad_pi(gpred, galea, a, p, var, HAS_GALEA: tl.constexpr):
+    """dL/dp_k: through the prediction (a_k) and, if asked, the aleatoric term."""
+    gp = gpred * a
+    if HAS_GALEA:
+        pc = tl.maximum(p, 1e-9)
+        gp += galea * (1.0 / (1.0 + var) - tl.log(pc) - tl.where(p >= 1e-9, p / pc, 0.0))
+    return gp
+
+
+@triton.jit
 def _bwd_kernel(gpred_ptr, galea_ptr, mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_ptr,
                 dmu_ptr, draw_ptr, dpi_ptr, dtau_ptr, seed, B, C, K, var_eps, var_floor, var_ceiling,
                 MODE: tl.constexpr, SOFTMAX: tl.constexpr, HAS_GALEA: tl.constexpr,
@@ -116,11 +126,7 @@ def _bwd_kernel(gpred_ptr, galea_ptr, mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_pt
         z, var, eps, sp = _component(mu_ptr, raw_ptr, noise_ptr, seed, k, offs, mask, BC, var_eps, var_floor,
                                      var_ceiling, MODE)
         p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
-        gp = gpred * _act(z * inv_tau, col_ok, SOFTMAX)
-        if HAS_GALEA:
-            pc = tl.maximum(p, 1e-9)
-            gp += galea * (1.0 / (1.0 + var) - tl.log(pc) - tl.where(p >= 1e-9, p / pc, 0.0))
-        weighted += p * gp
+        weighted += p * _grad_pi(gpred, galea, _act(z * inv_tau, col_ok, SOFTMAX), p, var, HAS_GALEA)
     # Pass 2: every gradient.
     dtau = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     for k in range(K):
@@ -128,10 +134,7 @@ def _bwd_kernel(gpred_ptr, galea_ptr, mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_pt
                                      var_ceiling, MODE)
         p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
         a = _act(z * inv_tau, col_ok, SOFTMAX)
-        gp = gpred * a
-        if HAS_GALEA:
-            pc = tl.maximum(p, 1e-9)
-            gp += galea * (1.0 / (1.0 + var) - tl.log(pc) - tl.where(p >= 1e-9, p / pc, 0.0))
+        gp = _grad_pi(gpred, galea, a, p, var, HAS_GALEA)
         ga = gpred * p
         if SOFTMAX:
             du = a * (ga - tl.sum(ga * a, axis=1)[:, None])

@@ -70,6 +70,16 @@ def _delta_kernel(out_ptr, dout_ptr, delta_ptr, n_rows, Dh, BLOCK_R: tl.constexp
 
 
 @triton.jit
+def _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, PRECISION: tl.constexpr):
+    """Probabilities recomputed from the saved logsumexp, and dS = P * (dP - delta) * scale."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
+    p = tl.exp(s - lse[:, None])
+    p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
+    return p, p * (dp - delta[:, None]) * scale
+
+
+@triton.jit
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, dq_ptr, dk_ptr, dv_ptr,
                 scale, Dh, H, stride_t, stride_h,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
@@ -94,12 +104,8 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, 
             do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
             lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
             delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
-            p = tl.exp(s - lse[:, None])
-            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+            p, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, PRECISION)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION).to(tl.float32)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
-            ds = p * (dp - delta[:, None]) * scale
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION).to(tl.float32)
         mask = col_ok[:, None] & d_ok[None, :]
         ptrs = cols[:, None] * stride_t + h * stride_h + d[None, :]
@@ -119,11 +125,7 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, 
             col_ok = cols < end
             k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
             v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
-            p = tl.exp(s - lse[:, None])
-            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
-            ds = p * (dp - delta[:, None]) * scale
+            _, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, PRECISION)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION).to(tl.float32)
         tl.store(dq_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :], dq.to(dq_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])

@@ -159,10 +159,14 @@ def clip_boxes_(boxes: torch.Tensor, height: torch.Tensor | float, width: torch.
 
 
 def nms_plus1(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Per-group greedy NMS with "+1" IoU (suppress IoU > threshold): kept indices, descending score."""
-    shifted = boxes.clone()
+    """Per-group greedy NMS with "+1" IoU (suppress IoU > threshold): kept indices, descending score.
+
+    Runs in float64 so torchvision's per-group coordinate offsets (used for small inputs) stay
+    exact; IoUs then differ from the reference's float32 kernel only at exact-threshold ties.
+    """
+    shifted = boxes.to(torch.float64)
     shifted[:, 2:] += 1.0
-    return batched_nms(shifted, scores, groups, iou_threshold)
+    return batched_nms(shifted, scores.to(torch.float64), groups, iou_threshold)
 
 
 # ---------------------------------------------------------------------------------------------

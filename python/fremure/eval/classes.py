@@ -7,22 +7,14 @@ contacting 9..25; a global predicate index is the group-local index plus the gro
 
 from __future__ import annotations
 
-OBJECT_CLASSES: tuple[str, ...] = (
-    "__background__", "person", "bag", "bed", "blanket", "book", "box", "broom", "chair",
-    "closet/cabinet", "clothes", "cup/glass/bottle", "dish", "door", "doorknob", "doorway", "floor",
-    "food", "groceries", "laptop", "light", "medicine", "mirror", "paper/notebook", "phone/camera",
-    "picture", "pillow", "refrigerator", "sandwich", "shelf", "shoe", "sofa/couch", "table",
-    "television", "towel", "vacuum", "window",
-)
+# One source of truth for the names: the AG loader's lists (after its renames).
+from ..data.ag import OBJECT_CLASSES, RELATIONSHIP_CLASSES  # noqa: E402
+
 PERSON_CLASS = 1
 
-ATTENTION_PREDICATES: tuple[str, ...] = ("looking_at", "not_looking_at", "unsure")
-SPATIAL_PREDICATES: tuple[str, ...] = ("above", "beneath", "in_front_of", "behind", "on_the_side_of", "in")
-CONTACTING_PREDICATES: tuple[str, ...] = (
-    "carrying", "covered_by", "drinking_from", "eating", "have_it_on_the_back", "holding",
-    "leaning_on", "lying_on", "not_contacting", "other_relationship", "sitting_on", "standing_on",
-    "touching", "twisting", "wearing", "wiping", "writing_on",
-)
+ATTENTION_PREDICATES: tuple[str, ...] = RELATIONSHIP_CLASSES[0:3]
+SPATIAL_PREDICATES: tuple[str, ...] = RELATIONSHIP_CLASSES[3:9]
+CONTACTING_PREDICATES: tuple[str, ...] = RELATIONSHIP_CLASSES[9:26]
 PREDICATES: tuple[str, ...] = ATTENTION_PREDICATES + SPATIAL_PREDICATES + CONTACTING_PREDICATES
 
 NUM_ATTENTION = len(ATTENTION_PREDICATES)      # 3

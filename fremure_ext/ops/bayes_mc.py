@@ -1,0 +1,74 @@
+"""bayes_mc: the Bayesian relation head's Monte-Carlo mean over S samples (METHOD.md 4)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import check_float, check_ndim, check_same
+from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
+
+__all__ = ["bayes_mc"]
+
+
+def bayes_mc(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None, seed: int | None = None,
+             samples: int = 6, activation: str = "sigmoid") -> torch.Tensor:
+    """Mean over ``samples`` Monte-Carlo draws of ``act(mu + eps * sqrt(exp(logvar)))``.
+
+    Args:
+        mu, logvar: ``[B, C]`` float tensors of one dtype and device (any strides);
+            float16/bfloat16 accumulate in float32.
+        noise: optional ``[samples, B, C]`` standard normals (``noise[s]`` is draw s's eps), same
+            dtype/device as ``mu``; receives no gradient.
+        seed: optional int; the kernel draws ``eps[s, b, c] = tl.randn(seed, (s*B + b)*C + c)``
+            (Philox4x32-10, see ``fremure_ext.reference.philox.philox_normal``) without ever
+            storing the ``[samples, B, C]`` noise, and redraws it in the backward. Exclusive with
+            ``noise``. With neither, the head is in evaluation mode: ``act(mu)``.
+        samples: number of draws S >= 1 (must equal ``noise.shape[0]`` when noise is given).
+        activation: ``"sigmoid"`` (per class) or ``"softmax"`` (over C; the attention head).
+
+    Returns:
+        ``[B, C]`` tensor, differentiable in mu and logvar. NaN/inf inputs raise (checked in
+        the kernel).
+    """
+    check_float(mu, "mu")
+    check_ndim(mu, 2, "mu", "[B, C]")
+    check_float(logvar, "logvar")
+    check_same(mu, "mu", logvar, "logvar")
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar must have mu's shape [B, C] = {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+    if isinstance(samples, bool) or not isinstance(samples, (int, torch.SymInt)):
+        raise TypeError(f"samples must be an int, got {type(samples).__name__}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    seed = check_noise_or_seed(noise, seed, mu, "mu", (samples, *mu.shape), "[samples, B, C]")
+    check_activation(activation)
+    return torch.ops.fremure.bayes_mc(mu, logvar, noise, seed, samples, activation)
+
+
+@torch.library.register_fake("fremure::bayes_mc")
+def _fake(mu, logvar, noise, seed, samples, activation):
+    fake_check_devices("bayes_mc", mu, "mu", logvar=logvar, noise=noise)
+    return mu.new_empty(mu.shape)
+
+
+@torch.library.register_fake("fremure::bayes_mc_backward")
+def _fake_backward(grad_out, mu, logvar, noise, seed, samples, activation):
+    fake_check_devices("bayes_mc_backward", mu, "mu", grad_out=grad_out, logvar=logvar, noise=noise)
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, noise, seed, samples, activation = inputs
+    ctx.save_for_backward(mu, logvar, noise)
+    ctx.config = (seed, samples, activation)
+
+
+def _backward(ctx, grad_out):
+    mu, logvar, noise = ctx.saved_tensors
+    seed, samples, activation = ctx.config
+    g_mu, g_lv = torch.ops.fremure.bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation)
+    needs = ctx.needs_input_grad
+    return g_mu if needs[0] else None, g_lv if needs[1] else None, None, None, None, None
+
+
+torch.library.register_autograd("fremure::bayes_mc", _backward, setup_context=_setup_context)

@@ -1,0 +1,129 @@
+"""gmm_mixture: the GMM-Plus relation head's mixture of K Gaussian components (METHOD.md 4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import check_float, check_ndim, check_same
+from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
+
+__all__ = ["gmm_mixture"]
+
+
+def gmm_mixture(mu: torch.Tensor, var_raw: torch.Tensor, pi_logit: torch.Tensor, tau: torch.Tensor | float,
+                noise: torch.Tensor | None = None, seed: int | None = None, var_eps: float = 1e-6,
+                var_floor: float = 1e-3, var_ceiling: float = 5.0, activation: str = "sigmoid",
+                uncertainty: bool = False):
+    """Mixture prediction of the GMM-Plus head from its K per-component projections.
+
+    For each pair b, class c and component k::
+
+        var_k   = clamp(softplus(var_raw_k) + var_eps, var_floor, var_ceiling)
+        logit_k = mu_k + eps_k * sqrt(var_k)   (training: eps from ``noise`` or ``seed``)
+                = mu_k                         (evaluation: neither given)
+        pi      = softmax over k of pi_logit   (class-wise mixture weights)
+        pred    = sum_k pi_k * act(logit_k / max(tau, 1e-3))
+
+    Args:
+        mu, var_raw, pi_logit: ``[K, B, C]`` float tensors (K >= 1) of one dtype and device; any
+            strides, e.g. component-major views of one packed projection GEMM output.
+            float16/bfloat16 accumulate in float32.
+        tau: temperature, a 0-dim or ``[1]`` float tensor (a learnable parameter) or a number.
+        noise: optional ``[K, B, C]`` standard normals (``noise[k]`` is component k's eps), same
+            dtype/device as ``mu``; receives no gradient.
+        seed: optional int; the kernel draws ``eps[k, b, c] = tl.randn(seed, (k*B + b)*C + c)``
+            (Philox4x32-10, see ``fremure_ext.reference.philox.philox_normal``) and redraws it in
+            the backward instead of storing it. Exclusive with ``noise``.
+        var_eps, var_floor, var_ceiling: variance shaping (0 < var_floor <= var_ceiling).
+        activation: ``"sigmoid"`` (per class, the published head) or ``"softmax"`` (over C).
+        uncertainty: also return the aleatoric uncertainty
+            ``sum_k pi_k / (1 + var_k) - sum_k pi_k ln(max(pi_k, 1e-9))``.
+
+    Returns:
+        pred ``[B, C]``, or ``(pred, aleatoric)`` with both ``[B, C]`` when ``uncertainty``.
+        Differentiable in mu, var_raw, pi_logit and tau (aleatoric too; detach it for the
+        published head's no-grad uncertainty). NaN/inf inputs raise (checked in the kernel).
+    """
+    check_float(mu, "mu")
+    check_ndim(mu, 3, "mu", "[K, B, C]")
+    for t, name in ((var_raw, "var_raw"), (pi_logit, "pi_logit")):
+        check_float(t, name)
+        check_same(mu, "mu", t, name)
+        if t.shape != mu.shape:
+            raise ValueError(f"{name} must have mu's shape [K, B, C] = {tuple(mu.shape)}, got {tuple(t.shape)}")
+    if mu.shape[0] < 1:
+        raise ValueError(f"mu must have at least one component (K >= 1), got shape {tuple(mu.shape)}")
+    if isinstance(tau, (int, float)) and not isinstance(tau, bool):
+        tau = torch.tensor(float(tau), dtype=mu.dtype, device=mu.device)
+    check_float(tau, "tau")
+    check_same(mu, "mu", tau, "tau", dtype=False)
+    if tau.numel() != 1 or tau.dim() > 1:
+        raise ValueError(f"tau must be a scalar tensor (0-dim or [1]), got shape {tuple(tau.shape)}")
+    seed = check_noise_or_seed(noise, seed, mu, "mu", tuple(mu.shape), "[K, B, C]")
+    check_activation(activation)
+    var_eps, var_floor, var_ceiling = float(var_eps), float(var_floor), float(var_ceiling)
+    if not (math.isfinite(var_eps) and var_eps >= 0):
+        raise ValueError(f"var_eps must be finite and >= 0, got {var_eps}")
+    if not (math.isfinite(var_floor) and math.isfinite(var_ceiling) and 0 < var_floor <= var_ceiling):
+        raise ValueError(f"var_floor and var_ceiling must satisfy 0 < var_floor <= var_ceiling, "
+                         f"got {var_floor} and {var_ceiling}")
+    pred, aleatoric = torch.ops.fremure.gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
+                                                    var_ceiling, activation, bool(uncertainty))
+    return (pred, aleatoric) if uncertainty else pred
+
+
+@torch.library.register_fake("fremure::gmm_mixture")
+def _fake(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation, uncertainty):
+    fake_check_devices("gmm_mixture", mu, "mu", var_raw=var_raw, pi_logit=pi_logit, tau=tau, noise=noise)
+    _, b, c = mu.shape
+    pred = mu.new_empty((b, c))
+    aleatoric = mu.new_empty((b, c)) if uncertainty else mu.new_empty((0,))
+    return pred, aleatoric
+
+
+@torch.library.register_fake("fremure::gmm_mixture_backward")
+def _fake_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
+                   var_ceiling, activation):
+    fake_check_devices("gmm_mixture_backward", mu, "mu", grad_pred=grad_pred, grad_aleatoric=grad_aleatoric,
+                       var_raw=var_raw, pi_logit=pi_logit, tau=tau, noise=noise)
+    return (
+        mu.new_empty(mu.shape),
+        mu.new_empty(mu.shape),
+        mu.new_empty(mu.shape),
+        torch.empty_like(tau, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation, uncertainty = inputs
+    ctx.save_for_backward(mu, var_raw, pi_logit, tau, noise)
+    ctx.config = (seed, var_eps, var_floor, var_ceiling, activation, uncertainty)
+    # Unused outputs (usually aleatoric) arrive as None instead of zero tensors.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_pred, grad_aleatoric):
+    mu, var_raw, pi_logit, tau, noise = ctx.saved_tensors
+    seed, var_eps, var_floor, var_ceiling, activation, uncertainty = ctx.config
+    if not uncertainty:
+        grad_aleatoric = None
+    if grad_pred is None and grad_aleatoric is None:
+        return (None,) * 11
+    if grad_pred is None:
+        grad_pred = mu.new_zeros(mu.shape[1:])
+    g_mu, g_raw, g_pi, g_tau = torch.ops.fremure.gmm_mixture_backward(
+        grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling,
+        activation)
+    needs = ctx.needs_input_grad
+    return (
+        g_mu if needs[0] else None,
+        g_raw if needs[1] else None,
+        g_pi if needs[2] else None,
+        g_tau if needs[3] else None,
+        None, None, None, None, None, None, None,
+    )
+
+
+torch.library.register_autograd("fremure::gmm_mixture", _backward, setup_context=_setup_context)
