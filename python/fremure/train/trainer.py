@@ -266,10 +266,15 @@ class Trainer:
             entry = _to_device(self.train_source[video], config.device)
             # batch-norm statistics change in the forward pass: keep them to undo a non-finite video
             buffers = {name: b.clone() for name, b in self.model.named_buffers() if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-            with _autocast(config.device, config.amp):
-                pred = self.forward(entry, phase="train")
-            losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
-            loss = sum(losses.values())
+            try:
+                with _autocast(config.device, config.amp):
+                    pred = self.forward(entry, phase="train")
+                losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
+                loss = sum(losses.values())
+            except RuntimeError as err:      # the fused kernels refuse NaN/inf inputs outright
+                if "nan" not in str(err).lower():
+                    raise
+                loss = torch.tensor(float("nan"))
             if not torch.isfinite(loss):
                 self._skip(video, f"non-finite loss {float(loss)}")
                 with torch.no_grad():
