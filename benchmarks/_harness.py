@@ -138,6 +138,35 @@ def write_csv(rows: list[dict], name: str) -> pathlib.Path:
     return path
 
 
+def write_plot(rows: list[dict], name: str) -> pathlib.Path:
+    """Bar chart of forward+backward speed-up over the reference per case and provider (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys((r["op"], r["size"]) for r in rows))
+    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p != "reference"]
+    width = 0.8 / max(len(providers), 1)
+    fig, ax = plt.subplots(figsize=(min(30, max(6, 0.6 * len(cases))), 5))
+    for i, provider in enumerate(providers):
+        values = [next((r["speedup_fwd_bwd"] for r in rows if (r["op"], r["size"]) == c and r["provider"] == provider),
+                       0.0) for c in cases]
+        ax.bar([j + i * width for j in range(len(cases))], values, width, label=provider)
+    ax.set_yscale("log")  # speed-ups span 0.5x to 50x
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([j + width * (len(providers) - 1) / 2 for j in range(len(cases))])
+    ax.set_xticklabels([f"{op}\n{size}" for op, size in cases], fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("fwd+bwd speed-up vs eager reference")
+    ax.set_title(f"{name} on {rows[0]['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(cases_fn: Callable[..., list[Case]], name: str) -> None:
     """Command line of a per-op script: --device, --dtype, --quick, --min-run-time."""
     parser = argparse.ArgumentParser(description=f"Benchmark {name}")
@@ -153,4 +182,5 @@ def main(cases_fn: Callable[..., list[Case]], name: str) -> None:
 
     rows = run_cases(cases_fn(args.device, getattr(torch, args.dtype), args.quick), args.device,
                      0.05 if args.quick else args.min_run_time, compiled)
-    print("wrote", write_csv(rows, f"{name}_{args.device.split(':')[0]}"))
+    tag = f"{name}_{args.device.split(':')[0]}"
+    print("wrote", write_csv(rows, tag), write_plot(rows, tag))

@@ -12,7 +12,7 @@ import pathlib
 
 import torch
 
-from _harness import run_cases, write_csv
+from _harness import run_cases, write_csv, write_plot
 
 OPS = ["freq_gate_blend", "gated_fusion", "window", "segment_attention", "gmm_mixture", "bayes_mc"]
 
@@ -42,7 +42,7 @@ def main() -> None:
             continue
         module = importlib.import_module(f"bench_{name}")
         rows += run_cases(module.cases("cpu", torch.float32, args.quick), "cpu", 0.05 if args.quick else args.min_run_time)
-    print(f"\nwrote {write_csv(rows, 'ops_cpu')}\n")
+    print(f"\nwrote {write_csv(rows, 'ops_cpu')} and {write_plot(rows, 'ops_cpu')}\n")
     print(markdown(rows))
 
 

@@ -50,20 +50,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cpu(const
   const int64_t frames = off_t.size(0) - 1;
   const int64_t dim = x.size(1);
 
-  int64_t rows_max = 0;  // the reference's l: most rows in one frame
-  for (int64_t f = 0; f < frames; ++f) rows_max = std::max(rows_max, off[f + 1] - off[f]);
-
-  const int64_t n_win = window_count(frames, window, stride);
+  std::vector<int64_t> wo;
+  const int64_t rows_max = window_cpu::window_row_offsets(off, frames, window, stride, wo);
+  const int64_t n_win = static_cast<int64_t>(wo.size()) - 1;
   const at::TensorOptions long_opts = off_t.options();
   at::Tensor window_offsets = at::empty({n_win + 1}, long_opts);
-  int64_t* wo = window_offsets.mutable_data_ptr<int64_t>();
-  wo[0] = 0;
-  for (int64_t w = 0; w < n_win; ++w) {
-    const int64_t first = window_first_frame(w, frames, window, stride);
-    wo[w + 1] = wo[w] + off[first + window] - off[first];
-  }
+  std::copy(wo.begin(), wo.end(), window_offsets.mutable_data_ptr<int64_t>());
 
-  // Index of each packed slot: the window's rows in frame (= original) order, then padding.
   const int64_t slots = padded ? window * rows_max : 0;  // L, padded layout only
   const int64_t total = padded ? n_win * slots : wo[n_win];
   at::Tensor src_index = padded ? at::empty({n_win, slots}, long_opts) : at::empty({total}, long_opts);
@@ -71,21 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cpu(const
   int64_t* src = src_index.mutable_data_ptr<int64_t>();
   int64_t* pos = position.mutable_data_ptr<int64_t>();
   at::parallel_for(0, n_win, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t first = window_first_frame(w, frames, window, stride);
-      int64_t k = padded ? w * slots : wo[w];
-      const int64_t k_end = padded ? (w + 1) * slots : wo[w + 1];
-      for (int64_t f = 0; f < window; ++f) {
-        for (int64_t r = off[first + f]; r < off[first + f + 1]; ++r, ++k) {
-          src[k] = r;
-          pos[k] = f;
-        }
-      }
-      for (; k < k_end; ++k) {
-        src[k] = -1;
-        pos[k] = -1;
-      }
-    }
+    window_cpu::fill_window_slots(off, frames, window, stride, slots, wo.data(), begin, end, src, pos);
   });
 
   const at::Tensor xc = x.contiguous();

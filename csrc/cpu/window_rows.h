@@ -67,6 +67,40 @@ inline void check_weights(const at::Tensor& y, const at::Tensor& src_index, cons
   }
 }
 
+// Window geometry of window_pack on the host (shared by the CPU and CUDA kernels): offsets
+// [frames + 1] -> window_offsets [n_win + 1] (real rows per window, CSR) and the most rows in one frame.
+inline int64_t window_row_offsets(const int64_t* off, int64_t frames, int64_t window, int64_t stride,
+                                  std::vector<int64_t>& window_offsets) {
+  int64_t rows_max = 0;  // the reference's l
+  for (int64_t f = 0; f < frames; ++f) rows_max = std::max(rows_max, off[f + 1] - off[f]);
+  const int64_t n_win = window_count(frames, window, stride);
+  window_offsets.assign(static_cast<size_t>(n_win + 1), 0);
+  for (int64_t w = 0; w < n_win; ++w) {
+    const int64_t first = window_first_frame(w, frames, window, stride);
+    window_offsets[w + 1] = window_offsets[w] + off[first + window] - off[first];
+  }
+  return rows_max;
+}
+
+// src / pos of the packed slots of windows [w_begin, w_end): each window's rows in frame (=
+// original) order, then -1 padding up to `slots` per window in the padded layout (slots > 0).
+inline void fill_window_slots(const int64_t* off, int64_t frames, int64_t window, int64_t stride, int64_t slots,
+                              const int64_t* window_offsets, int64_t w_begin, int64_t w_end, int64_t* src,
+                              int64_t* pos) {
+  for (int64_t w = w_begin; w < w_end; ++w) {
+    const int64_t first = window_first_frame(w, frames, window, stride);
+    int64_t k = slots > 0 ? w * slots : window_offsets[w];
+    const int64_t k_end = slots > 0 ? (w + 1) * slots : window_offsets[w + 1];
+    for (int64_t f = 0; f < window; ++f) {
+      for (int64_t r = off[first + f]; r < off[first + f + 1]; ++r, ++k) {
+        src[k] = r;
+        pos[k] = f;
+      }
+    }
+    for (; k < k_end; ++k) src[k] = pos[k] = -1;
+  }
+}
+
 // For every source row r, the packed positions p with src[p] == r in increasing p (a stable
 // counting sort): ptr[r]..ptr[r+1] index into pos.
 struct InverseIndex {

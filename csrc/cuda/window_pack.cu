@@ -68,35 +68,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cuda(cons
   const int64_t* off = off_host.const_data_ptr<int64_t>();
   const int64_t frames = off_host.size(0) - 1;
   TORCH_CHECK(off[0] == 0, "fremure.window_pack: frame_offsets[0] must be 0, got ", off[0]);
-  int64_t rows_max = 0;
   for (int64_t f = 0; f < frames; ++f) {
     TORCH_CHECK(off[f + 1] >= off[f], "fremure.window_pack: frame_offsets must be nondecreasing at index ", f + 1);
-    rows_max = std::max(rows_max, off[f + 1] - off[f]);
   }
   TORCH_CHECK(off[frames] == x.size(0), "fremure.window_pack: frame_offsets[-1] must equal the number of rows of x (",
               x.size(0), "), got ", off[frames]);
 
-  const int64_t n_win = window_count(frames, window, stride);
-  std::vector<int64_t> wo(n_win + 1, 0);
-  for (int64_t w = 0; w < n_win; ++w) {
-    const int64_t first = window_first_frame(w, frames, window, stride);
-    wo[w + 1] = wo[w] + off[first + window] - off[first];
-  }
+  std::vector<int64_t> wo;
+  const int64_t rows_max = window_cpu::window_row_offsets(off, frames, window, stride, wo);
+  const int64_t n_win = static_cast<int64_t>(wo.size()) - 1;
   const int64_t slots = padded ? window * rows_max : 0;
   const int64_t total = padded ? n_win * slots : wo[n_win];
   std::vector<int64_t> src(total), pos(total);
-  for (int64_t w = 0; w < n_win; ++w) {
-    const int64_t first = window_first_frame(w, frames, window, stride);
-    int64_t k = padded ? w * slots : wo[w];
-    const int64_t k_end = padded ? (w + 1) * slots : wo[w + 1];
-    for (int64_t f = 0; f < window; ++f) {
-      for (int64_t r = off[first + f]; r < off[first + f + 1]; ++r, ++k) {
-        src[k] = r;
-        pos[k] = f;
-      }
-    }
-    for (; k < k_end; ++k) src[k] = pos[k] = -1;
-  }
+  window_cpu::fill_window_slots(off, frames, window, stride, slots, wo.data(), 0, n_win, src.data(), pos.data());
   const auto long_cpu = at::TensorOptions().dtype(at::kLong);
   const auto shape = padded ? std::vector<int64_t>{n_win, slots} : std::vector<int64_t>{total};
   at::Tensor src_index = at::from_blob(src.data(), shape, long_cpu).to(x.device());

@@ -1,0 +1,369 @@
+"""Training loop of FReMuRe on cached detector entries (published recipe, METHOD.md 5, spec 4.4-4.5).
+
+One optimiser step = ``videos_per_step`` videos (1 as published), each loss divided by that count,
+so a step's gradient is the mean over its videos whatever the number of processes: with N
+processes (``torchrun``), the step's videos are split over the ranks and the gradients summed
+across ranks (all-reduce), which gives the single-process gradient. Every video's forward pass is
+seeded from (seed, epoch, video), so dropout and head noise do not depend on the rank or on where
+a run was resumed. Order of an epoch: train steps, validation (with constraint; the scheduler steps
+on mR@20), best-R@20 / best-mR@20 checkpoints, memory rebuild, then the resumable ``last``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..eval import MultiConstraintEvaluator, SceneGraphEvaluator
+from ..model import FReMuRe
+from . import distributed as dist_utils
+from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer, optimizer_tensors, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import TrainConfig
+from .losses import relation_losses
+from .memory import MemoryAccumulator
+
+logger = logging.getLogger("fremure.train")
+PRED_KEYS = ("boxes", "pred_labels", "pred_scores", "pair_idx", "im_idx", "attention_distribution",
+             "spatial_distribution", "contacting_distribution", "labels", "scores")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def video_seed(seed: int, epoch: int, video: int) -> int:
+    """Seed of one video's training forward pass (independent of rank and resumption)."""
+    return (seed * 1_000_003 + epoch * 10_007 + video) % (2 ** 63 - 1)
+
+
+def epoch_order(num_videos: int, seed: int, epoch: int) -> list[int]:
+    """Shuffled video indices of one epoch (same on every rank)."""
+    return torch.randperm(num_videos, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+
+
+def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
+                frequencies: dict[str, torch.Tensor] | None) -> FReMuRe:
+    """FReMuRe configured from ``config`` (published option names) with the given priors."""
+    freqs = frequencies or {}
+    contact = freqs.get("contacting", freqs.get("contact"))
+    import warnings
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.filterwarnings("ignore", message="no GloVe vectors")
+        torch.manual_seed(config.seed)          # same initial weights for the same seed, whatever ran before
+        model = FReMuRe(mode=config.mode, obj_classes=obj_classes, enc_layer_num=config.enc_layer,
+                        dec_layer_num=config.dec_layer,
+                        rel_mem_compute=None if config.rel_mem_compute == "none" else config.rel_mem_compute,
+                        mem_fusion=config.mem_fusion, selection_lambda=config.mem_feat_lambda,
+                        obj_head=config.obj_head, rel_head=config.rel_head, K=config.K,
+                        freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"),
+                        freq_contact=contact, kernels=config.kernels, decouple=config.decouple,
+                        keep_unused=config.keep_unused, dropout=config.dropout)
+    if config.mode == "predcls":
+        for p in model.object_classifier.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW (published defaults: lr 1e-5, weight decay 1e-2), Adam or SGD over trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay,
+                                 fused=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer):
+    """ReduceLROnPlateau on validation mR@20 as published (max, factor 0.5, patience 1, abs 1e-4, min 1e-7)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=1, factor=0.5, threshold=1e-4,
+                                                      threshold_mode="abs", min_lr=1e-7)
+
+
+def prediction_for_eval(entry: dict[str, Any]) -> dict[str, Any]:
+    """The CPU tensors of a test-phase entry that the evaluator reads."""
+    return {k: entry[k].detach().float().cpu() if entry[k].is_floating_point() else entry[k].detach().cpu()
+            for k in PRED_KEYS if isinstance(entry.get(k), torch.Tensor)}
+
+
+@torch.no_grad()
+def predict_videos(model: FReMuRe, source, indices: Sequence[int], device: str | torch.device = "cpu",
+                   amp: str = "none", progress: bool = False) -> list[tuple[int, dict[str, Any]]]:
+    """Test-phase predictions ``[(video index, pred dict)]`` of the given videos."""
+    from tqdm.auto import tqdm
+    model.eval()
+    out = []
+    for index in tqdm(indices, desc="eval", unit="video", disable=not progress):
+        entry = _to_device(source[index], device)
+        with _autocast(device, amp):
+            pred = model(entry, phase="test")
+        out.append((index, prediction_for_eval(pred)))
+    return out
+
+
+def evaluate_predictions(mode: str, predictions: Sequence[tuple[int, dict]], gt_annotations: Sequence,
+                         constraints: Sequence[str] = ("with", "semi", "no")) -> dict[str, dict[str, Any]]:
+    """R@K / mR@K summaries per constraint of predictions in video order."""
+    evaluator = MultiConstraintEvaluator(mode, tuple(constraints))
+    for index, pred in sorted(predictions, key=lambda item: item[0]):
+        evaluator.add_video(gt_annotations[index], pred)
+    return evaluator.summary()
+
+
+def _to_device(entry: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in entry.items()}
+
+
+def _autocast(device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=AMP_DTYPES[amp])
+
+
+class Trainer:
+    """Trains ``model`` on ``train_source`` (indexable entries, e.g. FeatureCache) and validates on
+    ``test_source`` with ``test_gt`` (the test split's gt_annotations).
+
+    ``fit(resume=False)`` runs the remaining epochs and returns the history (one dict per epoch).
+    Checkpoints go to ``<save_path>/checkpoints``: ``last`` (resumable), ``best_recall``,
+    ``best_mrecall``. Only rank 0 writes files and logs.
+    """
+
+    def __init__(self, config: TrainConfig, model: FReMuRe, train_source, test_source, test_gt: Sequence,
+                 frequencies: dict[str, torch.Tensor] | None = None) -> None:
+        self.config, self.model = config, model.to(config.device)
+        self.train_source, self.test_source, self.test_gt = train_source, test_source, test_gt
+        self.frequencies = frequencies
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % 2 ** 32)
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler = make_scheduler(self.optimizer)
+        self.scaler = torch.amp.GradScaler(torch.device(config.device).type, enabled=config.amp == "fp16")
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.epoch, self.position, self.step = 0, 0, 0
+        self.best = {"R@20": 0.0, "mR@20": 0.0}
+        self.history: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.checkpoint_dir = os.path.join(config.save_path, "checkpoints")
+        self.writer = None
+        if self.rank == 0 and config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(config.save_path, "tensorboard"))
+            except ImportError:
+                logger.warning("tensorboard is not installed: no TensorBoard scalars")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_train(self) -> int:
+        n = len(self.train_source)
+        return min(n, self.config.max_train_videos) if self.config.max_train_videos else n
+
+    @property
+    def num_test(self) -> int:
+        n = len(self.test_source)
+        return min(n, self.config.max_test_videos) if self.config.max_test_videos else n
+
+    # ------------------------------------------------------------------ checkpoints
+    def _model_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"memory.{k}": v for k, v in self.model.rel_memory.items()})
+        return tensors
+
+    def _state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "step": self.step, "best": self.best,
+                "history": self.history, "skipped": self.skipped, "config": self.config.to_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "world_size": self.world}
+
+    def save(self, tag: str, resumable: bool) -> str | None:
+        """Writes checkpoint ``tag`` (rank 0 only); returns its JSON path."""
+        wanted = {"all": True, "last": tag == "last", "none": False}[self.config.checkpoints]
+        if self.rank != 0 or not wanted:
+            return None
+        state = self._state()
+        train = None
+        if resumable:
+            train, optim_info = optimizer_tensors(self.optimizer)
+            rng_tensors, rng_info = rng_state()
+            train.update(rng_tensors)
+            state.update(optimizer=optim_info, rng=rng_info)
+        return save_checkpoint(self.checkpoint_dir, tag, self._model_tensors(), state, train)
+
+    def restore(self, path: str | None = None) -> None:
+        """Loads a resumable checkpoint (default: ``last``) into model, optimiser, scheduler, memory,
+        RNG states and position. CheckpointError when it is missing or damaged."""
+        path = path or os.path.join(self.checkpoint_dir, "last.json")
+        state, model_tensors, train_tensors = load_checkpoint(path)
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} is a model-only checkpoint; --resume needs 'last.json'")
+        load_model_tensors(self.model, model_tensors, path)
+        load_optimizer(self.optimizer, train_tensors, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(train_tensors, state["rng"])
+        self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
+        self.best, self.history, self.skipped = state["best"], state["history"], state["skipped"]
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False, on_step: Callable[["Trainer"], None] | None = None) -> list[dict[str, Any]]:
+        """Runs the remaining epochs; ``on_step`` is called after every optimiser step."""
+        if resume:
+            self.restore()
+        config = self.config
+        per_step = config.videos_per_step
+        while self.epoch < config.nepoch:
+            order = epoch_order(self.num_train, config.seed, self.epoch)
+            steps = math.ceil(len(order) / per_step)
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(order), initial=self.position, desc=f"epoch {self.epoch}", unit="video",
+                       disable=not (config.progress and self.rank == 0))
+            window: list[float] = []
+            started = time.perf_counter()
+            for step_index in range(self.position // per_step, steps):
+                videos = order[step_index * per_step:(step_index + 1) * per_step]
+                total = self._train_step(videos)
+                self.position = min((step_index + 1) * per_step, len(order))
+                self.step += 1
+                bar.update(len(videos))
+                if total is not None:
+                    window.append(total)
+                    if self.writer is not None:
+                        self.writer.add_scalar("train/loss", total, self.step)
+                if self.step % config.log_iter == 0 and window and self.rank == 0:
+                    logger.info("epoch %d step %d: mean loss %.4f", self.epoch, self.step, float(np.mean(window)))
+                    window = []
+                if config.save_every and self.position < len(order) and self.position % config.save_every < per_step:
+                    self.save("last", resumable=True)
+                if on_step is not None:
+                    on_step(self)
+            bar.close()
+            self._finish_epoch(time.perf_counter() - started, len(order))
+        if self.writer is not None:
+            self.writer.flush()
+        return self.history
+
+    def _train_step(self, videos: list[int]) -> float | None:
+        """One optimiser step over ``videos`` (split across ranks); returns the mean loss or None."""
+        config = self.config
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=False)
+        scale = 1.0 / len(videos)
+        mine = videos[self.rank::self.world]
+        loss_sum = torch.zeros(2, dtype=torch.float64)   # (sum of finite losses, number of finite videos)
+        for video in mine:
+            torch.manual_seed(video_seed(config.seed, self.epoch, video))
+            entry = _to_device(self.train_source[video], config.device)
+            # batch-norm statistics change in the forward pass: keep them to undo a non-finite video
+            buffers = {name: b.clone() for name, b in self.model.named_buffers() if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+            try:
+                with _autocast(config.device, config.amp):
+                    pred = self.forward(entry, phase="train")
+                losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
+                loss = sum(losses.values())
+            except RuntimeError as err:      # the fused kernels refuse NaN/inf inputs outright
+                if "nan" not in str(err).lower():
+                    raise
+                loss = torch.tensor(float("nan"))
+            if not torch.isfinite(loss):
+                self._skip(video, f"non-finite loss {float(loss)}")
+                with torch.no_grad():
+                    for name, value in self.model.named_buffers():
+                        if name in buffers:
+                            value.copy_(buffers[name])
+                continue
+            self.scaler.scale(loss * scale).backward()
+            loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
+        dist_utils.all_reduce_gradients(self.model)
+        loss_sum = dist_utils.all_reduce_sum(loss_sum)
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], config.clip)
+        if not torch.isfinite(norm):
+            self._skip(videos[0], f"non-finite gradient norm {float(norm)}; step skipped")
+            self.optimizer.zero_grad(set_to_none=False)
+            self.scaler.update()
+            return None
+        if loss_sum[1] == 0:
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss_sum[0] / loss_sum[1])
+
+    def _skip(self, video: int, reason: str) -> None:
+        record = {"epoch": self.epoch, "step": self.step, "video": int(video), "reason": reason}
+        self.skipped.append(record)
+        logger.warning("skipping video %d at epoch %d: %s", video, self.epoch, reason)
+        if self.writer is not None:
+            self.writer.add_scalar("train/skipped", len(self.skipped), self.step)
+
+    def validate(self, constraints: Sequence[str] = ("with",)) -> dict[str, dict[str, Any]]:
+        """Test-split metrics (every rank predicts its share; rank 0's result is broadcast)."""
+        indices = list(range(self.num_test))[self.rank::self.world]
+        preds = predict_videos(self.model, self.test_source, indices, self.config.device, self.config.amp)
+        preds = dist_utils.gather_objects(preds)
+        summary = evaluate_predictions(self.config.mode, preds, self.test_gt, constraints) if self.rank == 0 else None
+        return dist_utils.broadcast_object(summary)
+
+    def rebuild_memory(self) -> None:
+        """TEMPURA memory from a no-dropout pass over the training videos (streamed sums, all-reduced)."""
+        if self.config.rel_mem_compute == "none":
+            return
+        from ..model.relation_model import EMBED_DIM
+        accumulator = MemoryAccumulator(EMBED_DIM, self.frequencies, self.config.mem_temperature)
+        self.model.eval()
+        with torch.no_grad():
+            for video in list(range(self.num_train))[self.rank::self.world]:
+                entry = _to_device(self.train_source[video], self.config.device)
+                with _autocast(self.config.device, self.config.amp):
+                    out = self.model(entry, phase="train")
+                accumulator.add_video(out)
+        for tensor in accumulator.state_tensors().values():
+            tensor.copy_(dist_utils.all_reduce_sum(tensor))
+        self.model.rel_memory = accumulator.prototypes()
+
+    def _finish_epoch(self, seconds: float, videos: int) -> None:
+        summary = self.validate()["with"]
+        recall, mrecall = summary["R"][20], summary["mR"][20]
+        record = {"epoch": self.epoch, "R@20": recall, "mR@20": mrecall, "R": summary["R"], "mR": summary["mR"],
+                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds,
+                  "videos_per_s": videos / seconds if seconds > 0 else float("nan")}
+        self.history.append(record)
+        if self.rank == 0:
+            logger.info("epoch %d: R@20 %.4f mR@20 %.4f (%.1f s)", self.epoch, recall, mrecall, seconds)
+            if self.writer is not None:
+                for k, v in summary["R"].items():
+                    self.writer.add_scalar(f"val/R@{k}", v, self.epoch)
+                for k, v in summary["mR"].items():
+                    self.writer.add_scalar(f"val/mR@{k}", v, self.epoch)
+                self.writer.add_scalar("train/lr", record["lr"], self.epoch)
+        if recall > self.best["R@20"]:
+            self.best["R@20"] = recall
+            self.save("best_recall", resumable=False)
+        if mrecall > self.best["mR@20"]:
+            self.best["mR@20"] = mrecall
+            self.save("best_mrecall", resumable=False)
+        self.scheduler.step(mrecall)
+        self.rebuild_memory()
+        self.epoch, self.position = self.epoch + 1, 0
+        self.save("last", resumable=True)
+
+
+def load_model_tensors(model: FReMuRe, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Loads ``model.*`` weights (strict) and ``memory.*`` prototypes saved by :class:`Trainer`."""
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{source} does not fit this model configuration: {err}") from err
+    model.rel_memory = memory or None
