@@ -140,3 +140,20 @@ def test_nan_gate_rejected_by_kernel():
         torch.ops.fremure.freq_gate_blend(torch.randn(3, 4), gate, None)
     with pytest.raises(RuntimeError, match="gate must have shape"):
         torch.ops.fremure.freq_gate_blend(torch.randn(3, 4), torch.rand(5), None)
+
+
+def test_shared_gate_gradient_is_bitwise_reproducible_for_any_thread_count():
+    """grad_gate of a shared [D] gate sums over rows: the sum must not depend on how the rows were
+    split over threads (exact resume of training relies on it)."""
+    x, dy = torch.randn(77, 300), torch.randn(77, 300)
+    gate = torch.rand(300)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.fremure.freq_gate_blend_backward(dy, x, gate, None)[1])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert torch.equal(other, results[0])

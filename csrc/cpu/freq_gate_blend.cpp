@@ -1,5 +1,6 @@
 // CPU kernels of freq_gate_blend and its backward: one row per task, two passes per row
 // (moments, then the blend), accumulation in float32 for half types and in the input type else.
+#include <algorithm>
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -94,9 +95,12 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
   const int64_t grain = 16;
   const int64_t chunks = L.per_row_gate ? 0 : (L.rows + grain - 1) / grain;
   std::vector<acc_t> partial(static_cast<size_t>(chunks * D), acc_t(0));
-  at::parallel_for(0, L.rows, grain, [&](int64_t begin, int64_t end) {
+  // Parallel over fixed chunks of `grain` rows (not over rows): each chunk owns one partial row
+  // whatever split at::parallel_for picks, so grad_gate is bitwise reproducible for any thread count.
+  const int64_t tasks = (L.rows + grain - 1) / grain;
+  at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
     std::vector<acc_t> xhat(D);
-    for (int64_t r = begin; r < end; ++r) {
+    for (int64_t r = task_begin * grain; r < std::min(task_end * grain, L.rows); ++r) {
       const scalar_t* xr = x + r * D;
       const scalar_t* dyr = dy + r * D;
       scalar_t* dxr = dx + r * D;
@@ -119,7 +123,7 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
       }, sum_dxhat, sum_dxhat_xhat);
       const acc_t m1 = sum_dxhat / acc_t(D);
       const acc_t m2 = sum_dxhat_xhat / acc_t(D);
-      acc_t* part = L.per_row_gate ? nullptr : partial.data() + (begin / grain) * D;
+      acc_t* part = L.per_row_gate ? nullptr : partial.data() + (r / grain) * D;
       for (int64_t j = 0; j < D; ++j) {
         const acc_t d = acc_t(dyr[j]);
         const acc_t g = acc_t(gr[j]);

@@ -232,7 +232,7 @@ class GlocalTransformer(nn.Module):
         return TransformerOutput(global_out, local, local)
 
     def _window_weights(self, position: torch.Tensor) -> torch.Tensor | None:
-        return torch.exp(self.window_weight)[position] if self.mode == "weighted" else None
+        return torch.exp(self.window_weight).index_select(0, position) if self.mode == "weighted" else None
 
     # ------------------------------------------------------------------ published (padded) path
 
@@ -329,10 +329,10 @@ class GlocalTransformer(nn.Module):
 
     def _tail_packed(self, features: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         order, slot_offsets = slot_order(layout)
-        grouped = self.local_attention_tail.forward_packed(features[order], slot_offsets)
+        grouped = self.local_attention_tail.forward_packed(features.index_select(0, order), slot_offsets)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.shape[0], device=order.device)
-        return grouped[inverse]
+        return grouped.index_select(0, inverse)
 
     def _global_packed(self, z: torch.Tensor, layout: FrameLayout, copies: int) -> torch.Tensor:
         """Temporal decoder over ``copies`` stacked copies ``[copies * N, D]`` of one video's rows
@@ -353,7 +353,7 @@ class GlocalTransformer(nn.Module):
         offsets = torch.cat([p.window_offsets[:-1] + r * per_copy for r, p in enumerate(packs)]
                             + [packs[-1].window_offsets[-1:] + (copies - 1) * per_copy])
         table = self.position_embedding.weight.to(z.dtype)
-        pos_embed = table[position]
+        pos_embed = table.index_select(0, position)   # deterministic backward, unlike table[position]
         layers = list(self.global_attention.layers)
         y = tokens
         for i, layer in enumerate(layers):

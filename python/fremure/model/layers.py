@@ -131,8 +131,11 @@ class DecoderLayer(nn.Module):
         so ``W (rows[src] + table[position]) = (W rows)[src] + (W table)[position]``."""
         mha, dim = self.multihead2, rows.shape[1]
         weight, bias = mha.in_proj_weight, mha.in_proj_bias
-        qk = F.linear(rows, weight[: 2 * dim])[src] + F.linear(table, weight[: 2 * dim], bias[: 2 * dim])[position]
-        v = F.linear(rows, weight[2 * dim:], bias[2 * dim:])[src]
+        # index_select, not advanced indexing: its backward (index_add) is deterministic on the CPU,
+        # where indexing's backward adds with atomics in parallel
+        qk = (F.linear(rows, weight[: 2 * dim]).index_select(0, src)
+              + F.linear(table, weight[: 2 * dim], bias[: 2 * dim]).index_select(0, position))
+        v = F.linear(rows, weight[2 * dim:], bias[2 * dim:]).index_select(0, src)
         q, k = qk.split(dim, dim=-1)
         return segment_core(mha, q, k, v, offsets)
 

@@ -178,8 +178,9 @@ class FReMuRe(nn.Module):
         _check_entry(entry)
         pair = entry["pair_idx"]
         boxes = entry["object_mem_features"] if self.take_obj_mem_feat else entry["features"]
-        subj = self.subj_fc(boxes[pair[:, 0]])
-        obj = self.obj_fc(boxes[pair[:, 1]])
+        # index_select: deterministic backward on the CPU (indexing's backward adds atomically)
+        subj = self.subj_fc(boxes.index_select(0, pair[:, 0]))
+        obj = self.obj_fc(boxes.index_select(0, pair[:, 1]))
         union = self.union_func1(entry["union_feat"]) + self.conv(entry["spatial_masks"].to(subj.dtype))
         union = self.vr_fc(union.view(-1, 256 * 7 * 7))
         labels = entry["pred_labels"]
