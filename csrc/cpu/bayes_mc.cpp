@@ -98,67 +98,19 @@ struct BayesScratch {
 
 enum : uint8_t { kBadMu = 1, kBadLogvar = 2, kBadNoise = 4 };
 
-// One copy of the kernels per ISA; the op runs the widest one the CPU supports. (GCC 12 warns
-// falsely about the undefined-vector idiom inside its own AVX-512 intrinsic headers.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-namespace isa_default {
-#define FREMURE_LANES_ISA 0
-#include "cpu/head_lanes_isa.inc"
-#include "cpu/bayes_mc_kernels.inc"
-#undef FREMURE_LANES_ISA
-}  // namespace isa_default
-#if FREMURE_X86_MULTIVERSION
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#define FREMURE_LANES_ISA 1
-#include "cpu/head_lanes_isa.inc"
-#include "cpu/bayes_mc_kernels.inc"
-#undef FREMURE_LANES_ISA
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
-namespace isa_avx512 {
-#define FREMURE_LANES_ISA 2
-#include "cpu/head_lanes_isa.inc"
-#include "cpu/bayes_mc_kernels.inc"
-#undef FREMURE_LANES_ISA
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
-#pragma GCC diagnostic pop
+// One copy of the kernels per ISA; the op runs the widest one the CPU supports.
+#define FREMURE_ISA_KERNELS "cpu/bayes_mc_kernels.inc"
+#include "cpu/isa_variants.inc"
 
 template <typename scalar_t>
 uint8_t run_forward(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, scalar_t* out) {
-#if FREMURE_X86_MULTIVERSION
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512:
-      return isa_avx512::forward_cpu<scalar_t>(in, cfg, out);
-    case CpuIsa::kAvx2:
-      return isa_avx2::forward_cpu<scalar_t>(in, cfg, out);
-    default:
-      break;
-  }
-#endif
-  return isa_default::forward_cpu<scalar_t>(in, cfg, out);
+  return FREMURE_ISA_CALL(forward_cpu<scalar_t>, in, cfg, out);
 }
 
 template <typename scalar_t>
 void run_backward(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, const scalar_t* grad_out, scalar_t* g_mu,
                   scalar_t* g_lv) {
-#if FREMURE_X86_MULTIVERSION
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512:
-      return isa_avx512::backward_cpu<scalar_t>(in, cfg, grad_out, g_mu, g_lv);
-    case CpuIsa::kAvx2:
-      return isa_avx2::backward_cpu<scalar_t>(in, cfg, grad_out, g_mu, g_lv);
-    default:
-      break;
-  }
-#endif
-  isa_default::backward_cpu<scalar_t>(in, cfg, grad_out, g_mu, g_lv);
+  FREMURE_ISA_CALL(backward_cpu<scalar_t>, in, cfg, grad_out, g_mu, g_lv);
 }
 
 template <typename scalar_t>

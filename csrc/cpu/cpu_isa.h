@@ -53,3 +53,14 @@ inline CpuIsa cpu_isa() {
 }
 
 }  // namespace fremure
+
+// Calls the copy of `fn` (a name inside the isa_* namespaces of cpu/isa_variants.inc, template
+// arguments allowed) for the ISA cpu_isa() picks.
+#if FREMURE_X86_MULTIVERSION
+#define FREMURE_ISA_CALL(fn, ...)                                                  \
+  (::fremure::cpu_isa() == ::fremure::CpuIsa::kAvx512 ? isa_avx512::fn(__VA_ARGS__) \
+   : ::fremure::cpu_isa() == ::fremure::CpuIsa::kAvx2 ? isa_avx2::fn(__VA_ARGS__)   \
+                                                      : isa_default::fn(__VA_ARGS__))
+#else
+#define FREMURE_ISA_CALL(fn, ...) isa_default::fn(__VA_ARGS__)
+#endif

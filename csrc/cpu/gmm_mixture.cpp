@@ -128,68 +128,20 @@ struct GmmScratch {
 
 enum : uint8_t { kBadMu = 1, kBadVarRaw = 2, kBadPiLogit = 4, kBadNoise = 8 };
 
-// One copy of the kernels per ISA; the op runs the widest one the CPU supports. (GCC 12 warns
-// falsely about the undefined-vector idiom inside its own AVX-512 intrinsic headers.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-namespace isa_default {
-#define FREMURE_LANES_ISA 0
-#include "cpu/head_lanes_isa.inc"
-#include "cpu/gmm_mixture_kernels.inc"
-#undef FREMURE_LANES_ISA
-}  // namespace isa_default
-#if FREMURE_X86_MULTIVERSION
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#define FREMURE_LANES_ISA 1
-#include "cpu/head_lanes_isa.inc"
-#include "cpu/gmm_mixture_kernels.inc"
-#undef FREMURE_LANES_ISA
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
-namespace isa_avx512 {
-#define FREMURE_LANES_ISA 2
-#include "cpu/head_lanes_isa.inc"
-#include "cpu/gmm_mixture_kernels.inc"
-#undef FREMURE_LANES_ISA
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
-#pragma GCC diagnostic pop
+// One copy of the kernels per ISA; the op runs the widest one the CPU supports.
+#define FREMURE_ISA_KERNELS "cpu/gmm_mixture_kernels.inc"
+#include "cpu/isa_variants.inc"
 
 template <typename scalar_t>
 uint8_t run_forward(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double tau, bool uncertainty,
                     scalar_t* pred, scalar_t* aleatoric) {
-#if FREMURE_X86_MULTIVERSION
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512:
-      return isa_avx512::forward_cpu<scalar_t>(in, cfg, tau, uncertainty, pred, aleatoric);
-    case CpuIsa::kAvx2:
-      return isa_avx2::forward_cpu<scalar_t>(in, cfg, tau, uncertainty, pred, aleatoric);
-    default:
-      break;
-  }
-#endif
-  return isa_default::forward_cpu<scalar_t>(in, cfg, tau, uncertainty, pred, aleatoric);
+  return FREMURE_ISA_CALL(forward_cpu<scalar_t>, in, cfg, tau, uncertainty, pred, aleatoric);
 }
 
 template <typename scalar_t>
 double run_backward(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double tau, const scalar_t* grad_pred,
                     const scalar_t* grad_al, scalar_t* g_mu, scalar_t* g_raw, scalar_t* g_pi) {
-#if FREMURE_X86_MULTIVERSION
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512:
-      return isa_avx512::backward_cpu<scalar_t>(in, cfg, tau, grad_pred, grad_al, g_mu, g_raw, g_pi);
-    case CpuIsa::kAvx2:
-      return isa_avx2::backward_cpu<scalar_t>(in, cfg, tau, grad_pred, grad_al, g_mu, g_raw, g_pi);
-    default:
-      break;
-  }
-#endif
-  return isa_default::backward_cpu<scalar_t>(in, cfg, tau, grad_pred, grad_al, g_mu, g_raw, g_pi);
+  return FREMURE_ISA_CALL(backward_cpu<scalar_t>, in, cfg, tau, grad_pred, grad_al, g_mu, g_raw, g_pi);
 }
 
 std::tuple<at::Tensor, at::Tensor> gmm_mixture_cpu(const at::Tensor& mu, const at::Tensor& var_raw,
