@@ -278,3 +278,21 @@ def test_bad_backward_only_arguments():
     with pytest.raises(RuntimeError, match="gate_sigmoid"):
         torch.ops.fremure.gated_fusion_backward(torch.randn(3, 4), head, tail, cond, weight, bias,
                                                 torch.rand(3, 4).double(), *PUBLISHED)
+
+
+def test_bias_gradient_does_not_depend_on_the_thread_count():
+    """The column sums behind grad_bias use a size-determined chunking: bitwise equal for any
+    number of threads, and repeatable (exact resume of training relies on it)."""
+    args = _inputs(2000, 96, 8)   # 2000 rows of 96: several chunks of 341 rows
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 3, 2):
+            torch.set_num_threads(n)
+            leaves = _leaves(args)
+            fremure_ext.gated_fusion(*leaves).square().sum().backward()
+            grads.append(leaves[4].grad)
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert torch.equal(other, grads[0])

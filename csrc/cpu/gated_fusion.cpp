@@ -538,9 +538,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
     }
 
     // dz per row (normalising head and tail on the way when not done above), and its column
-    // sums (dbias, and the shared condition's gradient) from per-chunk partial rows: one chunk
-    // of rows per thread, so the summation order does not depend on scheduling.
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / row_grain(D)));
+    // sums (dbias, and the shared condition's gradient) from per-chunk partial rows. The chunk
+    // count depends on the sizes only, never on the thread count, so the sums are bitwise the
+    // same on any machine and under any scheduling (64 chunks keep up to 64 threads busy).
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(64, N / row_grain(D)));
     std::vector<T> partial(static_cast<size_t>(blocks * D), T(0));
     const DlogitArgs<T> dargs{dyc.const_data_ptr<T>(), s.const_data_ptr<T>(), hc.const_data_ptr<T>(),
                               tc.const_data_ptr<T>(), ht.mutable_data_ptr<T>(), rstd_h, rstd_t,
