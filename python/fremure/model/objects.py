@@ -14,10 +14,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from fremure.data.geometry import spatial_masks
+
 from .embeddings import WORD_DIM, glove_table
 from .heads import GMMHead
-from .pairs import (center_size, grouped_nms, segment_first_argmax, spatial_masks, union_boxes,
-                    union_features)
+from .pairs import center_size, grouped_nms, segment_first_argmax, union_boxes, union_features
 
 OBJ_DIM = 2048
 POS_DIM = 128
@@ -239,4 +240,4 @@ class ObjectClassifier(nn.Module):
         entry["union_feat"] = union_features(entry["fmaps"], union)
         entry["union_box"] = union
         pair_boxes = torch.cat((boxes[pair[:, 0]], boxes[pair[:, 1]]), 1)
-        entry["spatial_masks"] = (spatial_masks(pair_boxes) - 0.5).to(boxes.device)
+        entry["spatial_masks"] = spatial_masks(pair_boxes).to(boxes.device)
