@@ -342,3 +342,33 @@ def test_compile_fullgraph_ops_path():
     out.output.sum().backward()
     ref.output.sum().backward()
     torch.testing.assert_close(x_comp.grad, x_eager.grad, **GRAD_TOL)
+
+
+@needs_ops
+@pytest.mark.parametrize("mode", ["latter", "mean"])
+def test_compile_one_graph_for_short_and_long_videos(mode):
+    """One fullgraph trace serves videos of N rows with fewer frames than the window (no window:
+    the published all-zero output), exactly as many and more: the frame and window counts are
+    unbacked sizes, so a new frame count does not recompile."""
+    torch.manual_seed(0)
+    model = GlocalTransformer(embed_dim=16, nhead=2, dim_feedforward=32, dec_layer_num=2, dropout=0.0,
+                              mode=mode, kernels="ops").eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    videos = [random_video([4], 16, seed=1), random_video([1, 2, 1], 16, seed=2), random_video([2, 2], 16, seed=3)]
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        for i, (features, im_idx) in enumerate(videos):
+            x_comp, x_eager = features.clone().requires_grad_(), features.clone().requires_grad_()
+            with torch._dynamo.config.patch(error_on_recompile=i > 0):
+                out = compiled(x_comp, im_idx, None, "spatial", FREQ["spatial"])
+            ref = model(x_eager, im_idx, None, "spatial", FREQ["spatial"])
+            torch.testing.assert_close(out.output, ref.output, **FWD_TOL)
+            weight = torch.randn_like(features)
+            (out.output * weight).sum().backward()
+            if i == 0:  # eager returns detached zeros
+                assert torch.equal(ref.output, torch.zeros_like(features))
+                assert torch.equal(x_comp.grad, torch.zeros_like(features))
+                continue
+            assert ref.output.abs().sum() > 0
+            (ref.output * weight).sum().backward()
+            torch.testing.assert_close(x_comp.grad, x_eager.grad, **GRAD_TOL)

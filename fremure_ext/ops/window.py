@@ -175,8 +175,11 @@ def window_unpack(y: torch.Tensor, src_index: torch.Tensor, weights: torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake kernels. window_pack's row count (M, or L = window * l) depends on the data; n_win depends
-# only on b = frame_offsets.shape[0] - 1, window and stride, so it stays static.
+# Fake kernels. window_pack's row count (M, or L = window * l) depends on the data. n_win depends
+# only on b = frame_offsets.shape[0] - 1, window and stride: it is exact when b is a plain int, but
+# b is usually data-dependent under torch.compile (the model derives it from im_idx), and counting
+# windows would then compare an unbacked size with window; n_win is a fresh unbacked size instead,
+# so one graph serves videos shorter than the window (no windows) as well as longer ones.
 
 
 def _fake_same_device(op, ref, ref_name, t, name):
@@ -199,8 +202,14 @@ def _pack_fake(x, frame_offsets, window, stride, padded):
     _fake_same_device("window_pack", x, "x", frame_offsets, "frame_offsets")
     if window < 1 or stride < 1:
         raise RuntimeError(f"fremure.window_pack: window and stride must be >= 1, got {window}, {stride}")
-    n_win = window_count(frame_offsets.shape[0] - 1, window, stride)
     ctx = torch.library.get_ctx()
+    num_frames = frame_offsets.shape[0] - 1
+    if isinstance(num_frames, int):
+        n_offsets = window_count(num_frames, window, stride) + 1
+    else:
+        # The fresh size must be an output dimension as it is (not n + 1) for the tracer to bind it.
+        n_offsets = ctx.new_dynamic_size(min=1)
+    n_win = n_offsets - 1
     dim = x.shape[1]
     if padded:
         slots = window * ctx.new_dynamic_size()
@@ -210,7 +219,7 @@ def _pack_fake(x, frame_offsets, window, stride, padded):
     out = x.new_empty((*shape, dim))
     src_index = frame_offsets.new_empty(shape)
     position = frame_offsets.new_empty(shape)
-    window_offsets = frame_offsets.new_empty((n_win + 1,))
+    window_offsets = frame_offsets.new_empty((n_offsets,))
     return out, src_index, position, window_offsets
 
 

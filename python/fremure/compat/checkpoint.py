@@ -2,8 +2,9 @@
 "rel_memory"})``) -> a ready :class:`~fremure.model.relation_model.FReMuRe`.
 
 The checkpoint holds no configuration, so the architecture is read off the state dict (layer
-counts, head kinds, K, memory modules); what the weights cannot tell (the mode, the frequency
-priors, memory fusion, lambda) comes from the arguments.
+counts, head kinds, K, memory modules, tracking); what the weights cannot tell (the mode, the
+frequency priors, memory fusion, lambda) comes from the arguments. A tracking checkpoint's position
+table is 600 rows long for sgdet and 400 otherwise, so it loads only in the mode it was trained in.
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ def _head_kind(sd: Mapping[str, torch.Tensor], prefix: str) -> tuple[str, int | 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """FReMuRe constructor arguments implied by a published state dict's keys and shapes."""
     keys = list(state_dict)
-    if any(k.startswith("object_classifier.encoder_tran.") for k in keys):
-        raise ValueError("checkpoint uses the published tracking encoder (tracking=True), which is not supported")
     if not any(k.startswith(_TRANSFORMER) for k in keys):
         raise ValueError("checkpoint has no glocal_transformer parameters: not a FReMuRe checkpoint")
     rel_head, k_rel = _head_kind(state_dict, "a_rel_compress.")
@@ -67,8 +66,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         rel_mem_compute=rel_mem,
         obj_mem_compute="object_classifier.mem_attention.in_proj_weight" in state_dict,
         selection="automated" if automated else "manual",
-        take_obj_mem_feat=tuple(state_dict["subj_fc.weight"].shape) == (512, 1024) if "subj_fc.weight" in state_dict
+        take_obj_mem_feat=tuple(state_dict["subj_fc.weight"].shape) != (512, 2048) if "subj_fc.weight" in state_dict
         else False,
+        tracking=any(k.startswith("object_classifier.encoder_tran.") for k in keys),
         obj_classes=int(state_dict["obj_embed.weight"].shape[0]) if "obj_embed.weight" in state_dict else 37,
         keep_unused=f"{_TRANSFORMER}fusion_gate_global.0.weight" in state_dict,
     )

@@ -13,7 +13,7 @@ Weights load from the checkpoint the STTran / TEMPURA / FReMuRe authors distribu
 All IoUs of this detector follow the "+1" pixel convention (width = x2 - x1 + 1); torchvision's
 NMS is given boxes with ``x2 + 1, y2 + 1``, which yields exactly that convention.
 
-torchvision is imported here only (optional extra "detector").
+torchvision (optional extra "detector") is imported here and by the box helpers that need it.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from torch import nn
 
 try:
     import torchvision
-    from torchvision.ops import FrozenBatchNorm2d, batched_nms, roi_align
+    from torchvision.ops import FrozenBatchNorm2d, roi_align
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     raise ImportError("fremure.data.detector needs torchvision (pip install 'fremure[detector]')") from _err
+
+from .geometry import nms_plus1
 
 NUM_CLASSES = 37
 FEATURE_CHANNELS = 1024
@@ -156,17 +158,6 @@ def clip_boxes_(boxes: torch.Tensor, height: torch.Tensor | float, width: torch.
     boxes[..., 0::2] = boxes[..., 0::2].clamp(min=0).minimum(torch.as_tensor(width - 1, dtype=boxes.dtype))
     boxes[..., 1::2] = boxes[..., 1::2].clamp(min=0).minimum(torch.as_tensor(height - 1, dtype=boxes.dtype))
     return boxes
-
-
-def nms_plus1(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Per-group greedy NMS with "+1" IoU (suppress IoU > threshold): kept indices, descending score.
-
-    Runs in float64 so torchvision's per-group coordinate offsets (used for small inputs) stay
-    exact; IoUs then differ from the reference's float32 kernel only at exact-threshold ties.
-    """
-    shifted = boxes.to(torch.float64)
-    shifted[:, 2:] += 1.0
-    return batched_nms(shifted, scores.to(torch.float64), groups, iou_threshold)
 
 
 # ---------------------------------------------------------------------------------------------

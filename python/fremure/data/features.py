@@ -28,64 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .geometry import box_iou_plus1, spatial_masks, union_boxes  # noqa: F401 (re-exported)
 from .images import load_video_blob
 
 if TYPE_CHECKING:  # the detector module needs torchvision; reading entries must not
     from .detector import AGFasterRCNN
 
 MODES = ("predcls", "sgcls", "sgdet")
-MASK_SIZE = 27
 GT_LIST_FIELDS = ("attention_gt", "spatial_gt", "contacting_gt")
-
-
-# ---------------------------------------------------------------------------------------------
-# Geometry
-# ---------------------------------------------------------------------------------------------
-def union_boxes(boxes: torch.Tensor, pair_idx: torch.Tensor, im_idx: torch.Tensor) -> torch.Tensor:
-    """Union box of every pair: ``[P,5]`` = (im_idx, min x1, min y1, max x2, max y2).
-
-    ``boxes [N,4]`` xyxy, ``pair_idx [P,2]`` int64 row indices, ``im_idx [P]``; result has boxes' dtype.
-    """
-    subj, obj = boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]]
-    return torch.cat([im_idx.to(boxes.dtype).unsqueeze(1),
-                      torch.minimum(subj[:, :2], obj[:, :2]),
-                      torch.maximum(subj[:, 2:], obj[:, 2:])], 1)
-
-
-def spatial_masks(pair_boxes: torch.Tensor, size: int = MASK_SIZE) -> torch.Tensor:
-    """Two-channel masks of subject and object boxes inside their union box, minus 0.5 (spec 2.5).
-
-    ``pair_boxes`` ``[P,8]`` = (subject xyxy, object xyxy), any consistent unit -> float32
-    ``[P,2,size,size]`` in [-0.5, 0.5]; channel 0 = subject, 1 = object; row = y, column = x.
-    Cell (j, k) is ``clip01(j+1-Y1) * clip01(Y2-j) * clip01(k+1-X1) * clip01(X2-k)`` with box
-    edges mapped to ``(d * size) / W`` in float32 (W = union width, no +1). A zero union width
-    or height divides by 1 instead (the reference raises ZeroDivisionError, spec Q-D7).
-    """
-    if pair_boxes.dim() != 2 or pair_boxes.shape[1] != 8:
-        raise ValueError(f"pair_boxes must be [P,8], got {tuple(pair_boxes.shape)}")
-    pairs = pair_boxes.to(torch.float32).view(-1, 2, 4)
-    lo = torch.minimum(pairs[:, 0, :2], pairs[:, 1, :2])                 # [P,2] (ux1, uy1)
-    extent = torch.maximum(pairs[:, 0, 2:], pairs[:, 1, 2:]) - lo          # [P,2] (W, H)
-    extent = torch.where(extent == 0, torch.ones_like(extent), extent)
-    start = (pairs[..., :2] - lo[:, None]) * size / extent[:, None]      # [P,2 boxes,2 axes]
-    stop = (pairs[..., 2:] - lo[:, None]) * size / extent[:, None]
-    grid = torch.arange(size, dtype=torch.float32, device=pairs.device)
-    ramp = ((grid + 1) - start[..., None]).clamp(0, 1) * (stop[..., None] - grid).clamp(0, 1)  # [P,2,2,S]
-    mask = ramp[:, :, 1, :, None] * ramp[:, :, 0, None, :]                # y ramp x x ramp
-    return mask - 0.5
-
-
-def box_iou_plus1(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
-    """IoU with the "+1" pixel convention in float64 (spec 3.6): ``[n,4], [m,4] -> [n,m]``."""
-    a, b = boxes_a.to(torch.float64), boxes_b.to(torch.float64)
-    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    iw = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]) + 1
-    ih = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]) + 1
-    overlap = (iw > 0) & (ih > 0)
-    inter = iw * ih
-    union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(overlap, inter / torch.where(overlap, union, torch.ones_like(union)), torch.zeros_like(inter))
 
 
 # ---------------------------------------------------------------------------------------------

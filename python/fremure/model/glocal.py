@@ -338,14 +338,11 @@ class GlocalTransformer(nn.Module):
         """Temporal decoder over ``copies`` stacked copies ``[copies * N, D]`` of one video's rows
         (one per relation type), all windows of all copies in one packed batch."""
         n = z.shape[0] // copies
-        if torch.compiler.is_compiling():
-            # window_pack's fake kernel counts windows with Python comparisons on the (data-dependent)
-            # frame count; a traced graph therefore assumes at least one full window.
-            torch._check(layout.num_frames >= self.window)
         packs = [fremure_ext.window_pack(z[r * n:(r + 1) * n], layout.offsets, self.window, self.stride, False)
                  for r in range(copies)]
         per_copy = packs[0].out.shape[0]
-        if not torch.compiler.is_compiling() and per_copy == 0:
+        compiling = torch.compiler.is_compiling()
+        if not compiling and per_copy == 0:
             return torch.zeros_like(z).detach()  # the published output of a too-short video: all zeros
         tokens = torch.cat([p.out for p in packs]) if copies > 1 else packs[0].out
         src = torch.cat([p.src_index + r * n for r, p in enumerate(packs)])
@@ -366,7 +363,13 @@ class GlocalTransformer(nn.Module):
                 # row by row, so the last layer finishes only the kept copies.
                 keep = functools.partial(fremure_ext.window_unpack, src_index=src, weights=None,
                                          num_rows=z.shape[0], mode="latter")
-                return layer.finish(keep(y), keep(core))
+                out = layer.finish(keep(y), keep(core))
+                if compiling:
+                    # A traced graph also serves videos shorter than the window (no token at all):
+                    # finishing the all-zero unpacked rows would not give the published zeros
+                    # that eager returns early when there is no token.
+                    out = torch.where(packs[0].window_offsets[-1:] > 0, out, 0.0)
+                return out
             y = layer.finish(y, core)
         weights = self._window_weights(position)
         if weights is not None:

@@ -14,14 +14,18 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from fremure.data.geometry import spatial_masks
+
+from ._kernels import check_kernels, use_ops
 from .embeddings import WORD_DIM, glove_table
 from .heads import GMMHead
-from .pairs import (center_size, grouped_nms, segment_first_argmax, spatial_masks, union_boxes,
-                    union_features)
+from .pairs import center_size, grouped_nms, segment_first_argmax, union_boxes, union_features
+from .tracking import MAX_POSITIONS, FramePositionalEncoding, build_track_encoder, encode_tracks, track_layout
 
 OBJ_DIM = 2048
 POS_DIM = 128
 HIDDEN = 1024
+TRACK_DIM = OBJ_DIM + WORD_DIM + POS_DIM   # 2376: the classifier input, which tracking encodes
 CLEAN_CLASSES = (5, 8, 17)   # book, chair, food: duplicated with their second-best class at SGDet test
 NMS_THRESHOLD = 0.6
 PERSON = 1
@@ -36,16 +40,19 @@ class ObjectClassifier(nn.Module):
         obj_classes: the class names (background first; their GloVe vectors initialise
             ``obj_embed`` for classes 1..) or their number.
         mem_compute: object memory read-out (TEMPURA); selection/selection_lambda as published.
-        tracking: the published tracking variant is not supported (ValueError).
+        tracking: the published tracking option (SGCls/SGDet): before the ``intermediate`` layer,
+            the 2376-d box inputs pass a 3-layer transformer over the boxes of each predicted class
+            across the video (:mod:`fremure.model.tracking`); ``object_features`` and
+            ``object_mem_features`` (and the object memory) are then 2376-d. Off by default.
         glove: see :func:`fremure.model.embeddings.glove_table`.
+        kernels: "auto" | "ops" | "reference": tracking on packed tokens with segment attention,
+            or the published padded batch (same numbers in eval mode).
     """
 
     def __init__(self, mode: str = "sgdet", obj_head: str = "gmm", K: int = 4, obj_classes: Sequence[str] | int = 37,
                  mem_compute: bool | None = None, selection: str | None = None, selection_lambda: float = 0.5,
-                 tracking: bool | None = None, glove: Any = None):
+                 tracking: bool = False, glove: Any = None, kernels: str = "auto"):
         super().__init__()
-        if tracking:
-            raise ValueError("tracking=True (the published tracking encoder) is not supported")
         if mode not in ("predcls", "sgcls", "sgdet"):
             raise ValueError(f"mode must be 'predcls', 'sgcls' or 'sgdet', got {mode!r}")
         if obj_head not in ("linear", "gmm"):
@@ -53,16 +60,24 @@ class ObjectClassifier(nn.Module):
         names = list(obj_classes) if not isinstance(obj_classes, int) else None
         num_classes = len(names) if names is not None else obj_classes
         self.mode, self.obj_head, self.num_classes = mode, obj_head, num_classes
+        self.tracking = bool(tracking)
+        self.kernels = check_kernels(kernels)
         self.mem_compute, self.selection, self.selection_lambda = mem_compute, selection, float(selection_lambda)
         self.obj_embed = nn.Embedding(num_classes - 1, WORD_DIM)
         if names is not None:
             self.obj_embed.weight.data = glove_table(names[1:], glove)
         self.pos_embed = nn.Sequential(nn.BatchNorm1d(4, momentum=0.01 / 10.0), nn.Linear(4, POS_DIM),
                                        nn.ReLU(inplace=True), nn.Dropout(0.1))
+        self.mem_dim = TRACK_DIM if self.tracking else HIDDEN
+        if self.tracking:
+            self.positional_encoder = FramePositionalEncoding(TRACK_DIM, 0.1, MAX_POSITIONS[mode])
+            self.encoder_tran = build_track_encoder(TRACK_DIM)
         if mem_compute:
-            self.mem_attention = nn.MultiheadAttention(HIDDEN, 1, 0.0, bias=False)
+            self.mem_attention = nn.MultiheadAttention(self.mem_dim, 1, 0.0, bias=False)
             if selection != "manual":
-                self.selector = nn.Linear(HIDDEN, 1)
+                # The published selector is Linear(1024, 1) even with tracking, where it cannot
+                # read the 2376-d features; it is sized to the features here.
+                self.selector = nn.Linear(self.mem_dim, 1)
         self.intermediate = nn.Sequential(nn.Linear(OBJ_DIM + WORD_DIM + POS_DIM, HIDDEN), nn.BatchNorm1d(HIDDEN),
                                           nn.ReLU())
         if obj_head == "gmm":
@@ -72,12 +87,13 @@ class ObjectClassifier(nn.Module):
         self.register_buffer("obj_memory", None, persistent=False)
 
     def set_memory(self, memory: torch.Tensor | None) -> None:
-        """Object prototypes ``[C - 1, 1024]`` (or None / empty to switch the read-out off)."""
+        """Object prototypes ``[C - 1, 1024]`` (``[C - 1, 2376]`` with tracking), or None / empty
+        to switch the read-out off."""
         if memory is None or (not isinstance(memory, torch.Tensor) and len(memory) == 0) or memory.numel() == 0:
             self.obj_memory = None
             return
-        if memory.dim() != 2 or memory.shape[1] != HIDDEN:
-            raise ValueError(f"object memory must be [C, {HIDDEN}], got {tuple(memory.shape)}")
+        if memory.dim() != 2 or memory.shape[1] != self.mem_dim:
+            raise ValueError(f"object memory must be [C, {self.mem_dim}], got {tuple(memory.shape)}")
         self.obj_memory = memory.to(self.intermediate[0].weight)
 
     def _hallucinate(self, feat: torch.Tensor) -> torch.Tensor:
@@ -87,13 +103,29 @@ class ObjectClassifier(nn.Module):
         read, _ = self.mem_attention(feat.unsqueeze(1), self.obj_memory.unsqueeze(1), self.obj_memory.unsqueeze(1))
         return e * feat + (1 - e) * read.squeeze(1)
 
+    def _track(self, entry: dict, feat: torch.Tensor) -> torch.Tensor:
+        """Tracking encoder over the boxes grouped by the incoming (detector) distribution's
+        argmax, as the published ``get_sequence`` groups them before the model runs."""
+        layout = track_layout(entry["distribution"].argmax(dim=1), entry["boxes"][:, 0].long())
+        packed = use_ops(self.kernels, "segment_attention")
+        return encode_tracks(self.encoder_tran, self.positional_encoder, feat, layout, packed)
+
     def _classify(self, entry: dict, phase: str, unc: bool) -> None:
         obj_embed = entry["distribution"] @ self.obj_embed.weight
         pos_embed = self.pos_embed(center_size(entry["boxes"][:, 1:]))
-        feat = self.intermediate(torch.cat((entry["features"], obj_embed, pos_embed), 1))
-        entry["object_features"] = feat
-        feat = self._hallucinate(feat)
-        entry["object_mem_features"] = feat
+        feat = torch.cat((entry["features"], obj_embed, pos_embed), 1)
+        if self.tracking:
+            # The memory read-out works on the tracked 2376-d features, before ``intermediate``.
+            feat = self._track(entry, feat)
+            entry["object_features"] = feat
+            feat = self._hallucinate(feat)
+            entry["object_mem_features"] = feat
+            feat = self.intermediate(feat)
+        else:
+            feat = self.intermediate(feat)
+            entry["object_features"] = feat
+            feat = self._hallucinate(feat)
+            entry["object_mem_features"] = feat
         if phase == "train":
             if self.obj_head == "gmm" and unc:
                 entry["distribution"] = self.decoder_lin(feat, phase="test")
@@ -239,4 +271,4 @@ class ObjectClassifier(nn.Module):
         entry["union_feat"] = union_features(entry["fmaps"], union)
         entry["union_box"] = union
         pair_boxes = torch.cat((boxes[pair[:, 0]], boxes[pair[:, 1]]), 1)
-        entry["spatial_masks"] = (spatial_masks(pair_boxes) - 0.5).to(boxes.device)
+        entry["spatial_masks"] = spatial_masks(pair_boxes).to(boxes.device)

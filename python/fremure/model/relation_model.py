@@ -22,7 +22,7 @@ from ._kernels import check_kernels
 from .embeddings import WORD_DIM, glove_table
 from .glocal import MEMORY_TYPES, GlocalTransformer, TransformerOutput
 from .heads import make_rel_head
-from .objects import HIDDEN, OBJ_DIM, ObjectClassifier
+from .objects import OBJ_DIM, ObjectClassifier
 from .pairs import MASK_SIZE
 
 EMBED_DIM = 1936           # 512 subject + 512 object + 512 union + 200 + 200 class embeddings
@@ -43,7 +43,9 @@ class FReMuRe(nn.Module):
         first, or their number), rel_classes (unused, kept for the signature), enc_layer_num,
         dec_layer_num, obj_mem_compute, rel_mem_compute (None | "joint" | "seperate"), mem_fusion,
         selection, selection_lambda, take_obj_mem_feat, obj_head ("linear" | "gmm"), rel_head
-        ("linear" | "bayesian" | "gmm" | "gmm_plus"), K, tracking (unsupported), freq_attention /
+        ("linear" | "bayesian" | "gmm" | "gmm_plus"), K, tracking (off by default; see
+        :class:`ObjectClassifier`; with take_obj_mem_feat, subj_fc/obj_fc read the 2376-d tracked
+        features as published), freq_attention /
         freq_spatial / freq_contact (``[3]``, ``[6]``, ``[17]`` class frequencies; None switches
         the frequency branch off).
     Args (beyond the reference): kernels ("auto" | "ops" | "reference"), decouple ("shared": one
@@ -78,7 +80,8 @@ class FReMuRe(nn.Module):
         self.num_obj_classes = len(names) if names is not None else obj_classes
         self.object_classifier = ObjectClassifier(mode=mode, obj_head=obj_head, K=K, obj_classes=obj_classes,
                                                   mem_compute=obj_mem_compute, selection=selection,
-                                                  selection_lambda=selection_lambda, tracking=tracking, glove=glove)
+                                                  selection_lambda=selection_lambda, tracking=tracking, glove=glove,
+                                                  kernels=kernels)
         self.union_func1 = nn.Conv2d(UNION_CHANNELS, 256, 1, 1)
         self.conv = nn.Sequential(
             nn.Conv2d(2, 128, kernel_size=7, stride=2, padding=3, bias=True), nn.ReLU(inplace=True),
@@ -86,7 +89,7 @@ class FReMuRe(nn.Module):
             nn.Conv2d(128, 256, kernel_size=3, stride=1, padding=1, bias=True), nn.ReLU(inplace=True),
             nn.BatchNorm2d(256, momentum=0.01))
         self.take_obj_mem_feat = take_obj_mem_feat
-        box_dim = HIDDEN if take_obj_mem_feat else OBJ_DIM
+        box_dim = self.object_classifier.mem_dim if take_obj_mem_feat else OBJ_DIM
         self.subj_fc = nn.Linear(box_dim, VISUAL_DIM)
         self.obj_fc = nn.Linear(box_dim, VISUAL_DIM)
         self.vr_fc = nn.Linear(256 * 7 * 7, VISUAL_DIM)

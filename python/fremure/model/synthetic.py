@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .pairs import spatial_masks, union_boxes
+from fremure.data.geometry import spatial_masks, union_boxes
 
 PERSON = 1
 
@@ -51,5 +51,5 @@ def predcls_entry(pairs_per_frame: Sequence[int], seed: int = 0, num_obj_classes
         "features": torch.rand(n, 2048, generator=gen),
         "union_feat": torch.rand(p, 1024, 7, 7, generator=gen),
         "union_box": union,
-        "spatial_masks": spatial_masks(pair_boxes) - 0.5,
+        "spatial_masks": spatial_masks(pair_boxes),
     }
