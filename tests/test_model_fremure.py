@@ -184,7 +184,7 @@ def greedy_nms(boxes, scores, threshold):
             w = max(0.0, min(a[2], c[2]) - max(a[0], c[0]) + 1)
             h = max(0.0, min(a[3], c[3]) - max(a[1], c[1]) + 1)
             area = lambda z: (z[2] - z[0] + 1) * (z[3] - z[1] + 1)  # noqa: E731
-            if w * h / (area(a) + area(c) - w * h) >= threshold:
+            if w * h / (area(a) + area(c) - w * h) > threshold:   # the GPU kernel rule (spec 2.1)
                 ok = False
                 break
         if ok:

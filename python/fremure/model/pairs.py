@@ -35,12 +35,13 @@ def union_features(fmaps: torch.Tensor, union_box: torch.Tensor) -> torch.Tensor
 
 
 def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS inside each group ("+1" IoU, suppress when IoU >= threshold, as the published
-    CPU kernel does): boxes ``[N, 4]``, scores ``[N]``, groups int64 ``[N]``.
+    """Greedy NMS inside each group ("+1" IoU, suppress when IoU > threshold, as the published
+    code's GPU kernel does, which produced its results; its CPU kernel suppresses at >=):
+    boxes ``[N, 4]``, scores ``[N]``, groups int64 ``[N]``.
 
     Returns the int64 kept indices ordered by group, then by descending score (ties: index order).
     """
-    keep = nms_plus1(boxes, scores, groups, threshold, inclusive=True)
+    keep = nms_plus1(boxes, scores, groups, threshold)
     return keep[torch.argsort(groups[keep], stable=True)]
 
 
