@@ -24,11 +24,13 @@ TORCH_LIBRARY(fremure, m) {
   m.def("window_unpack_backward(Tensor grad_out, Tensor y, Tensor src_index, Tensor? weights, str mode) "
         "-> (Tensor, Tensor)");
 
-  // Multi-head attention restricted to contiguous segments of a packed token array.
-  m.def("segment_attention(Tensor q, Tensor k, Tensor v, Tensor segment_offsets, float scale) "
-        "-> (Tensor out, Tensor lse)");
+  // Multi-head attention restricted to contiguous segments of a packed token array, with optional
+  // dropout on the attention probabilities (Philox keep-mask from seed, regenerated in backward).
+  m.def("segment_attention(Tensor q, Tensor k, Tensor v, Tensor segment_offsets, float scale, "
+        "float dropout_p=0.0, SymInt? seed=None) -> (Tensor out, Tensor lse)");
   m.def("segment_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor segment_offsets, float scale) -> (Tensor, Tensor, Tensor)");
+        "Tensor segment_offsets, float scale, float dropout_p=0.0, SymInt? seed=None) "
+        "-> (Tensor, Tensor, Tensor)");
 
   // GMM-Plus mixture (METHOD.md 4).
   m.def("gmm_mixture(Tensor mu, Tensor var_raw, Tensor pi_logit, Tensor tau, Tensor? noise, SymInt? seed, "

@@ -401,3 +401,207 @@ def test_nan_stays_in_its_segment():
 def test_default_scale_is_inverse_sqrt_head_dim():
     q, k, v, off = _good()
     torch.testing.assert_close(fremure_ext.segment_attention(q, k, v, off), OP(q, k, v, off, 1 / math.sqrt(3))[0])
+
+
+# ---- attention dropout (dropout_p, seed)
+
+def _dropout_reference_check(lengths, heads, dh, dtype, p, seed, scale=None):
+    offsets = _offsets(lengths)
+    q, k, v = _qkv(int(offsets[-1]), heads, dh, dtype, seed=len(lengths) + dh)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    out = fremure_ext.segment_attention(qs, ks, vs, offsets, scale, dropout_p=p, seed=seed)
+    ref = reference.segment_attention(qr, kr, vr, offsets, scale, dropout_p=p, seed=seed)
+    torch.testing.assert_close(out, ref, **FWD_TOL)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    for mine, theirs in ((qs.grad, qr.grad), (ks.grad, kr.grad), (vs.grad, vr.grad)):
+        torch.testing.assert_close(mine, theirs, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("layout", ["one_token", "lengths_0_and_1", "frames", "windows", "longer_than_bwd_key_block",
+                                    "longer_than_fwd_key_tile"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dropout_matches_reference(layout, dtype):
+    _dropout_reference_check(LAYOUTS[layout], 3, 13, dtype, p=0.3, seed=11)
+
+
+@pytest.mark.parametrize("p, seed", [(0.1, 0), (0.5, -7), (0.9, 2**63 - 1), (0.25, 2**40 + 3)])
+def test_dropout_rates_and_seeds_match_reference(p, seed):
+    _dropout_reference_check([5, 0, 9, 3], 2, 7, torch.float64, p=p, seed=seed, scale=0.4)
+
+
+def _one_hot_probe(lengths, heads, p, seed, fn):
+    """Uniform attention (q = k = 0) over one-hot values (v[t, h] = e_position): out[t, h, j] is
+    keep(t, h, key j of t's segment) / (len * (1 - p)), so `out != 0` is the keep-mask itself."""
+    offsets = _offsets(lengths)
+    tokens, lmax = int(offsets[-1]), max(lengths)
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    pos = torch.arange(tokens) - offsets[:-1][seg]
+    q = torch.zeros(tokens, heads, lmax, dtype=torch.float64)
+    v = F.one_hot(pos, lmax).to(torch.float64)[:, None, :].expand(tokens, heads, lmax).contiguous()
+    out = fn(q, q.clone(), v, offsets, 1.0, dropout_p=p, seed=seed)
+    # the expected mask from the Philox twin: key token of column j is start(t) + j
+    key = offsets[:-1][seg][:, None, None] + torch.arange(lmax)[None, None, :]
+    expected = reference.dropout_keep_mask(seed, p, torch.arange(tokens)[:, None, None],
+                                           torch.arange(heads)[None, :, None], key, heads, tokens)
+    valid = (torch.arange(lmax)[None, :] < torch.tensor(lengths)[seg][:, None])[:, None, :].expand_as(out)
+    return out, expected & valid, valid
+
+
+@pytest.mark.parametrize("seed", [3, -1, 2**62 + 5])
+def test_dropout_mask_is_bitwise_the_philox_reference(seed):
+    lengths, heads, p = [4, 1, 9, 70], 3, 0.4
+    for fn in (fremure_ext.segment_attention, reference.segment_attention):
+        out, expected, valid = _one_hot_probe(lengths, heads, p, seed, fn)
+        assert torch.equal(out != 0, expected)
+        length = torch.tensor(lengths, dtype=torch.float64).repeat_interleave(torch.tensor(lengths))
+        scaled = out * length[:, None, None] * (1 - p)
+        torch.testing.assert_close(scaled[expected], torch.ones_like(scaled[expected]))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_rate_and_seed_dependence(p):
+    lengths, heads = [64] * 4, 4  # 65536 (query, head, key) draws
+    masks = [_one_hot_probe(lengths, heads, p, s, fremure_ext.segment_attention)[0] != 0 for s in (1, 1, 2)]
+    rate = masks[0].double().mean().item()
+    assert abs(rate - (1 - p)) < 0.01, rate  # 6 sigma at n = 65536
+    assert torch.equal(masks[0], masks[1])
+    assert (masks[0] != masks[2]).double().mean().item() > 0.1
+
+
+def test_dropout_zero_is_the_default_path_bit_for_bit():
+    offsets = _offsets([3, 0, 5, 2])
+    q, k, v = _qkv(10, 2, 6)
+    base = OP(q, k, v, offsets, 0.4)
+    for extra in ((0.0,), (0.0, None), (0.0, 12345)):
+        again = OP(q, k, v, offsets, 0.4, *extra)
+        assert all(torch.equal(a, b) for a, b in zip(base, again))
+    g = torch.randn_like(q)
+    grads = OP_BWD(g, q, k, v, *base, offsets, 0.4)
+    again = OP_BWD(g, q, k, v, *base, offsets, 0.4, 0.0, 99)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))
+    assert torch.equal(fremure_ext.segment_attention(q, k, v, offsets, 0.4, dropout_p=0.0, seed=5), base[0])
+
+
+def test_dropout_keeps_the_undropped_lse():
+    offsets = _offsets([3, 5, 2])
+    q, k, v = _qkv(10, 2, 6)
+    out0, lse0 = OP(q, k, v, offsets, 0.4)
+    out1, lse1 = OP(q, k, v, offsets, 0.4, 0.5, 8)
+    assert torch.equal(lse0, lse1) and not torch.equal(out0, out1)
+
+
+@pytest.mark.parametrize("lengths, p", [([3, 0, 1, 4], 0.3), ([6, 2], 0.6)])
+def test_dropout_gradcheck_float64(lengths, p):
+    offsets = _offsets(lengths)
+    q, k, v = (t.requires_grad_() for t in _qkv(int(offsets[-1]), 2, 5, torch.float64, seed=len(lengths)))
+    fn = lambda a, b, c: fremure_ext.segment_attention(a, b, c, offsets, 0.7, dropout_p=p, seed=42)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_dropout_opcheck():
+    offsets = _offsets([3, 0, 1, 2])
+    q, k, v = _qkv(6, 2, 5, torch.float64)
+    args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), offsets, 0.45, 0.35, 77)
+    torch.library.opcheck(OP.default, args)
+    out, lse = OP(q.detach(), k.detach(), v.detach(), offsets, 0.45, 0.35, 77)
+    torch.library.opcheck(OP_BWD.default, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse,
+                                           offsets, 0.45, 0.35, 77))
+
+
+def test_dropout_half_types_use_the_same_mask():
+    offsets = _offsets([4, 7])
+    q, k, v = _qkv(11, 2, 8)
+    full = fremure_ext.segment_attention(q, k, v, offsets, dropout_p=0.5, seed=9)
+    half = fremure_ext.segment_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), offsets, dropout_p=0.5, seed=9)
+    ref = reference.segment_attention(*(t.bfloat16().float() for t in (q, k, v)), offsets, dropout_p=0.5, seed=9)
+    torch.testing.assert_close(half.float(), ref, atol=2e-2, rtol=2e-2)
+    assert torch.equal(half == 0, full == 0)
+
+
+def test_dropout_seed_drawn_from_the_default_generator():
+    offsets = _offsets([5, 6])
+    q, k, v = _qkv(11, 2, 4)
+    torch.manual_seed(123)
+    a = fremure_ext.segment_attention(q, k, v, offsets, dropout_p=0.5)
+    b = fremure_ext.segment_attention(q, k, v, offsets, dropout_p=0.5)
+    torch.manual_seed(123)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    assert torch.equal(a, fremure_ext.segment_attention(q, k, v, offsets, dropout_p=0.5, seed=seed))
+    assert not torch.equal(a, b)
+
+
+class _DropAttention(_TinyAttention):
+    def forward(self, x, offsets, seed):
+        q, k, v = self.in_proj(x).view(x.shape[0], 3, self.heads, -1).unbind(1)
+        return self.out_proj(fremure_ext.segment_attention(q, k, v, offsets, dropout_p=0.25, seed=seed).flatten(1))
+
+
+def test_dropout_torch_compile_keeps_the_seed_symbolic():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch.manual_seed(0)
+    model = _DropAttention()
+    x, offsets = torch.randn(9, 12), _offsets([4, 0, 2, 3])
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    for seed in (1, 2, 3, 4):
+        torch.testing.assert_close(compiled(x, offsets, seed), model(x, offsets, seed), **FWD_TOL)
+    assert counter.frame_count <= 2  # the first seed is specialised, the second makes it dynamic
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    compiled(xc, offsets, 5).square().sum().backward()
+    model(xe, offsets, 5).square().sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(dropout_p=1.0, seed=1), ValueError, "dropout_p"),
+    (dict(dropout_p=-0.1, seed=1), ValueError, "dropout_p"),
+    (dict(dropout_p=float("nan"), seed=1), ValueError, "dropout_p"),
+    (dict(dropout_p=True, seed=1), TypeError, "dropout_p"),
+    (dict(dropout_p="0.1", seed=1), TypeError, "dropout_p"),
+    (dict(dropout_p=0.1, seed="1"), TypeError, "seed"),
+    (dict(dropout_p=0.1, seed=1.0), TypeError, "seed"),
+    (dict(dropout_p=0.1, seed=2**64), ValueError, "seed"),
+])
+def test_bad_dropout_arguments(kwargs, exc, name):
+    q, k, v, off = _good()
+    with pytest.raises(exc, match=name):
+        fremure_ext.segment_attention(q, k, v, off, **kwargs)
+
+
+@pytest.mark.parametrize("p, seed, name", [(1.0, 1, "dropout_p"), (-0.5, 1, "dropout_p"),
+                                           (float("nan"), 1, "dropout_p"), (0.2, None, "seed")])
+def test_bad_dropout_arguments_of_the_ops(p, seed, name):
+    q, k, v, off = _good()
+    out, lse = OP(q, k, v, off, 0.5)
+    with pytest.raises(RuntimeError, match=name):
+        OP(q, k, v, off, 0.5, p, seed)
+    with pytest.raises(RuntimeError, match=name):
+        OP_BWD(out, q, k, v, out, lse, off, 0.5, p, seed)
+    with pytest.raises(RuntimeError, match=name):  # the fake kernels reject the same
+        OP(q.to("meta"), k.to("meta"), v.to("meta"), off.to("meta"), 0.5, p, seed)
+
+
+def test_model_attention_drops_in_training_only():
+    """The model's packed attention core drops probabilities with mha.dropout in training, with a
+    seed from the default generator, and is the dropout-free op in eval."""
+    from fremure.model.layers import segment_core
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(12, 3, dropout=0.3)
+    offsets = _offsets([4, 0, 5])
+    q, k, v = (torch.randn(9, 12) for _ in range(3))
+    shape = (9, 3, 4)
+    mha.train()
+    torch.manual_seed(5)
+    got = segment_core(mha, q, k, v, offsets)
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    want = reference.segment_attention(q.view(shape), k.view(shape), v.view(shape), offsets, 0.5, 0.3, seed)
+    torch.testing.assert_close(got, want.reshape(9, 12), **FWD_TOL)
+    mha.eval()
+    plain = reference.segment_attention(q.view(shape), k.view(shape), v.view(shape), offsets, 0.5)
+    torch.testing.assert_close(segment_core(mha, q, k, v, offsets), plain.reshape(9, 12), **FWD_TOL)

@@ -1,12 +1,14 @@
-// Philox4x32-10 counter-based generator and the Box-Muller normal of Triton's
-// tl.randn(seed, offset), so that CPU, CUDA and Triton kernels draw the same noise.
+// Philox4x32-10 counter-based generator, the uniform of Triton's tl.rand(seed, offset) and the
+// Box-Muller normal of tl.randn(seed, offset), so that CPU, CUDA and Triton kernels draw the same
+// numbers.
 //
 //   key     = (seed & 0xffffffff, seed >> 32)            (the 64-bit seed as two words)
 //   counter = (offset & 0xffffffff, offset >> 32, 0, 0)
 //   ten rounds of Philox4x32 (multipliers 0xD2511F53 / 0xCD9E8D57, Weyl key increments
 //   0x9E3779B9 / 0xBB67AE85); output words 0 and 1 become uniforms u1, u2 in [0, 1) (the word as
 //   int32, negatives folded with ~, times 4.6566127342e-10 in float32); the normal is
-//   sqrt(-2 ln max(u1, 1e-7)) * cos(2 pi u2), evaluated in float32.
+//   sqrt(-2 ln max(u1, 1e-7)) * cos(2 pi u2), evaluated in float32. tl.rand is the uniform of
+//   output word 0 alone.
 //
 // The random ops number their noise elements row-major, e.g. element (k, b, c) of a [K, B, C]
 // noise tensor has offset (k * B + b) * C + c; fremure_ext.reference.philox.philox_normal is the
@@ -60,6 +62,13 @@ FREMURE_HD_INLINE float philox_uniform(uint32_t word) {
   int32_t v = static_cast<int32_t>(word);
   v = v < 0 ? ~v : v;
   return static_cast<float>(v) * 4.6566127342e-10f;
+}
+
+// tl.rand(seed, offset) for one element: output word 0 of the counter as a uniform in [0, 1).
+FREMURE_HD_INLINE float philox_rand(uint64_t seed, uint64_t offset) {
+  const PhiloxWords w = philox4x32_10(static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                                      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return philox_uniform(w.w0);
 }
 
 // Box-Muller pieces of tl.randn: the normal is sqrt(minus_two_log) * cos_theta. Kept apart so

@@ -7,11 +7,24 @@
 //   out = o / l,  lse = m + log(l)
 // Backward, recomputing p from the saved lse (no [L, L] matrix is kept):
 //   p = exp(s - lse),  delta = rowsum(dO * O),  ds = scale * p * (dp - delta),  dp = dO . v
+//
+// Attention dropout (training; dropout_p = p in [0, 1), as nn.MultiheadAttention's dropout on the
+// attention probabilities): out = (P * M / (1 - p)) V with the keep-mask
+//   M[t, h, u] = (tl.rand(seed, (t * H + h) * T + u) >= float32(p))
+// for query token t, head h and key token u, both indexed in the packed array [0, T), H heads
+// (attn_dropout_offset below; Philox in common/philox.h). The mask is a function of
+// (seed, t, h, u) only, so backward regenerates it instead of storing it. lse stays the log-sum-exp
+// of the undropped scores. With Pd = P * M / (1 - p):
+//   dV = Pd^T dO,  dP = (dO . v) * M / (1 - p),  ds = scale * P * (dP - delta)
+// where delta = rowsum(P * dP) = rowsum(Pd * (dO V^T)) = rowsum(dO * O), O being the dropped
+// output: the same delta as without dropout.
 #pragma once
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "common/macros.h"
+#include "common/philox.h"
 
 namespace fremure {
 
@@ -43,6 +56,17 @@ FREMURE_HOST_DEVICE Acc attn_prob(Acc scaled_score, Acc lse) {
 template <typename Acc>
 FREMURE_HOST_DEVICE Acc attn_dscore(Acc p, Acc dp, Acc delta, Acc scale) {
   return scale * p * (dp - delta);
+}
+
+// Philox counter of the dropout draw of (query token t, head h, key token u) in a problem of
+// `tokens` packed tokens and `heads` heads.
+FREMURE_HOST_DEVICE uint64_t attn_dropout_offset(int64_t t, int64_t h, int64_t u, int64_t heads, int64_t tokens) {
+  return static_cast<uint64_t>((t * heads + h) * tokens + u);
+}
+
+// Whether the probability at counter `offset` is kept (tl.rand(seed, offset) >= p in float32).
+FREMURE_HOST_DEVICE bool attn_keep(uint64_t seed, uint64_t offset, float p) {
+  return philox_rand(seed, offset) >= p;
 }
 
 }  // namespace fremure

@@ -7,6 +7,10 @@
 // from the saved lse): any segment length works with bounded scratch (one tile of scores, and
 // one row sum rowsum(dO * O) per query of the segment in backward).
 //
+// Attention dropout (dropout_p > 0): the keep-mask of every (query, head, key) is regenerated from
+// (seed, Philox counter) wherever it is needed (common/segment_attention.h has the layout), one
+// tile of keys at a time, and never stored. dropout_p == 0 runs the dropout-free instantiation.
+//
 // Inputs only need a unit stride in their last dimension (views such as the q/k/v slices of a
 // fused projection are read in place). float and double compute in their own type; float16 and
 // bfloat16 are converted to float32 first (at::opmath_type) and the results converted back.
@@ -18,6 +22,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -63,6 +69,16 @@ HeadRows<T> mutable_rows_of(at::Tensor& t) {
   return {t.mutable_data_ptr<T>(), t.stride(0), t.stride(1)};
 }
 
+// Attention dropout parameters; p == 0 means none.
+template <typename T>
+struct Dropout {
+  float p = 0.0f;      // drop a probability when its uniform is below p (float32, as tl.rand)
+  T keep_scale = 1;    // 1 / (1 - p)
+  uint64_t seed = 0;
+  int64_t tokens = 0;  // T of the Philox counter layout
+  bool on() const { return p > 0.0f; }
+};
+
 template <typename T>
 struct ForwardArgs {
   HeadRows<const T> q, k, v;
@@ -72,6 +88,7 @@ struct ForwardArgs {
   int64_t heads;
   int64_t dh;
   T scale;
+  Dropout<T> drop;
 };
 
 template <typename T>
@@ -83,7 +100,24 @@ struct BackwardArgs {
   int64_t heads;
   int64_t dh;
   T scale;
+  Dropout<T> drop;
 };
+
+// f[j] = keep_scale or 0: the dropout factors of query token t, head h against the keys
+// [u0, u0 + n). A plain counted loop of integer arithmetic, which the compiler may vectorise.
+template <typename T>
+FREMURE_ALWAYS_INLINE void dropout_factors(const Dropout<T>& drop, int64_t t, int64_t h, int64_t heads, int64_t u0,
+                                           int64_t n, T* f) {
+  const uint64_t base = attn_dropout_offset(t, h, u0, heads, drop.tokens);
+  const uint32_t k0 = static_cast<uint32_t>(drop.seed), k1 = static_cast<uint32_t>(drop.seed >> 32);
+  const float p = drop.p;
+  const T keep = drop.keep_scale;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint64_t off = base + static_cast<uint64_t>(j);
+    const PhiloxWords w = philox4x32_10(static_cast<uint32_t>(off), static_cast<uint32_t>(off >> 32), k0, k1);
+    f[j] = philox_uniform(w.w0) >= p ? keep : T(0);
+  }
+}
 
 // ---- vector primitives over head rows of length n. `omp simd` lets the reductions reassociate;
 // keys are taken in groups of N = 4, 2 or 1 so that one pass over a query row serves N keys and
@@ -172,12 +206,15 @@ FREMURE_ALWAYS_INLINE void axpy_group(T* y, const T* c, const T* const* b, int64
 
 // ---- forward: one (segment, head) pair
 
-template <typename T>
+// kDrop: the exponentials of dropped keys are zeroed after they entered the row sum l, and the
+// kept ones are scaled by 1 / (1 - p) once at the end (together with 1 / l).
+template <typename T, bool kDrop>
 FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, int64_t h) {
   const int64_t start = a.offsets[seg];
   const int64_t len = a.offsets[seg + 1] - start;
   const int64_t n = a.dh;
   T s[kKeyTile];
+  [[maybe_unused]] T f[kDrop ? kKeyTile : 1];
   const T* kr[kKeyTile];
   const T* vr[kKeyTile];
   for (int64_t i = 0; i < len; ++i) {
@@ -206,13 +243,17 @@ FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, in
         tile_sum += s[jj];
       }
       l = l * alpha + tile_sum;
+      if constexpr (kDrop) {
+        dropout_factors<T>(a.drop, start + i, h, a.heads, start + j0, nb, f);
+        for (int64_t jj = 0; jj < nb; ++jj) s[jj] = f[jj] != T(0) ? s[jj] : T(0);
+      }
       if (j0 > 0 && alpha != T(1)) {
         for (int64_t d = 0; d < n; ++d) oi[d] *= alpha;
       }
       FREMURE_FOR_KEY_GROUPS(nb, (axpy_group<N>(oi, s + jj, vr + jj, n)));
       m = m_new;
     }
-    const T inv = T(1) / l;
+    const T inv = (kDrop ? a.drop.keep_scale : T(1)) / l;
     for (int64_t d = 0; d < n; ++d) oi[d] *= inv;
     a.lse[(start + i) * a.heads + h] = attn_lse<T>(m, l);
   }
@@ -220,11 +261,12 @@ FREMURE_ALWAYS_INLINE void forward_pair(const ForwardArgs<T>& a, int64_t seg, in
 
 // ---- backward: one (segment, head) pair
 
-// Query row i against keys b[0..N): recompute p, accumulate dQ_i, dK_j and dV_j.
-template <int N, typename T>
+// Query row i against keys b[0..N): recompute p, accumulate dQ_i, dK_j and dV_j. kDrop: f[c] is
+// the dropout factor (0 or 1 / (1 - p)) of key c, applied to dP and to the p that reaches dV.
+template <int N, bool kDrop, typename T>
 FREMURE_ALWAYS_INLINE void backward_group(const T* qi, const T* doi, T* dqi, T lse_i, T delta_i, T scale,
                                           const T* const* kr, const T* const* vr, T* const* dkr, T* const* dvr,
-                                          int64_t n) {
+                                          [[maybe_unused]] const T* f, int64_t n) {
   T s[4] = {0, 0, 0, 0};
   T g[4] = {0, 0, 0, 0};
   {
@@ -262,7 +304,12 @@ FREMURE_ALWAYS_INLINE void backward_group(const T* qi, const T* doi, T* dqi, T l
   T p[4], ds[4];
   for (int c = 0; c < N; ++c) {
     p[c] = attn_prob<T>(scale * s[c], lse_i);
-    ds[c] = attn_dscore<T>(p[c], g[c], delta_i, scale);
+    if constexpr (kDrop) {
+      ds[c] = attn_dscore<T>(p[c], g[c] * f[c], delta_i, scale);
+      p[c] *= f[c];
+    } else {
+      ds[c] = attn_dscore<T>(p[c], g[c], delta_i, scale);
+    }
   }
   axpy_group<N>(dqi, ds, kr, n);
   T* dk0 = dkr[0];
@@ -297,7 +344,7 @@ FREMURE_ALWAYS_INLINE void backward_group(const T* qi, const T* doi, T* dqi, T l
 }
 
 // delta is scratch for `len` row sums rowsum(dO * O).
-template <typename T>
+template <typename T, bool kDrop>
 FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, int64_t h, T* delta) {
   const int64_t start = a.offsets[seg];
   const int64_t len = a.offsets[seg + 1] - start;
@@ -318,6 +365,7 @@ FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, 
   const T* vr[kBwdKeyBlock];
   T* dkr[kBwdKeyBlock];
   T* dvr[kBwdKeyBlock];
+  [[maybe_unused]] T f[kDrop ? kBwdKeyBlock : 1];
   for (int64_t j0 = 0; j0 < len; j0 += kBwdKeyBlock) {
     const int64_t nb = std::min(kBwdKeyBlock, len - j0);
     for (int64_t jj = 0; jj < nb; ++jj) {
@@ -334,41 +382,58 @@ FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, 
       T* dqi = a.dq.row(t, h);
       const T lse_i = a.lse[t * a.heads + h];
       const T delta_i = delta[i];
-      FREMURE_FOR_KEY_GROUPS(
-          nb, (backward_group<N>(qi, doi, dqi, lse_i, delta_i, a.scale, kr + jj, vr + jj, dkr + jj, dvr + jj, n)));
+      if constexpr (kDrop) dropout_factors<T>(a.drop, t, h, a.heads, start + j0, nb, f);
+      FREMURE_FOR_KEY_GROUPS(nb, (backward_group<N, kDrop>(qi, doi, dqi, lse_i, delta_i, a.scale, kr + jj, vr + jj,
+                                                           dkr + jj, dvr + jj, f + (kDrop ? jj : 0), n)));
     }
   }
 }
 
 // ---- ranges of (segment, head) pairs: the functions the ISA clones are made of.
 
-template <typename T>
+template <typename T, bool kDrop>
 FREMURE_ALWAYS_INLINE void forward_range_impl(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
-  for (int64_t p = begin; p < end; ++p) forward_pair<T>(a, p / a.heads, p % a.heads);
+  for (int64_t p = begin; p < end; ++p) forward_pair<T, kDrop>(a, p / a.heads, p % a.heads);
 }
 
-template <typename T>
+template <typename T, bool kDrop>
 FREMURE_ALWAYS_INLINE void backward_range_impl(const BackwardArgs<T>& a, int64_t begin, int64_t end) {
   std::vector<T> delta;
   for (int64_t p = begin; p < end; ++p) {
     const int64_t seg = p / a.heads;
     const int64_t len = a.offsets[seg + 1] - a.offsets[seg];
     if (static_cast<int64_t>(delta.size()) < len) delta.resize(static_cast<size_t>(len));
-    backward_pair<T>(a, seg, p % a.heads, delta.data());
+    backward_pair<T, kDrop>(a, seg, p % a.heads, delta.data());
   }
 }
 
 FREMURE_CPU_CLONES void forward_range(const ForwardArgs<float>& a, int64_t begin, int64_t end) {
-  forward_range_impl<float>(a, begin, end);
+  if (a.drop.on()) {
+    forward_range_impl<float, true>(a, begin, end);
+  } else {
+    forward_range_impl<float, false>(a, begin, end);
+  }
 }
 FREMURE_CPU_CLONES void forward_range(const ForwardArgs<double>& a, int64_t begin, int64_t end) {
-  forward_range_impl<double>(a, begin, end);
+  if (a.drop.on()) {
+    forward_range_impl<double, true>(a, begin, end);
+  } else {
+    forward_range_impl<double, false>(a, begin, end);
+  }
 }
 FREMURE_CPU_CLONES void backward_range(const BackwardArgs<float>& a, int64_t begin, int64_t end) {
-  backward_range_impl<float>(a, begin, end);
+  if (a.drop.on()) {
+    backward_range_impl<float, true>(a, begin, end);
+  } else {
+    backward_range_impl<float, false>(a, begin, end);
+  }
 }
 FREMURE_CPU_CLONES void backward_range(const BackwardArgs<double>& a, int64_t begin, int64_t end) {
-  backward_range_impl<double>(a, begin, end);
+  if (a.drop.on()) {
+    backward_range_impl<double, true>(a, begin, end);
+  } else {
+    backward_range_impl<double, false>(a, begin, end);
+  }
 }
 
 // ---- checks and host functions
@@ -427,6 +492,19 @@ Problem check_problem(const char* op, const at::Tensor& q, const at::Tensor& k, 
   return {q.size(0), q.size(1), q.size(2), 0, 0};
 }
 
+template <typename T>
+Dropout<T> check_dropout(const char* op, double dropout_p, const std::optional<int64_t>& seed, int64_t tokens) {
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fremure.", op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  Dropout<T> drop;
+  if (dropout_p == 0.0) return drop;
+  TORCH_CHECK(seed.has_value(), "fremure.", op, ": seed must be given when dropout_p > 0 (got None)");
+  drop.p = static_cast<float>(dropout_p);
+  drop.keep_scale = static_cast<T>(1.0 / (1.0 - dropout_p));
+  drop.seed = static_cast<uint64_t>(*seed);
+  drop.tokens = tokens;
+  return drop;
+}
+
 // Pairs per task so that one task carries at least kMinTaskWork multiply-adds on average.
 int64_t grain_of(const Problem& p) {
   const int64_t pairs = p.segments * p.heads;
@@ -448,8 +526,10 @@ at::Tensor as_compute(const at::Tensor& t) {
 
 std::tuple<at::Tensor, at::Tensor> segment_attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v, const at::Tensor& segment_offsets,
-                                                         double scale) {
+                                                         double scale, double dropout_p,
+                                                         std::optional<int64_t> seed) {
   Problem p = check_problem("segment_attention", q, k, v, scale);
+  check_dropout<double>("segment_attention", dropout_p, seed, p.tokens);
   const at::Tensor off = checked_offsets("segment_attention", q, segment_offsets, p);
   at::Tensor out, lse;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "segment_attention_cpu", [&] {
@@ -457,11 +537,16 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_cpu(const at::Tensor& q, co
     const at::Tensor qc = as_compute<acc_t>(q), kc = as_compute<acc_t>(k), vc = as_compute<acc_t>(v);
     at::Tensor out_acc = at::empty(q.sizes(), qc.options().memory_format(at::MemoryFormat::Contiguous));
     lse = at::empty({p.tokens, p.heads}, qc.options().memory_format(at::MemoryFormat::Contiguous));
-    const ForwardArgs<acc_t> args{rows_of<acc_t>(qc),     rows_of<acc_t>(kc),
-                                  rows_of<acc_t>(vc),     mutable_rows_of<acc_t>(out_acc),
-                                  lse.mutable_data_ptr<acc_t>(), off.const_data_ptr<int64_t>(),
-                                  p.heads,                p.dh,
-                                  static_cast<acc_t>(scale)};
+    const ForwardArgs<acc_t> args{rows_of<acc_t>(qc),
+                                  rows_of<acc_t>(kc),
+                                  rows_of<acc_t>(vc),
+                                  mutable_rows_of<acc_t>(out_acc),
+                                  lse.mutable_data_ptr<acc_t>(),
+                                  off.const_data_ptr<int64_t>(),
+                                  p.heads,
+                                  p.dh,
+                                  static_cast<acc_t>(scale),
+                                  check_dropout<acc_t>("segment_attention", dropout_p, seed, p.tokens)};
     at::parallel_for(0, p.segments * p.heads, grain_of(p),
                      [&](int64_t begin, int64_t end) { forward_range(args, begin, end); });
     out = std::is_same_v<scalar_t, acc_t> ? out_acc : out_acc.to(q.scalar_type());
@@ -471,9 +556,11 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_cpu(const at::Tensor& q, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, const at::Tensor& segment_offsets, double scale) {
+    const at::Tensor& lse, const at::Tensor& segment_offsets, double scale, double dropout_p,
+    std::optional<int64_t> seed) {
   const char* op = "segment_attention_backward";
   Problem p = check_problem(op, q, k, v, scale);
+  check_dropout<double>(op, dropout_p, seed, p.tokens);
   check_same_device(q, grad_out, "q", "grad_out");
   check_same_dtype(q, grad_out, "q", "grad_out");
   TORCH_CHECK(grad_out.sizes() == q.sizes(), "fremure.", op, ": grad_out must have the shape of q ", q.sizes(),
@@ -511,7 +598,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
                                    off.const_data_ptr<int64_t>(),
                                    p.heads,
                                    p.dh,
-                                   static_cast<acc_t>(scale)};
+                                   static_cast<acc_t>(scale),
+                                   check_dropout<acc_t>(op, dropout_p, seed, p.tokens)};
     // Backward does about 2.5x the multiply-adds of one score pass per pair.
     at::parallel_for(0, p.segments * p.heads, std::max<int64_t>(1, grain_of(p) / 2),
                      [&](int64_t begin, int64_t end) { backward_range(args, begin, end); });

@@ -1,4 +1,5 @@
-"""Pure-PyTorch Philox4x32-10 normal generator, equal to Triton's ``tl.randn(seed, offset)``.
+"""Pure-PyTorch Philox4x32-10 normal and uniform generators, equal to Triton's
+``tl.randn(seed, offset)`` and ``tl.rand(seed, offset)``.
 
 The seed modes of the random ops (gmm_mixture, bayes_mc) draw element ``i`` of their noise as
 ``tl.randn(seed, i)``. This module computes the same numbers with ordinary tensor arithmetic, so
@@ -7,13 +8,15 @@ the references can rebuild the noise a seeded kernel used and tests can compare 
 Algorithm (triton/language/random.py): key = (seed & 0xffffffff, seed >> 32), counter =
 (offset & 0xffffffff, offset >> 32, 0, 0); ten Philox rounds; the first two output words become
 uniforms through ``uint_to_uniform_float`` and the first Box-Muller output is returned (float32).
+``tl.rand`` is ``uint_to_uniform_float`` of the first output word alone (segment_attention's
+dropout mask).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["philox_normal", "philox_uint32x4"]
+__all__ = ["philox_normal", "philox_uniform", "philox_uint32x4"]
 
 _MASK = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53
@@ -74,3 +77,11 @@ def philox_normal(seed: int, shape, dtype: torch.dtype = torch.float32,
     theta = torch.tensor(_TWO_PI, dtype=torch.float32) * u2
     radius = torch.sqrt(-2.0 * torch.log(u1))
     return (radius * torch.cos(theta)).reshape(shape).to(dtype)
+
+
+def philox_uniform(seed: int, offset: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms in [0, 1) equal to ``tl.rand(seed, offset)`` element by element.
+
+    ``offset``: int64 tensor of non-negative Philox counters (any shape)."""
+    word, _, _, _ = philox_uint32x4(int(seed), offset.to(torch.int64))
+    return _uint_to_uniform(word)

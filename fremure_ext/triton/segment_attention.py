@@ -3,6 +3,11 @@ packed token array [T, H, Dh]. One program per (segment, head) walks the segment
 online softmax; head dims that are not a power of two (FReMuRe: 242) are masked inside a wider tile.
 Backward recomputes the probabilities from q, k and the saved logsumexp instead of storing scores;
 dK/dV and dQ are computed in two passes of the same program, so no atomics are needed.
+
+Attention dropout (DROPOUT, dropout_p > 0): probability (query token t, head h, key token u) is
+kept iff ``tl.rand(seed, (t * H + h) * T + u) >= dropout_p`` (packed token indices, int64
+counters), the layout of the CPU kernel and the reference, so all three drop the same entries.
+The mask is regenerated tile by tile in backward, never stored.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ def _tile(ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h):
 
 
 @triton.jit
+def _keep(seed, dropout_p, rows, cols, h, H, T):
+    """Dropout keep-mask [rows, cols] of head h (rows and cols are int64 packed token indices)."""
+    return tl.rand(seed, (rows[:, None] * H + h) * T + cols[None, :]) >= dropout_p
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, offsets_ptr, out_ptr, lse_ptr, scale, Dh, stride_t, stride_h,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                seed, dropout_p, keep_scale, T,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                DROPOUT: tl.constexpr):
     seg = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(offsets_ptr + seg)
@@ -49,9 +62,13 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, offsets_ptr, out_ptr, lse_ptr, scale, Dh, s
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
+            if DROPOUT:  # after the row sum: lse is that of the undropped softmax
+                p = tl.where(_keep(seed, dropout_p, rows, cols, h, tl.num_programs(1), T), p, 0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
             m_i = m_new
         out = acc / l_i[:, None]
+        if DROPOUT:
+            out = out * keep_scale
         tl.store(out_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
         tl.store(lse_ptr + rows * tl.num_programs(1) + h,
@@ -70,19 +87,31 @@ def _delta_kernel(out_ptr, dout_ptr, delta_ptr, n_rows, Dh, BLOCK_R: tl.constexp
 
 
 @triton.jit
-def _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, PRECISION: tl.constexpr):
-    """Probabilities recomputed from the saved logsumexp, and dS = P * (dP - delta) * scale."""
+def _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, rows, cols, h, H, T, seed, dropout_p, keep_scale,
+               PRECISION: tl.constexpr, DROPOUT: tl.constexpr):
+    """Probabilities recomputed from the saved logsumexp, and dS = P * (dP - delta) * scale.
+
+    With DROPOUT, dP = (dO . v) * M / (1 - p) and the returned probabilities are the dropped
+    ones P * M / (1 - p) (what dV needs); delta = rowsum(dO * O) of the dropped output."""
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
     p = tl.exp(s - lse[:, None])
     p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION).to(tl.float32)
-    return p, p * (dp - delta[:, None]) * scale
+    if DROPOUT:
+        keep = _keep(seed, dropout_p, rows, cols, h, H, T)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+        ds = p * (dp - delta[:, None]) * scale
+        p = tl.where(keep, p * keep_scale, 0.0)
+    else:
+        ds = p * (dp - delta[:, None]) * scale
+    return p, ds
 
 
 @triton.jit
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, dq_ptr, dk_ptr, dv_ptr,
-                scale, Dh, H, stride_t, stride_h,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                scale, Dh, H, stride_t, stride_h, seed, dropout_p, keep_scale, T,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                DROPOUT: tl.constexpr):
     seg = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(offsets_ptr + seg)
@@ -104,7 +133,8 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, 
             do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
             lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
             delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
-            p, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, PRECISION)
+            p, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, rows, cols, h, H, T,
+                               seed, dropout_p, keep_scale, PRECISION, DROPOUT)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION).to(tl.float32)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION).to(tl.float32)
         mask = col_ok[:, None] & d_ok[None, :]
@@ -125,7 +155,8 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, 
             col_ok = cols < end
             k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
             v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
-            _, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, PRECISION)
+            _, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, rows, cols, h, H, T,
+                               seed, dropout_p, keep_scale, PRECISION, DROPOUT)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION).to(tl.float32)
         tl.store(dq_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :], dq.to(dq_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])
@@ -137,8 +168,22 @@ def _config(dtype: torch.dtype, dh: int) -> dict:
     return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, next_power_of_2(dh)), PRECISION=precision)
 
 
-def segment_attention_forward(q, k, v, segment_offsets, scale):
-    """q, k, v: [T, H, Dh]; segment_offsets: int64 [S+1] -> (out [T, H, Dh], lse [T, H] float32)."""
+def _dropout_args(dropout_p, seed) -> dict:
+    """Kernel arguments of the dropout; the seed as its unsigned 64-bit pattern (what Philox keys on)."""
+    dropout_p = float(dropout_p)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p == 0.0:
+        return dict(seed=0, dropout_p=0.0, keep_scale=1.0, DROPOUT=False)
+    if seed is None:
+        raise ValueError("seed must be given when dropout_p > 0 (got None)")
+    return dict(seed=int(seed) & (2**64 - 1), dropout_p=dropout_p, keep_scale=1.0 / (1.0 - dropout_p), DROPOUT=True)
+
+
+def segment_attention_forward(q, k, v, segment_offsets, scale, dropout_p=0.0, seed=None):
+    """q, k, v: [T, H, Dh]; segment_offsets: int64 [S+1] -> (out [T, H, Dh], lse [T, H] float32);
+    dropout_p > 0 drops attention probabilities with the keep-mask of ``seed``."""
+    drop = _dropout_args(dropout_p, seed)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     T, H, Dh = q.shape
     out = torch.empty_like(q)
@@ -148,13 +193,15 @@ def segment_attention_forward(q, k, v, segment_offsets, scale):
     if T == 0 or S <= 0:
         return out, lse
     offsets = segment_offsets.to(torch.int64).contiguous()
-    _fwd_kernel[(S, H)](q, k, v, offsets, out, lse, float(scale), Dh, q.stride(0), q.stride(1),
-                        **_config(q.dtype, Dh))
+    _fwd_kernel[(S, H)](q, k, v, offsets, out, lse, float(scale), Dh, q.stride(0), q.stride(1), T=T,
+                        **drop, **_config(q.dtype, Dh))
     return out, lse
 
 
-def segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale):
-    """Gradients (dq, dk, dv), each [T, H, Dh], recomputing probabilities from q, k and lse."""
+def segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale, dropout_p=0.0, seed=None):
+    """Gradients (dq, dk, dv), each [T, H, Dh], recomputing probabilities from q, k and lse (and
+    the dropout keep-mask from ``seed``)."""
+    drop = _dropout_args(dropout_p, seed)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
     T, H, Dh = q.shape
@@ -167,7 +214,7 @@ def segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, sca
     _delta_kernel[(triton.cdiv(T * H, 16),)](out, grad_out, delta, T * H, Dh, BLOCK_R=16, BLOCK_D=cfg["BLOCK_D"])
     offsets = segment_offsets.to(torch.int64).contiguous()
     _bwd_kernel[(S, H)](q, k, v, grad_out, lse, delta, offsets, dq, dk, dv, float(scale), Dh, H,
-                        q.stride(0), q.stride(1), **cfg)
+                        q.stride(0), q.stride(1), T=T, **drop, **cfg)
     return dq, dk, dv
 
 

@@ -145,8 +145,8 @@ class GlocalTransformer(nn.Module):
         On the ops path the local and tail encoders run once and are shared by all types (they do
         not depend on the type) and the types' temporal decoders run as one batch; the reference
         path runs the published per-type computation. Same numbers either way in eval mode or with
-        dropout 0 (the ops path has no dropout on attention probabilities; see also
-        ``zero_sum_padding``).
+        dropout 0 (in training both drop attention probabilities, from different random streams;
+        see also ``zero_sum_padding``).
         """
         _check_features(features, self.embed_dim)
         layout = frame_layout(im_idx, features.shape[0], features.device)

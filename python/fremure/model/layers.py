@@ -9,8 +9,10 @@ offers two computations of the same function:
   to each segment by ``fremure_ext.segment_attention`` (no padding row is ever computed) and the
   attention's input/output projections applied as plain linear maps on the packed tokens.
 
-The packed path applies no dropout to the attention probabilities (the op has none); every other
-dropout is the same. In eval mode or with dropout 0 both paths compute the same numbers.
+Both paths apply the same dropouts, including the attention's own on its probabilities (the op's
+``dropout_p``, from ``mha.dropout`` in training mode); the packed path draws its keep-masks from
+Philox seeds, so the random numbers differ from the padded path's. In eval mode or with dropout 0
+both paths compute the same numbers.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ STAT_EPS = 1e-6
 def segment_core(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  offsets: torch.Tensor) -> torch.Tensor:
     """Multi-head softmax attention of projected ``q, k, v [T, D]`` within the segments
-    ``offsets``, heads merged back to ``[T, D]`` (before ``mha``'s output projection)."""
+    ``offsets``, heads merged back to ``[T, D]`` (before ``mha``'s output projection).
+
+    In training mode the attention probabilities are dropped with ``mha.dropout``, as
+    ``nn.MultiheadAttention`` does; the op draws the mask's seed from torch's default generator."""
     heads = mha.num_heads
     tokens, dim = q.shape
     shape = (tokens, heads, dim // heads)
+    dropout_p = float(mha.dropout) if mha.training else 0.0
     out = fremure_ext.segment_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), offsets,
-                                        1.0 / math.sqrt(dim // heads))
+                                        1.0 / math.sqrt(dim // heads), dropout_p=dropout_p)
     return out.reshape(tokens, dim)
 
 
