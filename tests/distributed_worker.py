@@ -4,7 +4,9 @@
 
 runs ``fremure.cli.main(["train", ARGS...])`` as ``torchrun -m fremure train`` would, and records
 what the test compares: every optimiser step's loss, the calls of ``save_checkpoint``, what the
-process printed, and its final weights and memory (``OUT/rank<R>.json``, ``OUT/rank<R>.safetensors``).
+process printed, the skipped videos, and its final weights and memory (``OUT/rank<R>.json``,
+``OUT/rank<R>.safetensors``). ``FREMURE_TEST_NONFINITE=EPOCH:VIDEO`` makes that video's training
+loss NaN in that epoch (see :func:`poison`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from safetensors.torch import save_file
 
 from fremure import cli
 from fremure.train import pipeline, trainer as trainer_module
+
+
+def poison(epoch: int, video: int) -> None:
+    """Trainer._forward_loss gives NaN for ``video`` in ``epoch`` (as a video the kernels refuse)."""
+    forward_loss = trainer_module.Trainer._forward_loss
+
+    def poisoned(self, index):
+        loss = forward_loss(self, index)
+        return loss * float("nan") if (self.epoch, index) == (epoch, video) else loss
+
+    trainer_module.Trainer._forward_loss = poisoned
 
 
 def main(out: str, argv: list[str]) -> int:
@@ -45,16 +58,20 @@ def main(out: str, argv: list[str]) -> int:
         return trainer, history
 
     trainer_module.Trainer._train_step = recording_step
+    if os.environ.get("FREMURE_TEST_NONFINITE"):
+        poison(*(int(x) for x in os.environ["FREMURE_TEST_NONFINITE"].split(":")))
     trainer_module.save_checkpoint = recording_save
     pipeline.run_training = capturing_run
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli.main(argv)
-    trainer = captured["trainer"]
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainer._model_tensors().items()},
-              os.path.join(out, f"rank{rank}.safetensors"))
-    record = {"code": code, "losses": losses, "saves": saves, "stdout": printed.getvalue(), "world": trainer.world,
-              "ddp": type(trainer.ddp).__name__, "threads": torch.get_num_threads()}
+    record = {"code": code, "losses": losses, "saves": saves, "stdout": printed.getvalue()}
+    trainer = captured.get("trainer")
+    if trainer is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer._model_tensors().items()},
+                  os.path.join(out, f"rank{rank}.safetensors"))
+        record.update(world=trainer.world, ddp=type(trainer.ddp).__name__, threads=torch.get_num_threads(),
+                      skipped=trainer.skipped)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump(record, handle)
     return code

@@ -17,10 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import distributed_worker
 from train_support import small_config
 from fremure.train import distributed as dist_utils
 from fremure.train.pipeline import make_trainer
-from fremure.train.trainer import epoch_order, sampler_seed
+from fremure.train.trainer import Trainer, epoch_order, sampler_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,17 +79,20 @@ def test_videos_per_step_must_be_a_multiple_of_the_processes(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------ 2 processes against 1
-def _torchrun(out: str, config_file: str) -> subprocess.Popen:
+def _torchrun(out: str, config_file: str, nonfinite: str = "") -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "python"), os.path.join(REPO, "tests")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", FREMURE_TEST_NONFINITE=nonfinite)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                os.path.join(REPO, "tests", "distributed_worker.py"), out, "train", "--config", config_file]
     return subprocess.Popen(command, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_gloo_processes_train_like_one(tmp_path):
+def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
     """3 videos, 2 per step (the second step leaves rank 1 without a video: zero-weight pass), 2
-    epochs (memory rebuilt from the merged batch-norm statistics, then used by epoch 1).
+    epochs (memory rebuilt from the merged batch-norm statistics, then used by epoch 1). In epoch
+    1 (order 1, 2, 0) video 2, rank 1's only video of the first step, gives a NaN loss: rank 1
+    skips it and joins the all-reduce with a zero-weight pass of its last finite video, as one
+    process skips it and averages over the step's 2 places.
 
     Both runs use one thread per process, so each video's forward and backward are the same
     computation; what may differ is rounding: gloo's gradient sum, the float64 merge of batch-norm
@@ -102,10 +106,13 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     config = small_config(str(run_dir), checkpoints="all", tensorboard=True, **common)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.to_dict()))
-    launched = _torchrun(str(run_dir), str(config_file))
+    assert epoch_order(3, config.seed, 1) == [1, 2, 0]
+    launched = _torchrun(str(run_dir), str(config_file), nonfinite="1:2")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
+        monkeypatch.setattr(Trainer, "_forward_loss", Trainer._forward_loss)     # undone after the test
+        distributed_worker.poison(1, 2)
         reference = make_trainer(small_config(str(tmp_path / "single"), checkpoints="none", **common))
         start = {k: v.clone() for k, v in reference._model_tensors().items()}
         reference_losses = []
@@ -123,6 +130,9 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     # per-step losses: all-reduced, so both ranks report the step's mean over its videos
     assert len(reference_losses) == 4 and None not in reference_losses
     assert ranks[0]["losses"] == ranks[1]["losses"]
+    skip = [(s["epoch"], s["step"], s["video"]) for s in reference.skipped]
+    assert skip == [(1, 2, 2)]
+    assert [[(s["epoch"], s["step"], s["video"]) for s in r["skipped"]] for r in ranks] == [skip, skip]
     assert ranks[0]["losses"] == pytest.approx(reference_losses, rel=1e-6, abs=0)     # measured: 7e-8
 
     # both ranks hold the same weights, batch-norm statistics and memory, equal to the 1-process run

@@ -3,7 +3,8 @@
 Training options use the published code's names (``--mode``, ``--rel-head``, ``--K``,
 ``--enc-layer``, ``--dec-layer``, ``--lr``, ``--nepoch``, ``--freq``, ``--rel-mem-compute``,
 ``--mem-fusion``, ``--mem-feat-lambda``); ``--config FILE.yaml`` supplies any TrainConfig field and
-flags given on the command line override it. Multi-GPU: ``torchrun --nproc_per_node=N -m fremure train ...``.
+flags given on the command line override it. Several processes (DistributedDataParallel):
+``torchrun --nproc_per_node=N -m fremure train ... --videos-per-step N`` (a multiple of N).
 """
 
 from __future__ import annotations

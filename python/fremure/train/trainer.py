@@ -7,8 +7,9 @@ and the videos are sharded with DistributedSampler: rank r takes places r, r + N
 step, so N processes with ``videos_per_step = k N`` see the steps of one process with the same
 ``videos_per_step``. A rank's losses are weighted N / (step's videos), DDP averages the gradients
 over ranks, and all but a rank's last backward of a step skip the all-reduce (``no_sync``). A
-rank without a video of its own (the padded tail of the last, short step) or whose videos all
-failed runs one zero-weight pass, so every rank takes part in each gradient all-reduce. Batch-norm
+rank without a video of its own (the padded tail of the last, short step) or whose last video of
+the step gave a non-finite loss runs one zero-weight pass (forward and backward of a finite video
+times 0), so every rank takes part in each gradient all-reduce and none waits forever. Batch-norm
 running statistics are merged as one process would have them (RunningStatsMerger), losses,
 validation predictions and memory sums are reduced over ranks; checkpoints, logs, TensorBoard and
 the progress bar belong to rank 0. Every video's forward pass is seeded from (seed, epoch, video),
@@ -145,7 +146,9 @@ class Trainer:
 
     ``fit(resume=False)`` runs the remaining epochs and returns the history (one dict per epoch).
     Checkpoints go to ``<save_path>/checkpoints``: ``last`` (resumable), ``best_recall``,
-    ``best_mrecall``. Only rank 0 writes files and logs.
+    ``best_mrecall``. Only rank 0 writes files and logs. Under an active process group
+    (:func:`fremure.train.distributed.init_from_env` first) ``self.ddp`` is the model under
+    DistributedDataParallel and ``self.model`` the plain module (state, memory, evaluation).
     """
 
     def __init__(self, config: TrainConfig, model: FReMuRe, train_source, test_source, test_gt: Sequence,
@@ -293,7 +296,7 @@ class Trainer:
         config = self.config
         items = [v if isinstance(v, tuple) else (v, i * self.world + self.rank) for i, v in enumerate(videos)]
         count = len(items) if count is None else count
-        self.model.train()
+        self.ddp.train()
         self.optimizer.zero_grad(set_to_none=False)
         weight = self.world / count          # DDP averages over ranks: the step's mean over its videos
         if self.merger is not None:
