@@ -133,7 +133,7 @@ def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
     skip = [(s["epoch"], s["step"], s["video"]) for s in reference.skipped]
     assert skip == [(1, 2, 2)]
     assert [[(s["epoch"], s["step"], s["video"]) for s in r["skipped"]] for r in ranks] == [skip, skip]
-    assert ranks[0]["losses"] == pytest.approx(reference_losses, rel=1e-6, abs=0)     # measured: 7e-8
+    assert ranks[0]["losses"] == pytest.approx(reference_losses, rel=1e-6, abs=0)     # measured: 0 to 7e-8
 
     # both ranks hold the same weights, batch-norm statistics and memory, equal to the 1-process run
     weights = [load_file(str(run_dir / f"rank{r}.safetensors")) for r in range(2)]
@@ -145,7 +145,7 @@ def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
     for key in single:
         assert torch.equal(weights[0][key], weights[1][key]), key
         # 1e-5 of the tensor's largest value (~170 float32 rounding steps of it): measured up to
-        # 1e-7 of it; rank 0 training on its own gradients is off by a large part of the update
+        # 3e-7 of it (the memory); unsynchronised gradients are off by a large part of the update
         difference = float((weights[0][key].double() - single[key].double()).abs().max())
         assert difference <= 1e-5 * float(single[key].double().abs().max()), (key, difference)
 
