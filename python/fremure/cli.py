@@ -3,7 +3,8 @@
 Training options use the published code's names (``--mode``, ``--rel-head``, ``--K``,
 ``--enc-layer``, ``--dec-layer``, ``--lr``, ``--nepoch``, ``--freq``, ``--rel-mem-compute``,
 ``--mem-fusion``, ``--mem-feat-lambda``); ``--config FILE.yaml`` supplies any TrainConfig field and
-flags given on the command line override it. Multi-GPU: ``torchrun --nproc_per_node=N -m fremure train ...``.
+flags given on the command line override it. Several processes (DistributedDataParallel):
+``torchrun --nproc_per_node=N -m fremure train ... --videos-per-step N`` (a multiple of N).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ TRAIN_OPTIONS = (
     ("--clip", dict(type=float, help="gradient-norm clipping (default 5)")),
     ("--spatial-loss", dict(choices=["bce", "mlm"], help="spatial/contacting loss: bce (default) or multi-label margin")),
     ("--mem-temperature", dict(type=float, help="softmax temperature of the memory rebuild (default 0.5)")),
-    ("--videos-per-step", dict(type=_positive_int, help="videos per optimiser step, over all processes (default 1)")),
+    ("--videos-per-step", dict(type=_positive_int, help="videos per optimiser step over all processes, a multiple of "
+                                                          "torchrun's process count (default 1)")),
     ("--max-train-videos", dict(type=int, help="use only the first N train videos (0 = all)")),
     ("--max-test-videos", dict(type=int, help="validate on the first N test videos (0 = all)")),
     ("--seed", dict(type=int, help="random seed (default 0)")),
@@ -139,6 +141,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Trains; under ``torchrun`` every process joins the group first and leaves it at the end."""
     from .train import distributed as dist_utils
     from .train.pipeline import run_training
     config = _config(args)
@@ -146,7 +149,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         import dataclasses
         config = dataclasses.replace(config, device=f"cuda:{local}")
-    trainer, history = run_training(config, resume=args.resume)
+        torch.cuda.set_device(local)
+    try:
+        trainer, history = run_training(config, resume=args.resume)
+    finally:
+        dist_utils.destroy()
     if trainer.rank == 0:
         os.makedirs(config.save_path, exist_ok=True)
         with open(os.path.join(config.save_path, "history.json"), "w") as handle:

@@ -1,4 +1,4 @@
-"""Training of FReMuRe on cached detector entries: losses, memory rebuild, checkpoints, DDP.
+"""Training of FReMuRe on cached detector entries: losses, memory rebuild, checkpoints, DDP (torchrun).
 
 ``Trainer(config, model, train_source, test_source, test_gt, frequencies).fit(resume=False)``;
 ``TrainConfig`` holds the published defaults; ``run_training(config)`` builds everything from

@@ -1,12 +1,21 @@
 """Training loop of FReMuRe on cached detector entries (published recipe, METHOD.md 5, spec 4.4-4.5).
 
-One optimiser step = ``videos_per_step`` videos (1 as published), each loss divided by that count,
-so a step's gradient is the mean over its videos whatever the number of processes: with N
-processes (``torchrun``), the step's videos are split over the ranks and the gradients summed
-across ranks (all-reduce), which gives the single-process gradient. Every video's forward pass is
-seeded from (seed, epoch, video), so dropout and head noise do not depend on the rank or on where
-a run was resumed. Order of an epoch: train steps, validation (with constraint; the scheduler steps
-on mR@20), best-R@20 / best-mR@20 checkpoints, memory rebuild, then the resumable ``last``.
+One optimiser step = ``videos_per_step`` videos (1 as published) of the epoch's shuffled order;
+its gradient is the mean over those videos, whatever the number of processes. Under ``torchrun``
+(N processes, ``videos_per_step`` a multiple of N) the model is wrapped in DistributedDataParallel
+and the videos are sharded with DistributedSampler: rank r takes places r, r + N, ... of each
+step, so N processes with ``videos_per_step = k N`` see the steps of one process with the same
+``videos_per_step``. A rank's losses are weighted N / (step's videos), DDP averages the gradients
+over ranks, and all but a rank's last backward of a step skip the all-reduce (``no_sync``). A
+rank without a video of its own (the padded tail of the last, short step) or whose last video of
+the step gave a non-finite loss runs one zero-weight pass (forward and backward of a finite video
+times 0), so every rank takes part in each gradient all-reduce and none waits forever. Batch-norm
+running statistics are merged as one process would have them (RunningStatsMerger), losses,
+validation predictions and memory sums are reduced over ranks; checkpoints, logs, TensorBoard and
+the progress bar belong to rank 0. Every video's forward pass is seeded from (seed, epoch, video),
+so dropout and head noise depend neither on the rank nor on where a run was resumed. Order of an
+epoch: train steps, validation (with constraint; the scheduler steps on mR@20), best-R@20 /
+best-mR@20 checkpoints, memory rebuild, then the resumable ``last``.
 """
 
 from __future__ import annotations
@@ -41,9 +50,14 @@ def video_seed(seed: int, epoch: int, video: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + video) % (2 ** 63 - 1)
 
 
+def sampler_seed(seed: int) -> int:
+    """DistributedSampler seed of a run; epoch e's order is the permutation seeded with this + e."""
+    return seed * 7919
+
+
 def epoch_order(num_videos: int, seed: int, epoch: int) -> list[int]:
-    """Shuffled video indices of one epoch (same on every rank)."""
-    return torch.randperm(num_videos, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+    """Shuffled video indices of one epoch: the global order that the ranks' shares interleave."""
+    return dist_utils.rank_share(num_videos, sampler_seed(seed), epoch, world=1, rank_index=0)
 
 
 def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
@@ -132,7 +146,9 @@ class Trainer:
 
     ``fit(resume=False)`` runs the remaining epochs and returns the history (one dict per epoch).
     Checkpoints go to ``<save_path>/checkpoints``: ``last`` (resumable), ``best_recall``,
-    ``best_mrecall``. Only rank 0 writes files and logs.
+    ``best_mrecall``. Only rank 0 writes files and logs. Under an active process group
+    (:func:`fremure.train.distributed.init_from_env` first) ``self.ddp`` is the model under
+    DistributedDataParallel and ``self.model`` the plain module (state, memory, evaluation).
     """
 
     def __init__(self, config: TrainConfig, model: FReMuRe, train_source, test_source, test_gt: Sequence,
@@ -141,6 +157,9 @@ class Trainer:
         self.train_source, self.test_source, self.test_gt = train_source, test_source, test_gt
         self.frequencies = frequencies
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        if config.videos_per_step % self.world:
+            raise ValueError(f"videos_per_step ({config.videos_per_step}) must be a multiple of the number of "
+                             f"processes ({self.world}): set --videos-per-step {self.world} or a multiple of it")
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(config.seed)
@@ -148,7 +167,12 @@ class Trainer:
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = make_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler(torch.device(config.device).type, enabled=config.amp == "fp16")
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        # DDP synchronises gradients; self.model stays the plain module (state, memory, evaluation)
+        self.ddp = dist_utils.wrap_model(self.model, config.device)
+        self.forward = torch.compile(self.ddp) if config.compile else self.ddp
+        self.merger = dist_utils.RunningStatsMerger(self.model) if self.world > 1 else None
+        self.fallback_video: int | None = None      # the rank's last video with a finite loss
+        self.step_loss: float | None = None         # mean loss of the last step (None: nothing applied)
         self.epoch, self.position, self.step = 0, 0, 0
         self.best = {"R@20": 0.0, "mR@20": 0.0}
         self.history: list[dict[str, Any]] = []
@@ -222,74 +246,86 @@ class Trainer:
             self.restore()
         config = self.config
         per_step = config.videos_per_step
+        share_size = per_step // self.world
         while self.epoch < config.nepoch:
-            order = epoch_order(self.num_train, config.seed, self.epoch)
-            steps = math.ceil(len(order) / per_step)
+            num = self.num_train
+            share = dist_utils.rank_share(num, sampler_seed(config.seed), self.epoch)
+            steps = math.ceil(num / per_step)
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(order), initial=self.position, desc=f"epoch {self.epoch}", unit="video",
+            bar = tqdm(total=num, initial=self.position, desc=f"epoch {self.epoch}", unit="video",
                        disable=not (config.progress and self.rank == 0))
             window: list[float] = []
             started = time.perf_counter()
             for step_index in range(self.position // per_step, steps):
-                videos = order[step_index * per_step:(step_index + 1) * per_step]
-                total = self._train_step(videos)
-                self.position = min((step_index + 1) * per_step, len(order))
+                first = step_index * share_size
+                places = [(share[i], (i - first) * self.world + self.rank)
+                          for i in range(first, min(first + share_size, len(share)))]
+                count = min(per_step, num - step_index * per_step)
+                mine = [(video, place) for video, place in places if place < count]
+                filler = places[0][0] if places else share[0]
+                total = self._train_step(mine, count, filler)
+                self.position = min((step_index + 1) * per_step, num)
                 self.step += 1
-                bar.update(len(videos))
+                bar.update(count)
                 if total is not None:
                     window.append(total)
                     if self.writer is not None:
                         self.writer.add_scalar("train/loss", total, self.step)
+                self.step_loss = total
                 if self.step % config.log_iter == 0 and window and self.rank == 0:
                     logger.info("epoch %d step %d: mean loss %.4f", self.epoch, self.step, float(np.mean(window)))
                     window = []
-                if config.save_every and self.position < len(order) and self.position % config.save_every < per_step:
+                if config.save_every and self.position < num and self.position % config.save_every < per_step:
                     self.save("last", resumable=True)
                 if on_step is not None:
                     on_step(self)
             bar.close()
-            self._finish_epoch(time.perf_counter() - started, len(order))
+            self._finish_epoch(time.perf_counter() - started, num)
         if self.writer is not None:
             self.writer.flush()
         return self.history
 
-    def _train_step(self, videos: list[int]) -> float | None:
-        """One optimiser step over ``videos`` (split across ranks); returns the mean loss or None."""
+    def _train_step(self, videos: Sequence[int] | Sequence[tuple[int, int]], count: int | None = None,
+                    filler: int | None = None) -> float | None:
+        """One optimiser step; returns the mean loss of the step's finite videos (all ranks) or None.
+
+        ``videos``: this rank's videos of the step, as indices or (index, place in the step) pairs;
+        ``count``: the step's number of videos over all ranks (default ``len(videos)``);
+        ``filler``: a video for the zero-weight pass of a rank without a finite video of its own.
+        """
         config = self.config
-        self.model.train()
+        items = [v if isinstance(v, tuple) else (v, i * self.world + self.rank) for i, v in enumerate(videos)]
+        count = len(items) if count is None else count
+        self.ddp.train()
         self.optimizer.zero_grad(set_to_none=False)
-        scale = 1.0 / len(videos)
-        mine = videos[self.rank::self.world]
+        weight = self.world / count          # DDP averages over ranks: the step's mean over its videos
+        if self.merger is not None:
+            self.merger.begin(config.videos_per_step)
         loss_sum = torch.zeros(2, dtype=torch.float64)   # (sum of finite losses, number of finite videos)
-        for video in mine:
-            torch.manual_seed(video_seed(config.seed, self.epoch, video))
-            entry = _to_device(self.train_source[video], config.device)
-            # batch-norm statistics change in the forward pass: keep them to undo a non-finite video
-            buffers = {name: b.clone() for name, b in self.model.named_buffers() if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-            try:
-                with _autocast(config.device, config.amp):
-                    pred = self.forward(entry, phase="train")
-                losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
-                loss = sum(losses.values())
-            except RuntimeError as err:      # the fused kernels refuse NaN/inf inputs outright
-                if "nan" not in str(err).lower():
-                    raise
-                loss = torch.tensor(float("nan"))
-            if not torch.isfinite(loss):
-                self._skip(video, f"non-finite loss {float(loss)}")
-                with torch.no_grad():
-                    for name, value in self.model.named_buffers():
-                        if name in buffers:
-                            value.copy_(buffers[name])
+        skipped: list[dict[str, Any]] = []
+        synced = self.world == 1
+        for i, (video, place) in enumerate(items):
+            last = i == len(items) - 1
+            loss = self._backward(video, weight, sync=last, place=place)
+            if loss is None:
+                skipped.append(self._skip_record(video, "non-finite loss"))
                 continue
-            self.scaler.scale(loss * scale).backward()
-            loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
-        dist_utils.all_reduce_gradients(self.model)
+            synced = synced or last
+            self.fallback_video = video
+            loss_sum += torch.tensor([loss, 1.0], dtype=torch.float64)
+        if not synced:
+            self._zero_weight_pass(filler if filler is not None else (items[0][0] if items else 0))
         loss_sum = dist_utils.all_reduce_sum(loss_sum)
+        if self.merger is not None:
+            self.merger.finish()
+        if int(loss_sum[1]) < count:            # some rank skipped a video: every rank learns which
+            skipped = dist_utils.gather_objects(skipped)
+        self._log_skips(skipped)
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], config.clip)
         if not torch.isfinite(norm):
-            self._skip(videos[0], f"non-finite gradient norm {float(norm)}; step skipped")
+            first = items[0][0] if items else -1
+            self._log_skips([self._skip_record(first, f"non-finite gradient norm {float(norm)}; step skipped")])
             self.optimizer.zero_grad(set_to_none=False)
             self.scaler.update()
             return None
@@ -299,11 +335,63 @@ class Trainer:
         self.scaler.update()
         return float(loss_sum[0] / loss_sum[1])
 
-    def _skip(self, video: int, reason: str) -> None:
-        record = {"epoch": self.epoch, "step": self.step, "video": int(video), "reason": reason}
-        self.skipped.append(record)
-        logger.warning("skipping video %d at epoch %d: %s", video, self.epoch, reason)
-        if self.writer is not None:
+    def _forward_loss(self, video: int) -> torch.Tensor:
+        """Seeded training forward pass and total loss of one video (NaN when the kernels refuse it)."""
+        config = self.config
+        torch.manual_seed(video_seed(config.seed, self.epoch, video))
+        entry = _to_device(self.train_source[video], config.device)
+        try:
+            with _autocast(config.device, config.amp):
+                pred = self.forward(entry, phase="train")
+            losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
+            return sum(losses.values())
+        except RuntimeError as err:      # the fused kernels refuse NaN/inf inputs outright
+            if "nan" not in str(err).lower():
+                raise
+            return torch.tensor(float("nan"))
+
+    def _backward(self, video: int, weight: float, sync: bool, place: int | None = None) -> float | None:
+        """Forward and backward of one video with its loss times ``weight``; gradients are all-reduced
+        only when ``sync``. Returns the loss, or None (nothing applied, statistics restored) when it
+        is not finite."""
+        before = self.merger.snapshot() if self.merger is not None else None
+        # batch-norm statistics change in the forward pass: keep them to undo a non-finite video
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()
+                   if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        context = contextlib.nullcontext() if sync or self.world == 1 else self.ddp.no_sync()
+        with context:
+            loss = self._forward_loss(video)
+            finite = bool(torch.isfinite(loss))
+            if finite and (weight != 0 or sync):
+                self.scaler.scale(loss * weight).backward()
+        if not finite or weight == 0:
+            with torch.no_grad():
+                for name, value in self.model.named_buffers():
+                    if name in buffers:
+                        value.copy_(buffers[name])
+            return None if not finite else float(loss.detach())
+        if self.merger is not None and place is not None:
+            self.merger.record(place, before)
+        return float(loss.detach())
+
+    def _zero_weight_pass(self, filler: int) -> None:
+        """A gradient all-reduce that adds nothing: forward and backward of a finite video times 0
+        (the rank's last finite video, else the filler, else the first finite one of the split)."""
+        candidates = ([self.fallback_video] if self.fallback_video is not None else []) + [filler]
+        for video in candidates + list(range(self.num_train)):
+            if self._backward(video, 0.0, sync=True) is not None:
+                return
+        raise RuntimeError(f"rank {self.rank}: no training video gives a finite loss")
+
+    def _skip_record(self, video: int, reason: str) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "video": int(video), "reason": reason}
+
+    def _log_skips(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.skipped.append(record)
+            if self.rank == 0:
+                logger.warning("skipping video %d at epoch %d: %s", record["video"], record["epoch"], record["reason"])
+        if records and self.writer is not None:
             self.writer.add_scalar("train/skipped", len(self.skipped), self.step)
 
     def validate(self, constraints: Sequence[str] = ("with",)) -> dict[str, dict[str, Any]]:
