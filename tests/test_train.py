@@ -112,7 +112,8 @@ def test_config_validation_and_file_override(tmp_path):
     cases = {"lr: abc\n": "'lr' must be a number", "mode: detection\n": "'mode' must be one of",
              "nepoch: 0\n": "'nepoch' must be a positive integer", "freq: 'False'\n": "'freq' must be true or false",
              "learning_rate: 1\n": "unknown option 'learning_rate'", "- 1\n- 2\n": "must hold a mapping",
-             "lr: [1\n": "not valid YAML", "dropout: 2\n": "'dropout' must lie in"}
+             "lr: [1\n": "not valid YAML", "dropout: 2\n": "'dropout' must lie in",
+             "tracking: true\n": "'tracking' needs mode sgcls or sgdet", "tracking: 1\n": "must be true or false"}
     for text, message in cases.items():
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
@@ -202,3 +203,12 @@ def test_training_learns_the_synthetic_relations(tmp_path):
     assert trained["no"]["R"][20] > untrained["no"]["R"][20] + 0.15
     assert trained["with"]["R"][20] > untrained["with"]["R"][20] + 0.10
     assert len(history) == 5 and trainer.step == 20
+
+
+def test_tracking_option_builds_the_published_track_encoder():
+    from fremure.train.trainer import build_model
+    model = build_model(TrainConfig(mode="sgcls", tracking=True, keep_unused=False), 37, None)
+    names = [name for name, _ in model.named_parameters()]
+    assert any(name.startswith("object_classifier.encoder_tran.layers.2.") for name in names)
+    plain = build_model(TrainConfig(mode="sgcls", keep_unused=False), 37, None)
+    assert not any("encoder_tran" in name for name, _ in plain.named_parameters())

@@ -57,6 +57,8 @@ MODEL_OPTIONS = (
     ("--mem-fusion", dict(choices=["early", "late"], help="memory fusion (default late)")),
     ("--mem-feat-lambda", dict(type=float, help="memory mixing weight (default 0.5)")),
     ("--decouple", dict(choices=["shared", "separate"], help="one transformer or one per relation type")),
+    ("--tracking", dict(type=_bool, metavar="true|false",
+                        help="object tracking across frames in sgcls/sgdet, as the published -tracking (default false)")),
     ("--kernels", dict(choices=["auto", "ops", "reference"], help="torch.ops.fremure kernels or plain PyTorch")),
     ("--keep-unused", dict(type=_bool, metavar="true|false",
                            help="keep the published checkpoint's unused modules (default true)")),

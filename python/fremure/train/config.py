@@ -42,6 +42,7 @@ class TrainConfig:
     keep_unused: bool = True
     dropout: float = 0.1
     decouple: str = "shared"
+    tracking: bool = False                  # published -tracking (sgcls/sgdet object tracks)
     kernels: str = "auto"
     freq: bool = True
     freq_include_test: bool = True          # published priors pool train and test labels (Q-T1)
@@ -73,6 +74,8 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"config {name!r} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if self.tracking and self.mode == "predcls":
+            raise ValueError("config 'tracking' needs mode sgcls or sgdet (PredCls has no object classifier to track)")
         positive = ("K", "dec_layer", "enc_layer", "nepoch", "videos_per_step", "log_iter")
         for name in positive:
             value = getattr(self, name)

@@ -76,7 +76,8 @@ def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
                         obj_head=config.obj_head, rel_head=config.rel_head, K=config.K,
                         freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"),
                         freq_contact=contact, kernels=config.kernels, decouple=config.decouple,
-                        keep_unused=config.keep_unused, dropout=config.dropout)
+                        keep_unused=config.keep_unused, dropout=config.dropout,
+                        tracking=config.tracking)
     if config.mode == "predcls":
         for p in model.object_classifier.parameters():
             p.requires_grad_(False)
