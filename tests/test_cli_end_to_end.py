@@ -206,11 +206,8 @@ def test_train_bf16_autocast_gives_finite_loss(tmp_path, caplog, capsys):
     assert "skipped" not in capsys.readouterr().out
 
 
-COMPILE_BUDGET_S = 60
-
-
 @pytest.mark.skipif(os.environ.get("FREMURE_TEST_COMPILE", "0") != "1",
-                    reason="torch.compile of the model takes minutes on a 2-core CPU (Inductor C++ codegen); "
+                    reason="torch.compile of the model takes about 2 min on a 2-core CPU (Inductor C++ codegen); "
                            "set FREMURE_TEST_COMPILE=1 to run it")
 def test_train_with_torch_compile(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fremure.train")
