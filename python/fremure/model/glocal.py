@@ -312,7 +312,11 @@ class GlocalTransformer(nn.Module):
             blended = fremure_ext.freq_gate_blend(tail, gate)
             mapped = self.freq_mapper[rel_type](freq)
             linear = self.fusion_gate_local[0]
-            locals_.append(fremure_ext.gated_fusion(head, blended, mapped, linear.weight, linear.bias,
+            # the op wants one dtype; under autocast the Linear outputs are bf16/fp16 while the
+            # LayerNorm'd head stays float32, so the fusion runs in the head's precision
+            dtype = head.dtype
+            locals_.append(fremure_ext.gated_fusion(head, blended.to(dtype), mapped.to(dtype), linear.weight.to(dtype),
+                                                    None if linear.bias is None else linear.bias.to(dtype),
                                                     FUSION_TEMPERATURE, FUSION_LO, FUSION_HI))
         stacked = torch.cat(locals_) if len(locals_) > 1 else locals_[0]
         early = self.mem_compute is not None and self.mem_fusion == "early"
