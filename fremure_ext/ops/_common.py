@@ -38,3 +38,17 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_seed(seed: object):
+    """A Philox seed: a Python int within int64, or a SymInt under torch.compile (returned as is)."""
+    if isinstance(seed, torch.SymInt):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if not _INT64_MIN <= seed <= _INT64_MAX:
+        raise ValueError(f"seed must fit in int64, got {seed}")
+    return seed

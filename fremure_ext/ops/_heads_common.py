@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ._common import check_seed
+
 ACTIVATIONS = ("sigmoid", "softmax")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_activation(activation: object) -> str:
@@ -30,13 +31,7 @@ def check_noise_or_seed(noise: torch.Tensor | None, seed: object, ref: torch.Ten
             raise TypeError(f"noise must have {ref_name}'s dtype {ref.dtype}, got {noise.dtype}")
         if tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise must have shape {shape_doc} = {tuple(shape)}, got {tuple(noise.shape)}")
-    if seed is None or isinstance(seed, torch.SymInt):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    if not _INT64_MIN <= seed <= _INT64_MAX:
-        raise ValueError(f"seed must fit in int64, got {seed}")
-    return seed
+    return None if seed is None else check_seed(seed)
 
 
 def fake_check_devices(op: str, ref: torch.Tensor, ref_name: str, **others: torch.Tensor | None) -> None:

@@ -7,12 +7,11 @@ import math
 
 import torch
 
-from ._common import check_float, check_ndim, check_same, check_tensor
+from ._common import check_float, check_ndim, check_same, check_seed, check_tensor
 
 __all__ = ["segment_attention"]
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SEED_HIGH = 2**62  # drawn seeds are in [0, 2**62)
 
 
@@ -63,9 +62,9 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
     dropout_p = _check_dropout_p(dropout_p)
     if dropout_p == 0.0:
         if seed is not None:
-            _check_seed(seed)
+            check_seed(seed)
         return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale))[0]
-    seed = _draw_seed() if seed is None else _check_seed(seed)
+    seed = _draw_seed() if seed is None else check_seed(seed)
     return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale), dropout_p, seed)[0]
 
 
@@ -75,16 +74,6 @@ def _check_dropout_p(dropout_p: object) -> float:
     if not 0.0 <= dropout_p < 1.0:  # also rejects NaN
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     return float(dropout_p)
-
-
-def _check_seed(seed: object):
-    if isinstance(seed, torch.SymInt):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    if not _INT64_MIN <= seed <= _INT64_MAX:
-        raise ValueError(f"seed must fit in int64, got {seed}")
-    return seed
 
 
 def _draw_seed() -> int:
