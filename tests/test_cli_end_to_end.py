@@ -196,9 +196,10 @@ def _logged_losses(caplog) -> list[float]:
     return [float(m.group(1)) for m in found if m]
 
 
-def test_train_bf16_autocast_gives_finite_loss(tmp_path, caplog, capsys):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_train_autocast_gives_finite_loss(amp, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO, logger="fremure.train")
-    args = _train_args(tmp_path, "--amp", "bf16", "--log-iter", "1", "--max-train-videos", "1",
+    args = _train_args(tmp_path, "--amp", amp, "--log-iter", "1", "--max-train-videos", "1",
                        "--max-test-videos", "1", "--rel-mem-compute", "none", "--checkpoints", "none")
     assert main(args) == 0
     losses = _logged_losses(caplog)
