@@ -16,7 +16,9 @@ published: its lib/AdamW.py), ``--optimizer torch`` torch.optim.AdamW for all.
 
 Reports the median step time over the video set (several rounds, providers interleaved), the
 median process CPU time per step (less sensitive to other jobs on a shared machine) and the peak
-resident memory of each provider's process; writes benchmarks/results/model_step_cpu.csv.
+resident memory of each provider's process (and, with ``--device cuda``, its peak allocated GPU
+memory; times are then taken between device synchronisations); writes
+benchmarks/results/model_step_<cpu|cuda>_<optimizer>_optimizer.csv.
 
     PYTHONPATH=.:python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
 """
@@ -156,13 +158,33 @@ def make_optimizer(model, provider: str, choice: str, published: str | None):
     return torch.optim.AdamW(params, lr=1e-5, fused=True)
 
 
+def to_device(value, device: str):
+    """``value`` (tensor, dict or list of them) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def synchronize(device: str) -> None:
+    """Waits for queued GPU work, so wall-clock times cover the whole step."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def make_step(provider: str, args):
-    """A training-step closure ``step(entry, labels)`` of one provider's model."""
+    """A training-step closure ``step(entry, labels)`` of one provider's model (on ``args.device``)."""
     torch.manual_seed(0)
     if provider == "published":
         model = build_published(args.published, args.rel_head, args.memory)
     else:
         model = build_fremure(provider, args.rel_head, args.memory)
+    model.to(args.device)
+    if getattr(model, "rel_memory", None) is not None:
+        model.rel_memory = to_device(model.rel_memory, args.device)
     model.train()
     optimizer = make_optimizer(model, provider, args.optimizer, args.published)
 
@@ -182,15 +204,17 @@ def paired(args, providers: list[str]) -> None:
     other jobs, each video's time ratio compares steps run under nearly the same load."""
     steps = {p: make_step(p, args) for p in providers}
     videos = sample_videos(args.videos, args.seed)
-    data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
+    data = [to_device(make_entry(v, args.seed + i), args.device) for i, v in enumerate(videos)]
     for step in steps.values():
         step(*data[0])  # warm-up
     times: dict[str, list[float]] = {p: [] for p in providers}
     for round_ in range(args.rounds):
         for entry, labels in data:
             for p, step in steps.items():
+                synchronize(args.device)
                 start = time.perf_counter()
                 step(entry, labels)
+                synchronize(args.device)
                 times[p].append(time.perf_counter() - start)
         print(f"round {round_} done", flush=True)
     baseline = providers[-1]
@@ -203,22 +227,29 @@ def paired(args, providers: list[str]) -> None:
 def worker(args) -> dict:
     step = make_step(args.provider, args)
     videos = sample_videos(args.videos, args.seed)
-    data = [make_entry(v, args.seed + i) for i, v in enumerate(videos)]
+    data = [to_device(make_entry(v, args.seed + i), args.device) for i, v in enumerate(videos)]
     step(*data[0])  # warm-up (allocator, optimizer state)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times, cpu_times = [], []
     for entry, labels in data:
+        synchronize(args.device)
         start, cpu_start = time.perf_counter(), time.process_time()
         step(entry, labels)
+        synchronize(args.device)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     pairs = [sum(v) for v in videos]
     return {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
 
 
 def run_worker(provider: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--provider", provider, "--videos", str(args.videos),
-           "--seed", str(args.seed), "--rel-head", args.rel_head, "--optimizer", args.optimizer]
+           "--seed", str(args.seed), "--rel-head", args.rel_head, "--optimizer", args.optimizer,
+           "--device", args.device]
     if args.memory:
         cmd.append("--memory")
     if args.published:
@@ -241,6 +272,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="relation memory filled (epochs > 0)")
     parser.add_argument("--optimizer", default="own", choices=["own", "torch"],
                         help="own: fused AdamW for fremure, lib/AdamW.py for published; torch: torch AdamW for all")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (GPU: synchronised timing, peak "
+                        "allocated GPU memory)")
     parser.add_argument("--quick", action="store_true", help="2 videos, 1 round (smoke test)")
     parser.add_argument("--providers", default="ops,reference", help="comma-separated subset of ops,reference")
     parser.add_argument("--paired", action="store_true",
@@ -266,6 +299,8 @@ def main() -> None:
                   f"(CPU {statistics.median(result['cpu_times']) * 1e3:8.1f} ms)  "
                   f"peak RSS {result['peak_rss_mib']:8.0f} MiB", flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        machine = f"{torch.cuda.get_device_name(torch.device(args.device))}, torch {torch.__version__}"
     baseline = "published" if args.published else "reference"
     medians = {p: statistics.median(t for r in runs[p] for t in r["times"]) for p in providers}
     cpu = {p: statistics.median(t for r in runs[p] for t in r["cpu_times"]) for p in providers}
@@ -277,12 +312,14 @@ def main() -> None:
                          pairs_per_video=statistics.mean(runs[p][0]["pairs"]),
                          median_step_ms=medians[p] * 1e3, speedup_vs_baseline=medians[baseline] / medians[p],
                          median_step_cpu_ms=cpu[p] * 1e3, cpu_speedup_vs_baseline=cpu[baseline] / cpu[p],
-                         baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p])))
+                         baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p]),
+                         peak_gpu_mib=max((r["peak_gpu_mib"] or 0) for r in runs[p]) or None))
         print(f"{p:10s} median step {medians[p] * 1e3:8.1f} ms  x{medians[baseline] / medians[p]:5.2f} vs {baseline}"
               f"  (CPU time {cpu[p] * 1e3:8.1f} ms, x{cpu[baseline] / cpu[p]:5.2f})"
               f"  peak RSS {rows[-1]['peak_rss_mib']:8.0f} MiB")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"model_step_cpu_{args.optimizer}_optimizer.csv"
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    path = RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer.csv"
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
