@@ -17,17 +17,19 @@ from .trainer import Trainer, build_model
 
 def train_throughput(data_path: str | None, work_dir: str, videos: int = 4, steps: int = 1,
                      detector_checkpoint: str | None = None, target_size: int = 96,
-                     config: TrainConfig | None = None) -> list[dict[str, Any]]:
+                     config: TrainConfig | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     """Times ``steps`` epochs over the first ``videos`` train videos for both data sources.
 
     Returns rows ``{"source": "cache" | "detector", "videos", "seconds", "videos_per_s"}``; the
-    one-off extraction time is reported as source ``"extract"``.
+    one-off extraction time is reported as source ``"extract"``. ``device``: where the detector
+    and the model run (``"cuda"`` on a GPU; times are then taken after a device synchronisation).
     """
     from ..data.synthetic import sample_path
     data_path = data_path or str(sample_path())
     config = config or TrainConfig(data_path=data_path, dec_layer=1, keep_unused=False, checkpoints="none",
-                                   tensorboard=False, progress=False, rel_mem_compute="none", lr=1e-4)
-    detector, _ = make_detector(detector_checkpoint, target_size)
+                                   tensorboard=False, progress=False, rel_mem_compute="none", lr=1e-4,
+                                   device=device)
+    detector, _ = make_detector(detector_checkpoint, target_size, device=config.device)
     train_ds = load_split(data_path, "train", config.mode)
     cache_dir = os.path.join(work_dir, "cache_train")
     started = time.perf_counter()
@@ -42,11 +44,18 @@ def train_throughput(data_path: str | None, work_dir: str, videos: int = 4, step
                           train_ds.gt_annotations, freqs)
         order = list(range(count))
         trainer._train_step(order[:1])                 # warm-up (allocations, first-call overheads)
+        _synchronize(config.device)
         started = time.perf_counter()
         for _ in range(steps):
             for video in order:
                 trainer._train_step([video])
+        _synchronize(config.device)
         seconds = time.perf_counter() - started
         rows.append({"source": name, "videos": count * steps, "seconds": seconds, "videos_per_s": count * steps / seconds})
     rows[0]["videos_per_s"] = rows[0]["videos"] / rows[0]["seconds"]
     return rows
+
+
+def _synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
