@@ -18,7 +18,7 @@ COMMANDS = {"demo": ["--detector-checkpoint", "--nepoch", "--work-dir", "--confi
                       "--rel-mem-compute", "--mem-fusion", "--resume", "--amp", "--compile", "--deterministic",
                       "--config", "--videos-per-step", "--save-every"],
             "eval": ["--checkpoint", "--published-checkpoint", "--test-cache", "--out", "--use-memory"],
-            "bench": ["--videos", "--epochs"],
+            "bench": ["--videos", "--epochs", "--device"],
             "visualize": ["--video", "--top-k", "--out"],
             "freq": ["--data-path", "--out", "--train-only"]}
 

@@ -343,7 +343,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .train.bench import train_throughput
     rows = train_throughput(args.data_path, args.work_dir, videos=args.videos, steps=args.epochs,
-                            detector_checkpoint=args.detector_checkpoint, target_size=args.target_size or 96)
+                            detector_checkpoint=args.detector_checkpoint, target_size=args.target_size or 96,
+                            device=args.device)
     for row in rows:
         print(f"{row['source']:>9}: {row['videos_per_s']:.3f} videos/s ({row['seconds']:.1f} s for {row['videos']} videos)")
     return 0
@@ -423,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="fremure-bench")
     p.add_argument("--videos", type=_positive_int, default=4)
     p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the detector and the model run")
     _detector_options(p)
     p.set_defaults(func=cmd_bench)
 
