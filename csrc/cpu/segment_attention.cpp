@@ -24,7 +24,6 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -407,34 +406,22 @@ FREMURE_ALWAYS_INLINE void backward_range_impl(const BackwardArgs<T>& a, int64_t
   }
 }
 
-FREMURE_CPU_CLONES void forward_range(const ForwardArgs<float>& a, int64_t begin, int64_t end) {
-  if (a.drop.on()) {
-    forward_range_impl<float, true>(a, begin, end);
-  } else {
-    forward_range_impl<float, false>(a, begin, end);
+// The dropout or the plain instantiation, picked once per range. Written out per type because
+// target_clones cannot apply to templates; the branch stays in the cloned function itself (a
+// lambda would be a separate, uncloned function) so the inlined body gets the clone's ISA.
+#define FREMURE_SEGMENT_RANGE(name, Args, T)                                   \
+  FREMURE_CPU_CLONES void name(const Args<T>& a, int64_t begin, int64_t end) { \
+    if (a.drop.on()) {                                                         \
+      name##_impl<T, true>(a, begin, end);                                     \
+    } else {                                                                   \
+      name##_impl<T, false>(a, begin, end);                                    \
+    }                                                                          \
   }
-}
-FREMURE_CPU_CLONES void forward_range(const ForwardArgs<double>& a, int64_t begin, int64_t end) {
-  if (a.drop.on()) {
-    forward_range_impl<double, true>(a, begin, end);
-  } else {
-    forward_range_impl<double, false>(a, begin, end);
-  }
-}
-FREMURE_CPU_CLONES void backward_range(const BackwardArgs<float>& a, int64_t begin, int64_t end) {
-  if (a.drop.on()) {
-    backward_range_impl<float, true>(a, begin, end);
-  } else {
-    backward_range_impl<float, false>(a, begin, end);
-  }
-}
-FREMURE_CPU_CLONES void backward_range(const BackwardArgs<double>& a, int64_t begin, int64_t end) {
-  if (a.drop.on()) {
-    backward_range_impl<double, true>(a, begin, end);
-  } else {
-    backward_range_impl<double, false>(a, begin, end);
-  }
-}
+FREMURE_SEGMENT_RANGE(forward_range, ForwardArgs, float)
+FREMURE_SEGMENT_RANGE(forward_range, ForwardArgs, double)
+FREMURE_SEGMENT_RANGE(backward_range, BackwardArgs, float)
+FREMURE_SEGMENT_RANGE(backward_range, BackwardArgs, double)
+#undef FREMURE_SEGMENT_RANGE
 
 // ---- checks and host functions
 
