@@ -5,7 +5,7 @@ process with ``--threads-total / N`` threads, and reports the training seconds o
 history.json: steps only, without validation and memory rebuild), videos/s and the speed-up over
 N = 1; writes benchmarks/results/ddp_cpu.csv.
 
-    PYTHONPATH=.:python python3 benchmarks/bench_ddp.py --data-path AG_OR_SAMPLE --train-cache C1 \\
+    PYTHONPATH=python python3 benchmarks/bench_ddp.py --data-path AG_OR_SAMPLE --train-cache C1 \\
         --test-cache C2 [--nprocs 1 2] [--videos 12] [--videos-per-step 2] [--epochs 1] [--threads-total 2]
 
 Caches come from ``fremure extract`` (e.g. of the bundled sample, ``fremure.data.synthetic.sample_path()``).
@@ -30,7 +30,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def run(nproc: int, args: argparse.Namespace, work: str) -> dict:
     save = os.path.join(work, f"n{nproc}")
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, args.threads_total // nproc)),
-               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "python")]))
+               PYTHONPATH=os.pathsep.join(sys.path))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "fremure", "train", "--data-path", args.data_path, "--train-cache", args.train_cache,
                "--test-cache", args.test_cache, "--save-path", save, "--nepoch", str(args.epochs),

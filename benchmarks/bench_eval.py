@@ -11,7 +11,7 @@ The script asserts that every provider gives exactly the same numbers, then repo
 ``--reps`` runs as frames/s and speed-up over ``loop``, in CPU time of this process (robust on a
 shared machine) and in wall time. Rows go to benchmarks/results/eval_<mode>_<objects>obj_cpu.csv.
 
-    PYTHONPATH=.:python python3 benchmarks/bench_eval.py [--videos 100] [--mode predcls] [--objects 6] [--quick]
+    PYTHONPATH=python python3 benchmarks/bench_eval.py [--videos 100] [--mode predcls] [--objects 6] [--quick]
 """
 
 from __future__ import annotations

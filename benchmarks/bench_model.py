@@ -20,7 +20,7 @@ resident memory of each provider's process (and, with ``--device cuda``, its pea
 memory; times are then taken between device synchronisations); writes
 benchmarks/results/model_step_<cpu|cuda>_<optimizer>_optimizer.csv.
 
-    PYTHONPATH=.:python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
+    PYTHONPATH=python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
 """
 
 from __future__ import annotations
@@ -254,8 +254,7 @@ def run_worker(provider: str, args) -> dict:
         cmd.append("--memory")
     if args.published:
         cmd += ["--published", args.published]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "python"),
-                                                        os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{provider} worker failed:\n{done.stderr[-4000:]}")

@@ -1,7 +1,7 @@
 """Every op, forward and forward+backward, at AG-realistic sizes: providers reference (eager) vs
 ops (and each op's named baseline). Writes benchmarks/results/ops_cpu.csv and prints a Markdown table.
 
-    cd benchmarks && PYTHONPATH=..:../python python3 bench_ops_cpu.py [--quick] [--ops a,b]
+    cd benchmarks && PYTHONPATH=../python python3 bench_ops_cpu.py [--quick] [--ops a,b]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Model: FReMuRe PredCls, 1 decoder layer, no unused modules, no memory (the per-s
 same for both sources; only where the entry comes from differs). The detector has random weights
 and runs at the sample's native 96-px frame height. Writes benchmarks/results/train_cpu.csv (train_cuda.csv with --device cuda).
 
-    PYTHONPATH=.:python python3 benchmarks/bench_train.py [--videos 4] [--epochs 1]
+    PYTHONPATH=python python3 benchmarks/bench_train.py [--videos 4] [--epochs 1]
 """
 
 from __future__ import annotations

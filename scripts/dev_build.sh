@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Incremental in-place build for development: puts fremure_ext/_C*.so into the source tree so
-# `PYTHONPATH=.:python pytest` runs without reinstalling. FREMURE_CUDA=OFF (default here) skips
+# Incremental in-place build for development: puts python/fremure_ext/_C*.so into the source tree so
+# `PYTHONPATH=python pytest` runs without reinstalling. FREMURE_CUDA=OFF (default here) skips
 # the CUDA sources for speed; set FREMURE_CUDA=AUTO to compile them too.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -34,7 +34,7 @@ def test_help_of_every_subcommand(command, capsys):
 
 
 def test_python_dash_m_entry_point():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "python")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run([sys.executable, "-m", "fremure", "--help"], capture_output=True, text=True, env=env,
                             timeout=120)
     assert result.returncode == 0

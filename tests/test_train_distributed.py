@@ -80,7 +80,7 @@ def test_videos_per_step_must_be_a_multiple_of_the_processes(tmp_path, monkeypat
 
 # ------------------------------------------------------------------ 2 processes against 1
 def _torchrun(out: str, config_file: str, nonfinite: str = "") -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "python"), os.path.join(REPO, "tests")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), *sys.path]),
                OMP_NUM_THREADS="1", FREMURE_TEST_NONFINITE=nonfinite)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                os.path.join(REPO, "tests", "distributed_worker.py"), out, "train", "--config", config_file]
