@@ -15,7 +15,9 @@ if not torch.cuda.is_available():
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(os.environ.get("FREMURE_FIXTURES", REPO.parent / "shared" / "fixtures" / "reference"))
+# Golden fixtures ship with the repo (tests/fixtures/reference, see its README); FREMURE_FIXTURES
+# points the tests at another copy, e.g. freshly regenerated ones.
+FIXTURES = pathlib.Path(os.environ.get("FREMURE_FIXTURES", REPO / "tests" / "fixtures" / "reference"))
 
 # Tolerances the reference's own float32 arithmetic supports (fixtures README); never loosen.
 FWD_TOL = dict(atol=1e-5, rtol=1e-4)
@@ -26,9 +28,14 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (no
 
 
 def load_fixture(name: str) -> dict:
+    """One golden fixture as a dict (``config``, ``state_dict``, ``inputs``, ``outputs``, ``grads``).
+
+    A missing file fails the test: the fixtures are part of the repo, so a skip here would hide a
+    broken checkout or a wrong FREMURE_FIXTURES behind a green run."""
     path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"golden fixture {path} not found (shared/ must sit beside the repo)")
+    if not path.is_file():
+        pytest.fail(f"golden fixture {path} not found (expected in tests/fixtures/reference, "
+                    f"or under $FREMURE_FIXTURES when set)", pytrace=False)
     return torch.load(path, weights_only=True)
 
 
