@@ -17,7 +17,7 @@
 // The row loops are written to auto-vectorise (no calls, no branches in the inner loops; float
 // exp is a polynomial), and are compiled three times, for AVX-512, AVX2+FMA and the baseline
 // ISA, picked at run time (the build itself targets the baseline only); the environment variable
-// FREMURE_CPU_ISA=base|avx2 caps the choice.
+// FREMURE_CPU_ISA=baseline|avx2|avx512 caps the choice (cpu/cpu_isa.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -36,6 +36,7 @@
 
 #include "common/checks.h"
 #include "common/gated_fusion.h"
+#include "cpu/cpu_isa.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define GF_X86_DISPATCH 1
@@ -361,30 +362,8 @@ GF_DEFINE_KERNELS(avx2, GF_TARGET_AVX2)
 GF_DEFINE_KERNELS(avx512, GF_TARGET_AVX512)
 #endif
 
-// 0: baseline ISA, 1: AVX2 + FMA, 2: AVX-512 (F, VL, BW, DQ).
-int best_isa_level() {
-#if GF_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-    return 2;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-#endif
-  return 0;
-}
-
-// The best level the CPU supports, lowered by FREMURE_CPU_ISA=base|avx2 (read on every call,
-// so tests can exercise every variant in one process).
-int isa_level() {
-  static const int best = best_isa_level();
-  const char* env = std::getenv("FREMURE_CPU_ISA");
-  if (env == nullptr) return best;
-  const std::string wanted(env);
-  if (wanted == "base") return 0;
-  if (wanted == "avx2") return std::min(best, 1);
-  return best;
-}
+// 0: baseline ISA, 1: AVX2 + FMA, 2: AVX-512, as chosen by cpu/cpu_isa.h (FREMURE_CPU_ISA cap).
+int isa_level() { return static_cast<int>(cpu_isa()); }
 
 template <typename T>
 RowKernels<T> row_kernels() {

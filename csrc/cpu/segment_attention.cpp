@@ -28,13 +28,14 @@
 
 #include "common/checks.h"
 #include "common/segment_attention.h"
+#include "cpu/cpu_isa.h"
 
-// The extension is compiled for baseline x86-64 (SSE2). The hot loops are cloned for AVX2+FMA and
-// AVX-512 with a run-time pick (GCC ifunc), which is where the dot products get their speed.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 11
-#define FREMURE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FREMURE_CPU_CLONES
+// The extension is compiled for baseline x86-64 (SSE2). The hot loops are compiled again for
+// AVX2+FMA and AVX-512, and the copy is picked at run time by cpu/cpu_isa.h (FREMURE_CPU_ISA cap),
+// which is where the dot products get their speed.
+#if FREMURE_X86_MULTIVERSION
+#define FREMURE_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FREMURE_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #endif
 #if defined(__GNUC__)
 #define FREMURE_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -406,22 +407,42 @@ FREMURE_ALWAYS_INLINE void backward_range_impl(const BackwardArgs<T>& a, int64_t
   }
 }
 
-// The dropout or the plain instantiation, picked once per range. Written out per type because
-// target_clones cannot apply to templates; the branch stays in the cloned function itself (a
-// lambda would be a separate, uncloned function) so the inlined body gets the clone's ISA.
-#define FREMURE_SEGMENT_RANGE(name, Args, T)                                   \
-  FREMURE_CPU_CLONES void name(const Args<T>& a, int64_t begin, int64_t end) { \
-    if (a.drop.on()) {                                                         \
-      name##_impl<T, true>(a, begin, end);                                     \
-    } else {                                                                   \
-      name##_impl<T, false>(a, begin, end);                                    \
-    }                                                                          \
+// The dropout or the plain instantiation, picked once per range, compiled once per ISA: the
+// branch stays in each per-ISA function (a lambda would be a separate function without the
+// target attribute) so the always-inlined body gets that function's ISA.
+#define FREMURE_SEGMENT_RANGE_ISA(name, suffix, attr, Args, T)                           \
+  attr void name##_##suffix(const Args<T>& a, int64_t begin, int64_t end) {              \
+    if (a.drop.on()) {                                                                   \
+      name##_impl<T, true>(a, begin, end);                                               \
+    } else {                                                                             \
+      name##_impl<T, false>(a, begin, end);                                              \
+    }                                                                                    \
   }
+#if FREMURE_X86_MULTIVERSION
+#define FREMURE_SEGMENT_RANGE(name, Args, T)                                             \
+  FREMURE_SEGMENT_RANGE_ISA(name, baseline, , Args, T)                                   \
+  FREMURE_SEGMENT_RANGE_ISA(name, avx2, FREMURE_TARGET_AVX2, Args, T)                    \
+  FREMURE_SEGMENT_RANGE_ISA(name, avx512, FREMURE_TARGET_AVX512, Args, T)                \
+  void name(CpuIsa isa, const Args<T>& a, int64_t begin, int64_t end) {                  \
+    if (isa == CpuIsa::kAvx512) {                                                        \
+      name##_avx512(a, begin, end);                                                      \
+    } else if (isa == CpuIsa::kAvx2) {                                                   \
+      name##_avx2(a, begin, end);                                                        \
+    } else {                                                                             \
+      name##_baseline(a, begin, end);                                                    \
+    }                                                                                    \
+  }
+#else
+#define FREMURE_SEGMENT_RANGE(name, Args, T)                                             \
+  FREMURE_SEGMENT_RANGE_ISA(name, baseline, , Args, T)                                   \
+  void name(CpuIsa, const Args<T>& a, int64_t begin, int64_t end) { name##_baseline(a, begin, end); }
+#endif
 FREMURE_SEGMENT_RANGE(forward_range, ForwardArgs, float)
 FREMURE_SEGMENT_RANGE(forward_range, ForwardArgs, double)
 FREMURE_SEGMENT_RANGE(backward_range, BackwardArgs, float)
 FREMURE_SEGMENT_RANGE(backward_range, BackwardArgs, double)
 #undef FREMURE_SEGMENT_RANGE
+#undef FREMURE_SEGMENT_RANGE_ISA
 
 // ---- checks and host functions
 
@@ -534,8 +555,9 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_cpu(const at::Tensor& q, co
                                   p.dh,
                                   static_cast<acc_t>(scale),
                                   check_dropout<acc_t>("segment_attention", dropout_p, seed, p.tokens)};
+    const CpuIsa isa = cpu_isa();
     at::parallel_for(0, p.segments * p.heads, grain_of(p),
-                     [&](int64_t begin, int64_t end) { forward_range(args, begin, end); });
+                     [&](int64_t begin, int64_t end) { forward_range(isa, args, begin, end); });
     out = std::is_same_v<scalar_t, acc_t> ? out_acc : out_acc.to(q.scalar_type());
   });
   return {out, lse};
@@ -588,8 +610,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
                                    static_cast<acc_t>(scale),
                                    check_dropout<acc_t>(op, dropout_p, seed, p.tokens)};
     // Backward does about 2.5x the multiply-adds of one score pass per pair.
+    const CpuIsa isa = cpu_isa();
     at::parallel_for(0, p.segments * p.heads, std::max<int64_t>(1, grain_of(p) / 2),
-                     [&](int64_t begin, int64_t end) { backward_range(args, begin, end); });
+                     [&](int64_t begin, int64_t end) { backward_range(isa, args, begin, end); });
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       dq = dq_acc;
       dk = dk_acc;

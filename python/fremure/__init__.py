@@ -1,3 +1,3 @@
 """fremure: FReMuRe video scene-graph generation on Action Genome, on the torch.ops.fremure kernels."""
 
-__version__ = "0.1.0"
+from ._version import __version__

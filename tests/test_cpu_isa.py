@@ -1,0 +1,60 @@
+"""FREMURE_CPU_ISA=baseline|avx2|avx512 caps the CPU kernel variant every op runs, so the portable
+default build is proven on the baseline and AVX2 code paths even on an AVX-512 machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fremure_ext
+from fremure_ext import _loader
+
+ORDER = ["baseline", "avx2", "avx512"]
+OP_TESTS = ["tests/test_gated_fusion.py", "tests/test_bayes_mc.py", "tests/test_gmm_mixture.py",
+            "tests/test_segment_attention.py"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _expected(cap: str) -> str:
+    supported = _loader._C.supported_cpu_isa()
+    return ORDER[min(ORDER.index(cap), ORDER.index(supported))]
+
+
+def test_build_is_portable_with_every_variant():
+    info = fremure_ext.build_info()
+    assert info["cpu_isas"] == (ORDER if info["cpu_isas"] != ["baseline"] else ["baseline"])
+
+
+@pytest.mark.parametrize("cap", ORDER)
+def test_cap_selects_variant(monkeypatch, cap):
+    monkeypatch.setenv("FREMURE_CPU_ISA", cap)
+    assert _loader._C.selected_cpu_isa() == _expected(cap)
+
+
+def test_unset_selects_the_best_supported(monkeypatch):
+    monkeypatch.delenv("FREMURE_CPU_ISA", raising=False)
+    assert _loader._C.selected_cpu_isa() == _loader._C.supported_cpu_isa()
+
+
+@pytest.mark.parametrize("bad", ["base", "default", "AVX2", "sse"])
+def test_unknown_cap_is_an_error(monkeypatch, bad):
+    monkeypatch.setenv("FREMURE_CPU_ISA", bad)
+    with pytest.raises(RuntimeError, match="FREMURE_CPU_ISA must be one of baseline, avx2, avx512"):
+        _loader._C.selected_cpu_isa()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cap", ["baseline", "avx2"])
+def test_op_tests_pass_under_cap(cap):
+    """The op test files in a subprocess with the cap set for the whole run: what a CPU without
+    AVX-512 (avx2) or without AVX2 (baseline) executes."""
+    env = dict(os.environ, FREMURE_CPU_ISA=cap)
+    check = subprocess.run([sys.executable, "-c", "import fremure_ext; print(fremure_ext._loader._C.selected_cpu_isa())"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.strip() == _expected(cap)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *OP_TESTS],
+                         env=env, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
