@@ -97,3 +97,25 @@ def manifest_frame_keys(data_path: str | pathlib.Path) -> list[str]:
     """Frame keys listed by the sample's synthetic_manifest.json."""
     manifest = json.loads((pathlib.Path(data_path) / "synthetic_manifest.json").read_text())
     return [key for video in manifest["videos"] for key in video["frame_keys"]]
+
+
+def subset_root(data_path: str | pathlib.Path, root: str | pathlib.Path, train: int, test: int) -> list[str]:
+    """A new AG root holding the annotations (class lists and the three pickles) of the first
+    ``train`` / ``test`` normal videos of the sample's manifest, and no frames; returns the videos."""
+    import pickle
+    import shutil
+    from fremure.data.safe_pickle import safe_load
+    data_path, root = pathlib.Path(data_path), pathlib.Path(root)
+    manifest = json.loads((data_path / "synthetic_manifest.json").read_text())
+    normal = [v for v in manifest["videos"] if v["kind"] == "normal"]
+    chosen = [v["name"] for v in normal if v["split"] == "train"][:train] + \
+        [v["name"] for v in normal if v["split"] == "test"][:test]
+    (root / "annotations").mkdir(parents=True)
+    for path in (data_path / "annotations").iterdir():
+        if path.suffix == ".pkl":
+            data = safe_load(path)
+            with open(root / "annotations" / path.name, "wb") as handle:
+                pickle.dump({k: v for k, v in data.items() if k.split("/")[0] in chosen}, handle, protocol=4)
+        else:
+            shutil.copy(path, root / "annotations" / path.name)
+    return chosen

@@ -147,12 +147,22 @@ def _device(name: str) -> str:
     return device
 
 
-def _detector_options(p: argparse.ArgumentParser) -> None:
+# DetectorConfig's target_size and rpn_post_nms_top_n (tests/test_cli.py checks they agree; reading
+# them here would import torchvision whenever the parser is built)
+DETECTOR_DEFAULTS = {"target_size": 600, "proposals": 100}
+
+
+def _detector_options(p: argparse.ArgumentParser, target_size: int | None = None, proposals: int | None = None) -> None:
+    """Detector flags; None leaves DetectorConfig's value (shown), the demo passes its own."""
     p.add_argument("--detector-checkpoint", default=None,
                    help="published AG Faster R-CNN weights (faster_rcnn_ag.pth); without it a randomly initialised "
                         "detector is used and the output says so")
-    p.add_argument("--target-size", type=_positive_int, default=None, help="short side of the resized frames (default 600)")
-    p.add_argument("--proposals", type=_positive_int, default=None, help="RPN proposals per frame in sgdet (default 100)")
+    shown_size = target_size or DETECTOR_DEFAULTS["target_size"]
+    shown_proposals = proposals or DETECTOR_DEFAULTS["proposals"]
+    p.add_argument("--target-size", type=_positive_int, default=target_size,
+                   help=f"short side of the resized frames (default {shown_size})")
+    p.add_argument("--proposals", type=_positive_int, default=proposals,
+                   help=f"RPN proposals per frame in sgdet (default {shown_proposals})")
 
 
 def _device_option(p: argparse.ArgumentParser, text: str = "") -> None:
@@ -455,8 +465,8 @@ def _demo_caches(args, config, data_path: str, started: float) -> None:
                 raise UsageError(f"{flag} {cache} lacks {len(missing)} videos (e.g. {missing[0]})")
         print(f"features: reusing {config.train_cache} and {config.test_cache}")
         return
-    detector, description = make_detector(args.detector_checkpoint, args.target_size or 96, config.seed,
-                                          config.device, args.proposals or 10)
+    detector, description = make_detector(args.detector_checkpoint, args.target_size, config.seed,
+                                          config.device, args.proposals)
     print(f"detector: {description}")
     for split, cache in (("train", config.train_cache), ("test", config.test_cache)):
         extract_split(data_path, split, config.mode, detector, cache, progress=config.progress)
@@ -480,6 +490,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
+    if bool(args.train_cache) != bool(args.test_cache):
+        raise UsageError("give both --train-cache and --test-cache, or neither")
     if args.detector_checkpoint:
         _need_file(args.detector_checkpoint, "--detector-checkpoint")
     config = dataclasses.replace(config, device=_device(config.device))
@@ -540,7 +552,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _need_dir(args.data_path, "--data-path")
     device = _device(args.device)
     rows = train_throughput(args.data_path, args.work_dir, videos=args.videos, steps=args.epochs,
-                            detector_checkpoint=args.detector_checkpoint, target_size=args.target_size or 96,
+                            detector_checkpoint=args.detector_checkpoint, target_size=args.target_size,
                             device=device)
     for row in rows:
         print(f"{row['source']:>9}: {row['videos_per_s']:.3f} videos/s ({row['seconds']:.1f} s for {row['videos']} videos)")
@@ -569,12 +581,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def _common() -> argparse.ArgumentParser:
-    """-v/-q, accepted before and after the subcommand (SUPPRESS: a subparser does not reset them)."""
+def _common(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """-v/-q, accepted before and after the subcommand (the subcommands' copies default to
+    SUPPRESS, so that they do not reset a flag given before the subcommand)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+    common.add_argument("-v", "--verbose", action="store_true", default=default,
                         help="debug logging and tracebacks of errors")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+    common.add_argument("-q", "--quiet", action="store_true", default=default,
                         help="warnings and errors only")
     return common
 
@@ -617,10 +630,9 @@ def _add_eval_commands(sub, common) -> None:
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="fremure", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n")[-1], parents=[common],
+                                     epilog=__doc__.split("\n\n")[-1], parents=[_common(False)],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fremure {_version()}")
-    parser.set_defaults(verbose=False, quiet=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("frames", parents=[common], help="dump the annotated AG frames from the Charades videos (PyAV)",
@@ -686,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate a synthetic AG with N videos instead of using the bundled sample")
     p.add_argument("--config", default=None, help="YAML file of training options (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")
-    _detector_options(p)
+    _detector_options(p, target_size=96, proposals=10)     # the sample's own frame height: no resizing
     _add_config_options(p, ("model", "train"), shown=DEMO_SHOWN, exclude=("data_path",))
     p.set_defaults(func=cmd_demo)
 
@@ -704,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=_positive_int, default=4)
     p.add_argument("--epochs", type=_positive_int, default=1)
     _device_option(p, ": where the detector and the model run")
-    _detector_options(p)
+    _detector_options(p, target_size=96)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", parents=[common], help="versions, build and devices (python -m fremure_ext.info)")
