@@ -74,7 +74,7 @@ class TrainConfig:
     amp: str = option("none", "mixed precision")
     compile: bool = option(False, "torch.compile the model")
     deterministic: bool = option(False, "deterministic algorithms (torch.use_deterministic_algorithms)")
-    checkpoints: str = option("all", "which checkpoints to write (none: nothing, e.g. the demo)")
+    checkpoints: str = option("all", "which checkpoints to write (none: no checkpoint, e.g. the demo)")
     save_every: int = option(0, "also write 'last' every N videos (0 = once per epoch)")
     log_iter: int = option(100, "log the mean loss every N steps", positive=True)
     device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...; under torchrun "

@@ -433,9 +433,8 @@ class Trainer:
     # ------------------------------------------------------------------ history file
     @property
     def history_path(self) -> str | None:
-        """``<save_path>/history.jsonl`` (one JSON line per finished epoch), None when nothing is
-        written (``checkpoints: none``) or on ranks other than 0."""
-        if self.rank != 0 or self.config.checkpoints == "none":
+        """``<save_path>/history.jsonl`` (one JSON line per finished epoch) on rank 0, else None."""
+        if self.rank != 0:
             return None
         return os.path.join(self.config.save_path, HISTORY_FILE)
 
