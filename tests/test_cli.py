@@ -243,3 +243,30 @@ def test_detector_defaults_shown_are_the_detector_config_ones():
     from fremure.data.detector import DetectorConfig
     assert DETECTOR_DEFAULTS == {"target_size": DetectorConfig().target_size,
                                  "proposals": DetectorConfig().rpn_post_nms_top_n}
+
+
+@pytest.mark.parametrize("flags, shown", [([], {"INFO", "WARNING"}), (["-q"], {"WARNING"}),
+                                          (["-v"], {"DEBUG", "INFO", "WARNING"})])
+def test_console_logging_levels(flags, shown, monkeypatch, capsys):
+    """INFO lines of fremure (per-epoch loss and recall, the device) show by default; -q keeps
+    warnings only, -v adds debug lines; other libraries' INFO lines stay hidden."""
+    import logging
+    import fremure.cli as cli
+
+    def emit(args):
+        for level in ("DEBUG", "INFO", "WARNING"):
+            logging.getLogger("fremure.train").log(getattr(logging, level), "line at %s", level)
+        logging.getLogger("some.library").info("library chatter")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_check_data", emit)
+    assert main(["check-data", "--data-path", "x", *flags]) == 0
+    err = capsys.readouterr().err
+    assert {level for level in ("DEBUG", "INFO", "WARNING") if f"line at {level}" in err} == shown
+    assert "library chatter" not in err
+
+
+def test_unknown_arguments_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", "--data-path", "x", "--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -572,11 +572,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"fremure {_version()}: this installation has no fremure_ext.info module (the build report); "
               "reinstall fremure to get it", file=sys.stderr)
         return 1
+    saved_argv = sys.argv
+    sys.argv = ["python -m fremure_ext.info", *args.args]        # the module parses its own arguments
     try:
         runpy.run_module("fremure_ext.info", run_name="__main__", alter_sys=True)
     except SystemExit as exit_info:
         code = exit_info.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved_argv
     return 0
 
 
@@ -720,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", parents=[common], help="versions, build and devices (python -m fremure_ext.info)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to python -m fremure_ext.info")
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -773,7 +778,11 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fremure`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "info":          # info hands its arguments to fremure_ext.info
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "info":
+        args.args = list(args.args) + unknown
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.verbose and args.quiet:
         parser.error("-v/--verbose and -q/--quiet exclude each other")
