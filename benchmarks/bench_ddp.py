@@ -2,7 +2,7 @@
 
 Every run trains the same videos with the same ``--videos-per-step`` (a multiple of every N), each
 process with ``--threads-total / N`` threads, and reports the training seconds of its epochs (from
-history.json: steps only, without validation and memory rebuild), videos/s and the speed-up over
+history.jsonl: steps only, without validation and memory rebuild), videos/s and the speed-up over
 N = 1; writes benchmarks/results/ddp_cpu.csv.
 
     PYTHONPATH=python python3 benchmarks/bench_ddp.py --data-path AG_OR_SAMPLE --train-cache C1 \\
@@ -40,7 +40,7 @@ def run(nproc: int, args: argparse.Namespace, work: str) -> dict:
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    history = json.loads(pathlib.Path(save, "history.json").read_text())
+    history = [json.loads(line) for line in pathlib.Path(save, "history.jsonl").read_text().splitlines()]
     seconds = sum(record["seconds"] for record in history)
     return {"nproc": nproc, "threads_per_process": max(1, args.threads_total // nproc), "videos": args.videos,
             "epochs": args.epochs, "videos_per_step": args.videos_per_step, "train_s": round(seconds, 2),

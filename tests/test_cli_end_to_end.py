@@ -106,10 +106,31 @@ def test_train_writes_checkpoints_and_history(run_dir):
     names = sorted(os.listdir(run_dir / "checkpoints"))
     for tag in ("best_recall", "best_mrecall", "last"):
         assert f"{tag}.json" in names, names
-    history = json.loads((run_dir / "history.json").read_text())
+    history = _history(run_dir)
     assert len(history) == 1 and 0.0 <= history[0]["R@20"] <= 1.0
+    assert math.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
     state = json.loads((run_dir / "checkpoints" / "last.json").read_text())["state"]
     assert state["epoch"] == 1 and state["config"]["dec_layer"] == 1
+    assert history == json.loads(json.dumps(state["history"]))      # the file is the checkpoint's history
+
+
+def _history(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_has_a_reloadable_config_and_a_log(run_dir, capsys):
+    """config.yaml holds the resolved configuration: --config config.yaml --print-config gives it
+    back unchanged; train.log has the command, the device and the epoch's loss and recall."""
+    from fremure.train.config import read_config_file
+    saved = read_config_file(run_dir / "config.yaml")
+    state = json.loads((run_dir / "checkpoints" / "last.json").read_text())["state"]
+    assert saved == state["config"]
+    assert saved["device"] == "cpu" and saved["dec_layer"] == 1 and saved["lr"] == 1e-4
+    assert main(["train", "--config", str(run_dir / "config.yaml"), "--print-config"]) == 0
+    assert capsys.readouterr().out == (run_dir / "config.yaml").read_text().split("\n", 3)[3]
+    log = (run_dir / "train.log").read_text()
+    assert "fremure train --data-path" in log and "device: cpu" in log
+    assert re.search(r"INFO fremure.train: epoch 0: loss \d+\.\d+  R@10/20/50 [\d.]+ / [\d.]+ / [\d.]+  mR@10/20/50", log)
 
 
 @pytest.mark.parametrize("use_memory", [False, True])
@@ -225,9 +246,11 @@ def test_resume_continues_and_matches_a_deterministic_uninterrupted_run(run_dir,
     ends with exactly the weights of an uninterrupted 2-epoch run in --deterministic mode."""
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir, resumed)
-    first = json.loads((run_dir / "history.json").read_text())
+    first = _history(run_dir)
+    with open(resumed / "history.jsonl", "a") as handle:      # a line past the checkpoint (killed run) is dropped
+        handle.write(json.dumps({"epoch": 1, "stale": True}) + "\n")
     assert main(_train_args(resumed, "--nepoch", "2", "--resume")) == 0
-    history = json.loads((resumed / "history.json").read_text())
+    history = _history(resumed)
     assert [r["epoch"] for r in history] == [0, 1] and history[0] == first[0]
     state = json.loads((resumed / "checkpoints" / "last.json").read_text())["state"]
     assert state["step"] == 4                       # 2 steps in the first run, 2 after resuming

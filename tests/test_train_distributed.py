@@ -154,7 +154,8 @@ def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
     assert ranks[0]["saves"].count("last") == 2 and "epoch 1:" in ranks[0]["stdout"]
     events = [f for _, _, files in os.walk(run_dir / "tensorboard") for f in files if "tfevents" in f]
     assert len(events) == 1, events
-    assert len(json.loads((run_dir / "history.json").read_text())) == 2
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
+    assert (run_dir / "config.yaml").is_file() and "epoch 1: loss" in (run_dir / "train.log").read_text()
 
     # rank 0's checkpoint loads into a single-process trainer (same keys, resumable state)
     restored = make_trainer(small_config(str(tmp_path / "restored"), checkpoints="none", **common))

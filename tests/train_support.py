@@ -37,5 +37,5 @@ def small_config(save_path: str, **overrides) -> TrainConfig:
     data, train, test = sample_caches()
     base = TrainConfig(data_path=data, train_cache=train, test_cache=test, save_path=save_path, dec_layer=1,
                        keep_unused=False, nepoch=1, max_train_videos=4, max_test_videos=2, lr=1e-4,
-                       progress=False, tensorboard=False, checkpoints="last")
+                       progress=False, tensorboard=False, checkpoints="last", device="cpu")
     return dataclasses.replace(base, **overrides)

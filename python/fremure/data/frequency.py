@@ -15,7 +15,6 @@ import pathlib
 from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .ag import REL_OFFSETS, REL_SIZES, REL_TYPES, RELATIONSHIP_CLASSES, ActionGenome
@@ -86,9 +85,11 @@ def predicate_frequencies(
     return {k: normalise_counts(v) for k, v in relation_counts(*sources).items()}
 
 
-def frequency_table(counts: dict[str, np.ndarray], predicate_names: Sequence[str] = RELATIONSHIP_CLASSES) -> pd.DataFrame:
-    """One row per predicate (global index order): group, local/global index, count, frequency
-    within its group (the prior), share of all labels, and rank by count (1 = most frequent)."""
+def frequency_rows(counts: dict[str, np.ndarray],
+                   predicate_names: Sequence[str] = RELATIONSHIP_CLASSES) -> list[dict[str, Any]]:
+    """One dict per predicate (global index order): predicate, group, local/global index, count,
+    frequency within its group (the prior), share of all labels, and rank by count (1 = most
+    frequent; ties by index)."""
     if len(predicate_names) != sum(REL_SIZES.values()):
         raise ValueError(f"predicate_names must have {sum(REL_SIZES.values())} entries, got {len(predicate_names)}")
     rows = []
@@ -101,11 +102,33 @@ def frequency_table(counts: dict[str, np.ndarray], predicate_names: Sequence[str
             index = REL_OFFSETS[rel_type] + local
             rows.append(dict(predicate=predicate_names[index], group=rel_type, local_index=local,
                              global_index=index, count=int(count), frequency=float(prior[local])))
-    table = pd.DataFrame(rows)
-    total = table["count"].sum()
-    table["share"] = table["count"] / total if total else 0.0
-    table["rank"] = table["count"].rank(method="first", ascending=False).astype(int)
-    return table
+    total = sum(row["count"] for row in rows)
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["count"], i))
+    for rank, i in enumerate(order, start=1):
+        rows[i]["share"] = rows[i]["count"] / total if total else 0.0
+        rows[i]["rank"] = rank
+    return rows
+
+
+def frequency_table(counts: dict[str, np.ndarray], predicate_names: Sequence[str] = RELATIONSHIP_CLASSES):
+    """:func:`frequency_rows` as a pandas DataFrame (pandas is optional: ``pip install 'fremure[tables]'``)."""
+    try:
+        import pandas as pd
+    except ImportError as err:
+        raise ImportError("frequency_table needs pandas: pip install 'fremure[tables]' (or use frequency_rows)") from err
+    return pd.DataFrame(frequency_rows(counts, predicate_names))
+
+
+def write_frequency_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> pathlib.Path:
+    """Writes :func:`frequency_rows` as CSV (header = the row keys)."""
+    import csv
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 _GROUP_COLOURS = {"attention": "#2a9d8f", "spatial": "#457b9d", "contacting": "#e76f51"}
@@ -125,19 +148,20 @@ def plot_long_tail(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    table = frequency_table(counts, predicate_names).sort_values("count", ascending=False, kind="stable")
+    table = sorted(frequency_rows(counts, predicate_names), key=lambda row: row["rank"])
+    count = np.array([row["count"] for row in table])
     figure = Figure(figsize=(12, 5.5), dpi=100)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot(1, 1, 1)
     positions = np.arange(len(table))
-    ax.bar(positions, table["count"], color=[_GROUP_COLOURS[g] for g in table["group"]])
-    ax.set_xticks(positions, table["predicate"], rotation=60, ha="right", fontsize=9)
+    ax.bar(positions, count, color=[_GROUP_COLOURS[row["group"]] for row in table])
+    ax.set_xticks(positions, [row["predicate"] for row in table], rotation=60, ha="right", fontsize=9)
     ax.set_ylabel("label count" + (" (log scale)" if log_scale else ""))
-    if log_scale and table["count"].max() > 0:
+    if log_scale and count.max() > 0:
         ax.set_yscale("symlog", linthresh=1)
     ax.set_title(title)
     cumulative = ax.twinx()
-    cumulative.plot(positions, table["share"].cumsum() * 100, color="black", marker="o", markersize=3, linewidth=1)
+    cumulative.plot(positions, np.cumsum([row["share"] for row in table]) * 100, color="black", marker="o", markersize=3, linewidth=1)
     cumulative.set_ylim(0, 105)
     cumulative.set_ylabel("cumulative share of labels (%)")
     ax.legend(handles=[Patch(color=c, label=g) for g, c in _GROUP_COLOURS.items()], loc="center right")
@@ -179,7 +203,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     counts = relation_counts(*sources)
     out = pathlib.Path(args.out)
     save_frequencies(predicate_frequencies(train, test, include_test=test is not None), out / "predicate_frequencies.safetensors")
-    frequency_table(counts).to_csv(out / "predicate_frequencies.csv", index=False)
+    write_frequency_csv(frequency_rows(counts), out / "predicate_frequencies.csv")
     split = "train" if test is None else "train+test"
     plot_long_tail(counts, out / "long_tail.png", title=f"Predicate frequencies ({split}, {pathlib.Path(args.data_path).name})")
     print(f"wrote predicate_frequencies.safetensors, predicate_frequencies.csv and long_tail.png to {out}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -166,4 +166,61 @@ def plot_per_predicate(results: Mapping[str, Any], path: str | pathlib.Path, k: 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
+    return path
+
+
+def _data_uri(path: str | pathlib.Path) -> str:
+    import base64
+    return "data:image/png;base64," + base64.b64encode(pathlib.Path(path).read_bytes()).decode("ascii")
+
+
+def write_html(results: Mapping[str, Any], path: str | pathlib.Path, chart: str | pathlib.Path | None = None,
+               frames: Sequence[str | pathlib.Path] = (), title: str = "FReMuRe evaluation",
+               details: Mapping[str, Any] | None = None) -> pathlib.Path:
+    """A self-contained HTML page (no external files): R@K / mR@K per constraint as a table, the
+    per-predicate chart ``chart`` and the visualised ``frames`` embedded as base64 PNGs, and
+    ``details`` (e.g. checkpoint, mode, videos) as a key/value list.
+
+    Args:
+        results: a summary or ``{constraint: summary}``.
+        path: output ``.html`` file; parent folders are created.
+    Returns:
+        The path written.
+    """
+    import html
+    table = _by_constraint(results)
+    first = next(iter(table.values()))
+    ks = _ks(first)
+    head = "".join(f"<th>R@{k}</th>" for k in ks) + "".join(f"<th>mR@{k}</th>" for k in ks)
+    rows = []
+    for name, summary in table.items():
+        recall, mean_recall = _lookup(summary["R"]), _lookup(summary["mR"])
+        cells = "".join(f"<td>{100 * recall(k):.2f}</td>" for k in ks) + \
+            "".join(f"<td>{100 * mean_recall(k):.2f}</td>" for k in ks)
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    info = dict(details or {})
+    if first.get("mode"):
+        info.setdefault("mode", first["mode"])
+    if first.get("num_frames") is not None:
+        info.setdefault("frames evaluated", first["num_frames"])
+    items = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in info.items())
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse}"
+             "th,td{border:1px solid #999;padding:4px 10px;text-align:right}thead th{background:#e8eef5}"
+             "tbody th{text-align:left}dt{font-weight:bold;float:left;clear:left;width:11em}dd{margin-left:12em}"
+             "img{max-width:100%;border:1px solid #ccc}.frames img{margin:4px}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<dl>{items}</dl>",
+             "<h2>Recall (%)</h2>",
+             f"<table id=\"recall\"><thead><tr><th>constraint</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"]
+    if chart is not None:
+        parts += ["<h2>Per-predicate recall</h2>", f"<img id=\"chart\" alt=\"per-predicate recall\" src=\"{_data_uri(chart)}\">"]
+    if frames:
+        images = "".join(f"<img alt=\"{html.escape(pathlib.Path(f).name)}\" src=\"{_data_uri(f)}\">" for f in frames)
+        parts += ["<h2>Predictions on test frames</h2>",
+                  "<p>Boxes with their predicted classes; per person-object pair its top relations and scores.</p>",
+                  f"<div class=\"frames\">{images}</div>"]
+    parts.append("</body></html>\n")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
     return path

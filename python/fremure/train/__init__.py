@@ -3,15 +3,31 @@
 ``Trainer(config, model, train_source, test_source, test_gt, frequencies).fit(resume=False)``;
 ``TrainConfig`` holds the published defaults; ``run_training(config)`` builds everything from
 the AG folder and feature caches (see :mod:`fremure.train.pipeline`).
+
+Names are imported on first use, so that ``fremure.train.config`` (which the command line reads
+for its options) does not load the model and its compiled kernels.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TrainConfig, make_config, read_config_file
-from .losses import relation_losses
-from .memory import MemoryAccumulator
-from .trainer import (Trainer, build_model, epoch_order, evaluate_predictions, load_model_tensors,
-                      predict_videos)
+import importlib
 
-__all__ = ["CheckpointError", "MemoryAccumulator", "TrainConfig", "Trainer", "build_model", "epoch_order",
-           "evaluate_predictions", "load_checkpoint", "load_model_tensors", "make_config", "predict_videos",
-           "read_config_file", "relation_losses", "save_checkpoint"]
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "TrainConfig": "config", "make_config": "config", "read_config_file": "config",
+    "relation_losses": "losses", "MemoryAccumulator": "memory",
+    "Trainer": "trainer", "build_model": "trainer", "epoch_order": "trainer", "evaluate_predictions": "trainer",
+    "load_model_tensors": "trainer", "predict_videos": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

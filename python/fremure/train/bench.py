@@ -26,7 +26,8 @@ def train_throughput(data_path: str | None, work_dir: str, videos: int = 4, step
     """
     from ..data.synthetic import sample_path
     data_path = data_path or str(sample_path())
-    config = config or TrainConfig(data_path=data_path, dec_layer=1, keep_unused=False, checkpoints="none",
+    config = config or TrainConfig(data_path=data_path, save_path=os.path.join(work_dir, "run"), dec_layer=1,
+                                   keep_unused=False, checkpoints="none",
                                    tensorboard=False, progress=False, rel_mem_compute="none", lr=1e-4,
                                    device=device)
     detector, _ = make_detector(detector_checkpoint, target_size, device=config.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -24,51 +24,64 @@ CHOICES = {
 }
 
 
+def option(default: Any, help: str, group: str = "train", positive: bool = False) -> Any:
+    """A TrainConfig field whose ``help`` and ``group`` (``"model"``: also taken by eval/visualize;
+    ``"train"``: training only) generate the command-line flag ``--name-with-dashes``, its help and
+    the YAML key (:mod:`fremure.cli`). ``positive``: the flag refuses values <= 0."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, "positive": positive})
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run needs. Paths: ``data_path`` (AG root), ``train_cache`` /
-    ``test_cache`` (feature caches from ``fremure extract``), ``save_path`` (checkpoints, logs)."""
+    ``test_cache`` (feature caches from ``fremure extract``), ``save_path`` (run folder).
+    Each field's metadata holds its help text: flags, help and YAML keys all come from here."""
 
-    data_path: str = ""
-    train_cache: str = ""
-    test_cache: str = ""
-    save_path: str = "runs/fremure"
-    mode: str = "predcls"
-    rel_head: str = "bayesian"
-    obj_head: str = "linear"
-    K: int = 6
-    enc_layer: int = 1
-    dec_layer: int = 3
-    keep_unused: bool = True
-    dropout: float = 0.1
-    decouple: str = "shared"
-    tracking: bool = False                  # published -tracking (sgcls/sgdet object tracks)
-    kernels: str = "auto"
-    freq: bool = True
-    freq_include_test: bool = True          # published priors pool train and test labels (Q-T1)
-    rel_mem_compute: str = "joint"
-    mem_fusion: str = "late"
-    mem_feat_lambda: float = 0.5
-    mem_temperature: float = 0.5
-    spatial_loss: str = "bce"
-    optimizer: str = "adamw"
-    lr: float = 1e-5
-    weight_decay: float = 1e-2
-    clip: float = 5.0
-    nepoch: int = 10
-    videos_per_step: int = 1
-    max_train_videos: int = 0               # 0 = all
-    max_test_videos: int = 0
-    seed: int = 0
-    amp: str = "none"
-    compile: bool = False
-    deterministic: bool = False
-    checkpoints: str = "all"                # all | last | none (none: nothing written, e.g. the demo)
-    save_every: int = 0                     # videos between mid-epoch 'last' checkpoints; 0 = per epoch
-    log_iter: int = 100
-    device: str = "cpu"
-    progress: bool = True
-    tensorboard: bool = True
+    data_path: str = option("", "AG root (annotations/, frames/)")
+    train_cache: str = option("", "feature cache of the train split (fremure extract)")
+    test_cache: str = option("", "feature cache of the test split")
+    save_path: str = option("runs/fremure", "run folder: config.yaml, train.log, history.jsonl, checkpoints/, "
+                                            "tensorboard/")
+    mode: str = option("predcls", "task", "model")
+    rel_head: str = option("bayesian", "relation head", "model")
+    obj_head: str = option("linear", "object head", "model")
+    K: int = option(6, "mixture components of the GMM heads", "model", positive=True)
+    enc_layer: int = option(1, "encoder layers", "model", positive=True)
+    dec_layer: int = option(3, "temporal decoder layers", "model", positive=True)
+    keep_unused: bool = option(True, "keep the published checkpoint's unused modules", "model")
+    dropout: float = option(0.1, "transformer dropout", "model")
+    decouple: str = option("shared", "one transformer for all relation types or one per type", "model")
+    tracking: bool = option(False, "object tracking across frames in sgcls/sgdet, as the published -tracking",
+                            "model")
+    kernels: str = option("auto", "torch.ops.fremure kernels (ops), plain PyTorch (reference) or auto", "model")
+    freq: bool = option(True, "frequency priors on", "model")
+    freq_include_test: bool = option(True, "pool test labels into the priors as published (Q-T1)", "model")
+    rel_mem_compute: str = option("joint", "TEMPURA relation memory", "model")
+    mem_fusion: str = option("late", "memory fusion", "model")
+    mem_feat_lambda: float = option(0.5, "memory mixing weight", "model")
+    mem_temperature: float = option(0.5, "softmax temperature of the memory rebuild")
+    spatial_loss: str = option("bce", "spatial/contacting loss: bce or multi-label margin (mlm)")
+    optimizer: str = option("adamw", "optimiser")
+    lr: float = option(1e-5, "learning rate")
+    weight_decay: float = option(1e-2, "weight decay (adamw, sgd)")
+    clip: float = option(5.0, "gradient-norm clipping")
+    nepoch: int = option(10, "epochs", positive=True)
+    videos_per_step: int = option(1, "videos per optimiser step over all processes, a multiple of torchrun's "
+                                     "process count", positive=True)
+    max_train_videos: int = option(0, "use only the first N train videos (0 = all)")
+    max_test_videos: int = option(0, "validate on the first N test videos (0 = all)")
+    seed: int = option(0, "random seed")
+    amp: str = option("none", "mixed precision")
+    compile: bool = option(False, "torch.compile the model")
+    deterministic: bool = option(False, "deterministic algorithms (torch.use_deterministic_algorithms)")
+    checkpoints: str = option("all", "which checkpoints to write (none: no checkpoint, e.g. the demo)")
+    save_every: int = option(0, "also write 'last' every N videos (0 = once per epoch)")
+    log_iter: int = option(100, "log the mean loss every N steps", positive=True)
+    device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...; under torchrun "
+                                 "cuda means cuda:LOCAL_RANK")
+    progress: bool = option(True, "tqdm progress bars")
+    tensorboard: bool = option(True, "TensorBoard scalars in <save-path>/tensorboard (needs the tensorboard "
+                                     "package: pip install 'fremure[tensorboard]')")
 
     def __post_init__(self) -> None:
         for name, choices in CHOICES.items():
@@ -93,12 +106,65 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise ValueError(f"config {name!r} must lie in [0, {high}], got {value!r}")
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is ``auto`` or a device torch parses (``cpu``, ``cuda``, ``cuda:1``); ValueError otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"config 'device' must be a device name such as auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        return name
+    import torch
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"config 'device' must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    return name
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; other names unchanged
+    (a CUDA name without a CUDA device is a ValueError naming it)."""
+    import torch
+    check_device(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); use --device cpu")
+    return name
+
+
+def describe_device(name: str) -> str:
+    """``'cuda:0 (NVIDIA H100 80GB HBM3)'``, ``'cpu (16 threads)'``: what a run prints at its start."""
+    import torch
+    device = torch.device(name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def field_help(name: str) -> str:
+    """The help text of a TrainConfig field."""
+    return FIELDS[name].metadata["help"]
+
+
+def config_to_yaml(config: TrainConfig, header: Sequence[str] = ()) -> str:
+    """YAML of every field (``key: value  # help``), readable by :func:`read_config_file`;
+    ``header`` lines become leading comments."""
+    lines = [f"# {line}" for line in header]
+    for name, value in config.to_dict().items():
+        text = yaml.safe_dump({name: value}, default_flow_style=False, width=1000).strip()
+        lines.append(f"{text}  # {field_help(name)}")
+    return "\n".join(lines) + "\n"
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

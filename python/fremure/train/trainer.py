@@ -21,6 +21,8 @@ best-mR@20 checkpoints, memory rebuild, then the resumable ``last``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -35,7 +37,7 @@ from ..model import FReMuRe
 from . import distributed as dist_utils
 from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer, optimizer_tensors, rng_state,
                          save_checkpoint, set_rng_state)
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
 from .losses import relation_losses
 from .memory import MemoryAccumulator
 
@@ -43,6 +45,7 @@ logger = logging.getLogger("fremure.train")
 PRED_KEYS = ("boxes", "pred_labels", "pred_scores", "pair_idx", "im_idx", "attention_distribution",
              "spatial_distribution", "contacting_distribution", "labels", "scores")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+HISTORY_FILE = "history.jsonl"
 
 
 def video_seed(seed: int, epoch: int, video: int) -> int:
@@ -154,6 +157,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model: FReMuRe, train_source, test_source, test_gt: Sequence,
                  frequencies: dict[str, torch.Tensor] | None = None) -> None:
+        if config.device == "auto":
+            config = dataclasses.replace(config, device=resolve_device(config.device))
         self.config, self.model = config, model.to(config.device)
         self.train_source, self.test_source, self.test_gt = train_source, test_source, test_gt
         self.frequencies = frequencies
@@ -245,6 +250,7 @@ class Trainer:
         """Runs the remaining epochs; ``on_step`` is called after every optimiser step."""
         if resume:
             self.restore()
+        self._rewrite_history()
         config = self.config
         per_step = config.videos_per_step
         share_size = per_step // self.world
@@ -256,6 +262,7 @@ class Trainer:
             bar = tqdm(total=num, initial=self.position, desc=f"epoch {self.epoch}", unit="video",
                        disable=not (config.progress and self.rank == 0))
             window: list[float] = []
+            epoch_losses: list[float] = []
             started = time.perf_counter()
             for step_index in range(self.position // per_step, steps):
                 first = step_index * share_size
@@ -270,6 +277,8 @@ class Trainer:
                 bar.update(count)
                 if total is not None:
                     window.append(total)
+                    epoch_losses.append(total)
+                    bar.set_postfix(loss=f"{total:.4f}", refresh=False)
                     if self.writer is not None:
                         self.writer.add_scalar("train/loss", total, self.step)
                 self.step_loss = total
@@ -281,7 +290,8 @@ class Trainer:
                 if on_step is not None:
                     on_step(self)
             bar.close()
-            self._finish_epoch(time.perf_counter() - started, num)
+            self._finish_epoch(time.perf_counter() - started, num,
+                               float(np.mean(epoch_losses)) if epoch_losses else None)
         if self.writer is not None:
             self.writer.flush()
         return self.history
@@ -420,15 +430,43 @@ class Trainer:
             tensor.copy_(dist_utils.all_reduce_sum(tensor))
         self.model.rel_memory = accumulator.prototypes()
 
-    def _finish_epoch(self, seconds: float, videos: int) -> None:
+    # ------------------------------------------------------------------ history file
+    @property
+    def history_path(self) -> str | None:
+        """``<save_path>/history.jsonl`` (one JSON line per finished epoch) on rank 0, else None."""
+        if self.rank != 0:
+            return None
+        return os.path.join(self.config.save_path, HISTORY_FILE)
+
+    def _rewrite_history(self) -> None:
+        """history.jsonl as the (restored) history holds it: an epoch that finished after the last
+        checkpoint of a killed run is dropped here and written again when it is redone."""
+        path = self.history_path
+        if path is None:
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "w") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in self.history)
+        os.replace(path + ".tmp", path)
+
+    def _append_history(self, record: dict[str, Any]) -> None:
+        path = self.history_path
+        if path is not None:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _finish_epoch(self, seconds: float, videos: int, loss: float | None = None) -> None:
         summary = self.validate()["with"]
         recall, mrecall = summary["R"][20], summary["mR"][20]
-        record = {"epoch": self.epoch, "R@20": recall, "mR@20": mrecall, "R": summary["R"], "mR": summary["mR"],
-                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds,
+        record = {"epoch": self.epoch, "loss": loss, "R@20": recall, "mR@20": mrecall, "R": summary["R"],
+                  "mR": summary["mR"], "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds,
                   "videos_per_s": videos / seconds if seconds > 0 else float("nan")}
         self.history.append(record)
         if self.rank == 0:
-            logger.info("epoch %d: R@20 %.4f mR@20 %.4f (%.1f s)", self.epoch, recall, mrecall, seconds)
+            logger.info("epoch %d: loss %s  R@10/20/50 %s  mR@10/20/50 %s  lr %.2e  (%.1f s)", self.epoch,
+                        "n/a" if loss is None else f"{loss:.4f}",
+                        " / ".join(f"{100 * summary['R'][k]:.2f}" for k in (10, 20, 50)),
+                        " / ".join(f"{100 * summary['mR'][k]:.2f}" for k in (10, 20, 50)), record["lr"], seconds)
             if self.writer is not None:
                 for k, v in summary["R"].items():
                     self.writer.add_scalar(f"val/R@{k}", v, self.epoch)
@@ -445,6 +483,7 @@ class Trainer:
         self.rebuild_memory()
         self.epoch, self.position = self.epoch + 1, 0
         self.save("last", resumable=True)
+        self._append_history(record)            # after 'last': a resumed run never repeats a line
 
 
 def load_model_tensors(model: FReMuRe, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..eval.classes import ATTENTION_PREDICATES, CONTACTING_PREDICATES, SPATIAL_PREDICATES
+from .classes import ATTENTION_PREDICATES, CONTACTING_PREDICATES, SPATIAL_PREDICATES
 
 DPI = 100
 
@@ -31,12 +31,12 @@ def auto_scale(height: int, min_height: int = 480) -> int:
 
 
 def draw_video(dataset, video: int, pred: dict[str, Any], out_dir: str, top_k: int = 3,
-               max_frames: int = 8, scale: int = 0) -> list[str]:
+               max_frames: int = 8, scale: int = 0, min_height: int = 480) -> list[str]:
     """Draws up to ``max_frames`` frames of ``dataset`` video ``video`` with the predicted boxes
     (``pred['boxes']`` [N, 5] frame + xyxy in original-image pixels, labels ``pred['pred_labels']``)
     and, per pair, its ``top_k`` relations; returns the PNG paths.
 
-    Each PNG is exactly the frame's size times ``scale`` (0: :func:`auto_scale`), with the
+    Each PNG is exactly the frame's size times ``scale`` (0: :func:`auto_scale` to ``min_height``), with the
     relations written over the top-left corner, so outputs of one video line up frame by frame.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,7 +55,7 @@ def draw_video(dataset, video: int, pred: dict[str, Any], out_dir: str, top_k: i
     for f, frame_path in enumerate(frames[:max_frames]):
         image = np.asarray(Image.open(frame_path).convert("RGB"))
         height, width = image.shape[:2]
-        factor = scale or auto_scale(height)
+        factor = scale or auto_scale(height, min_height)
         figure = Figure(figsize=(width * factor / DPI, height * factor / DPI), dpi=DPI)
         FigureCanvasAgg(figure)
         ax = figure.add_axes((0, 0, 1, 1))
