@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
+import fremure_ext
+
 DEFAULT_WORK = "fremure-demo"
 
 
@@ -178,8 +180,9 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
     if args.published_checkpoint:
         from .compat import load_reference_checkpoint
         freqs = frequencies(config, train_ds, test_ds)
+        fremure_ext.dispatch.set_kernels(config.kernels)
         model = load_reference_checkpoint(args.published_checkpoint, mode=config.mode, freq=freqs,
-                                          obj_classes=train_ds.object_classes, kernels=config.kernels,
+                                          obj_classes=train_ds.object_classes,
                                           mem_fusion=config.mem_fusion, selection_lambda=config.mem_feat_lambda,
                                           restore_memory=args.use_memory)
         return model, freqs

@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+import fremure_ext
+
 from ..eval import MultiConstraintEvaluator, SceneGraphEvaluator
 from ..model import FReMuRe
 from . import distributed as dist_utils
@@ -62,7 +64,9 @@ def epoch_order(num_videos: int, seed: int, epoch: int) -> list[int]:
 
 def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
                 frequencies: dict[str, torch.Tensor] | None) -> FReMuRe:
-    """FReMuRe configured from ``config`` (published option names) with the given priors."""
+    """FReMuRe configured from ``config`` (published option names) with the given priors; sets the
+    process-wide kernel choice (``config.kernels``, see :mod:`fremure_ext.dispatch`)."""
+    fremure_ext.dispatch.set_kernels(config.kernels)
     freqs = frequencies or {}
     contact = freqs.get("contacting", freqs.get("contact"))
     import warnings
@@ -75,7 +79,7 @@ def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
                         mem_fusion=config.mem_fusion, selection_lambda=config.mem_feat_lambda,
                         obj_head=config.obj_head, rel_head=config.rel_head, K=config.K,
                         freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"),
-                        freq_contact=contact, kernels=config.kernels, decouple=config.decouple,
+                        freq_contact=contact, decouple=config.decouple,
                         keep_unused=config.keep_unused, dropout=config.dropout,
                         tracking=config.tracking)
     if config.mode == "predcls":
