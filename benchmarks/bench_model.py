@@ -65,7 +65,7 @@ def sample_videos(count: int, seed: int, frames=(20, 60), pairs=(1, 6)) -> list[
 
 def make_entry(pairs_per_frame: list[int], seed: int) -> tuple[dict, dict]:
     """A PredCls entry and its relation labels (one attention class, 1-2 spatial, 1-3 contacting)."""
-    from fremure.model.synthetic import predcls_entry
+    from fremure.data.synthetic_entry import predcls_entry
 
     entry = predcls_entry(pairs_per_frame, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -114,7 +114,7 @@ def _install_published_stand_ins() -> None:
     """Stand-ins for the published code's compiled/online helpers that PredCls never calls."""
     import torchvision
 
-    from fremure.model.pairs import spatial_masks
+    from fremure.data.geometry import pair_box_masks
 
     def module(name: str, **attrs):
         mod = types.ModuleType(name)
@@ -126,7 +126,7 @@ def _install_published_stand_ins() -> None:
         module(name)
     module("fasterRCNN.lib.model.roi_layers", ROIAlign=torchvision.ops.RoIAlign, nms=torchvision.ops.nms)
     module("lib.draw_rectangles.draw_rectangles",
-           draw_union_boxes=lambda pairs, size: spatial_masks(torch.as_tensor(pairs), size).numpy())
+           draw_union_boxes=lambda pairs, size: pair_box_masks(torch.as_tensor(pairs), size).numpy())
     module("lib.fpn.box_intersections_cpu.bbox", bbox_overlaps=None, bbox_intersections=None)
     module("lib.word_vectors", obj_edge_vectors=lambda names, wv_type=None, wv_dir=None, wv_dim=200:
            torch.randn(len(names), wv_dim))

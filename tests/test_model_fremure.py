@@ -12,8 +12,8 @@ import fremure_ext
 from fremure.compat import export_reference_state_dict, infer_config, load_reference_checkpoint
 from fremure.model.published import to_published
 from fremure.model import FReMuRe, ObjectClassifier
-from fremure.model.pairs import spatial_masks
-from fremure.model.synthetic import predcls_entry
+from fremure.data.geometry import pair_box_masks
+from fremure.data.synthetic_entry import predcls_entry
 
 from conftest import FWD_TOL, GRAD_TOL
 
@@ -254,7 +254,7 @@ def test_sgcls_labelling_and_pairs_match_frame_loop(seed):
     assert out["im_idx"].tolist() == [float(out["boxes"][p[1], 0]) for p in pairs]
     p = out["pair_idx"]
     assert out["union_feat"].shape == (len(pairs), 8, 7, 7)
-    expected_masks = spatial_masks(torch.cat([entry["boxes"][p[:, 0], 1:], entry["boxes"][p[:, 1], 1:]], 1)) - 0.5
+    expected_masks = pair_box_masks(torch.cat([entry["boxes"][p[:, 0], 1:], entry["boxes"][p[:, 1], 1:]], 1)) - 0.5
     torch.testing.assert_close(out["spatial_masks"], expected_masks)
 
 

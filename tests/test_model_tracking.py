@@ -12,7 +12,7 @@ from fremure.compat import export_reference_state_dict, infer_config, load_refer
 from fremure.model import FReMuRe, ObjectClassifier
 from fremure.model.pairs import center_size
 from fremure.model.published import to_published
-from fremure.model.synthetic import predcls_entry
+from fremure.data.synthetic_entry import predcls_entry
 from fremure.model.tracking import track_layout
 
 from conftest import FWD_TOL, GRAD_TOL

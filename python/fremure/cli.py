@@ -133,7 +133,7 @@ def _detector_options(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------ subcommands
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .train.pipeline import extract_split, make_detector
+    from .pipeline import extract_split, make_detector
     detector, description = make_detector(args.detector_checkpoint, args.target_size, args.seed, args.device,
                                           args.proposals)
     print(f"detector: {description}")
@@ -174,9 +174,10 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
     """(model, priors) for eval/visualize from --checkpoint (ours: the architecture and priors
     settings come from its saved config, model flags override them) or --published-checkpoint
     (architecture read off the weights; priors and memory settings from the flags)."""
-    from .train import CheckpointError, build_model, load_checkpoint, load_model_tensors
+    from .pipeline import build_model
+    from .train import CheckpointError, load_checkpoint, load_model_tensors
     from .train.config import make_config
-    from .train.pipeline import frequencies
+    from .pipeline import frequencies
     if args.published_checkpoint:
         from .compat import load_reference_checkpoint
         freqs = frequencies(config, train_ds, test_ds)
@@ -205,9 +206,7 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data.cache import VideoEntrySource
     from .eval import format_table, plot_per_predicate, write_json
-    from .train import predict_videos
-    from .train.pipeline import load_split, make_detector
-    from .train.trainer import evaluate_predictions
+    from .pipeline import evaluate_predictions, load_split, make_detector, predict_videos
     if bool(args.checkpoint) == bool(args.published_checkpoint):
         raise SystemExit("fremure eval: give exactly one of --checkpoint and --published-checkpoint")
     config = _config(args)
@@ -245,7 +244,7 @@ def _demo_caches(args, config, data_path: str, started: float) -> None:
     """Feature caches of the demo: the given --train-cache/--test-cache as they are (both needed),
     else extracted once into the work folder (a finished extraction is reused)."""
     from .data.cache import FeatureCache
-    from .train.pipeline import extract_split, make_detector
+    from .pipeline import extract_split, make_detector
     if args.train_cache or args.test_cache:
         if not (args.train_cache and args.test_cache):
             raise ValueError("demo: give both --train-cache and --test-cache, or neither")
@@ -266,8 +265,8 @@ def _demo_caches(args, config, data_path: str, started: float) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_synthetic_ag, sample_path
     from .eval import format_table, write_json
+    from .pipeline import evaluate_predictions, predict_videos
     from .train.pipeline import make_trainer
-    from .train.trainer import evaluate_predictions, predict_videos
     started = time.perf_counter()
     seed = args.seed or 0
     if args.generate:
@@ -326,7 +325,7 @@ def cmd_freq(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     from .train.visualize import draw_video
     from .data.cache import VideoEntrySource
-    from .train.pipeline import load_split
+    from .pipeline import load_split
     config = _config(args)
     train_ds = load_split(args.data_path, "train", config.mode)
     test_ds = load_split(args.data_path, "test", config.mode)

@@ -19,16 +19,16 @@ import torch.nn.functional as F
 
 import fremure_ext
 
+from ..relations import NAMES, relation_type
 from .layers import (REL_CLASSES, DecoderLayer, EncoderLayer, FrequencyAwareDecoder, FrequencyAwareEncoder,
                      LayerStack, packed_attention)
 from .layout import FrameLayout, frame_layout, slot_order
 
-MEMORY_TYPES = ("attention", "spatial", "contacting")          # order of the joint memory bank
+MEMORY_TYPES = NAMES                                             # order of the joint memory bank
 SEPARATE_MEMORY_ORDER = ("attention", "contacting", "spatial")  # published order of the per-type banks
 MODES = ("latter", "both", "mean", "weighted")
 FUSION_TEMPERATURE, FUSION_LO, FUSION_HI = 1.5, 0.02, 0.98
 FREQ_EMBED = 64
-_REL_ALIASES = {"contacting": "contact"}
 _UNPACK_MODE = {"latter": "latter", "both": "mean", "mean": "mean", "weighted": "weighted"}
 
 
@@ -42,8 +42,8 @@ class TransformerOutput(NamedTuple):
 
 
 def canonical_rel_type(rel_type: str | None) -> str | None:
-    """'contacting' -> 'contact' (the published frequency-mapper key); other names unchanged."""
-    return _REL_ALIASES.get(rel_type, rel_type) if rel_type is not None else None
+    """The published frequency-mapper key of ``rel_type`` ('contacting' -> 'contact'); None stays None."""
+    return relation_type(rel_type).key if rel_type is not None else None
 
 
 class GlocalTransformer(nn.Module):

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 import fremure_ext
 
+from ..relations import relation_type
 _SEED_HIGH = 2**62
 
 
 def activation_for(rel_type: str | None) -> str:
-    """Published activation choice: softmax for attention (and the object head), sigmoid otherwise."""
-    return "softmax" if rel_type in (None, "attention") else "sigmoid"
+    """Published activation choice: softmax for attention (and the object head, ``None``), sigmoid otherwise."""
+    return "softmax" if rel_type is None else relation_type(rel_type).activation
 
 
 def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:

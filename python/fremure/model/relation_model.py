@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from ..relations import RELATION_TYPES
 from .embeddings import WORD_DIM, glove_table
 from .glocal import MEMORY_TYPES, GlocalTransformer, TransformerOutput
 from .heads import make_rel_head
@@ -27,9 +28,8 @@ from .pairs import MASK_SIZE
 EMBED_DIM = 1936           # 512 subject + 512 object + 512 union + 200 + 200 class embeddings
 UNION_CHANNELS = 1024
 VISUAL_DIM = 512
-REL_KEYS = {"attention": ("a_rel_compress", "attention", "freq_attention"),
-            "spatial": ("s_rel_compress", "spatial", "freq_spatial"),
-            "contact": ("c_rel_compress", "contacting", "freq_contact")}
+# published key -> (head attribute, entry-key prefix, prior buffer)
+REL_KEYS = {r.key: (r.head, r.name, f"freq_{r.key}") for r in RELATION_TYPES}
 
 
 class FReMuRe(nn.Module):
