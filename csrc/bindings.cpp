@@ -2,6 +2,8 @@
 // was compiled into it.
 #include <torch/extension.h>
 
+#include "cpu/cpu_isa.h"
+
 #ifndef FREMURE_VERSION
 #define FREMURE_VERSION "0.0.0+dev"
 #endif
@@ -36,4 +38,8 @@ PYBIND11_MODULE(_C, module) {
   module.doc() = "Compiled kernels of torch.ops.fremure";
   module.def("build_info", &build_info,
              "dict: version, torch_version, cuda (bool), cuda_archs (str), openmp (bool)");
+  module.def(
+      "selected_cpu_isa", [] { return std::string(fremure::cpu::isa_name(fremure::cpu::max_isa())); },
+      "str: the ISA the multi-version CPU kernels run now ('baseline' | 'avx2' | 'avx512'): the CPU's best, "
+      "capped by FREMURE_CPU_ISA");
 }

@@ -97,7 +97,7 @@ def test_matches_reference_forward_backward(shape, samples, mode, activation, dt
     _compare(mu, logvar, noise, seed, samples, activation)
 
 
-@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("mode", MODES)
 def test_every_vector_isa_matches_reference(monkeypatch, isa, mode):
     monkeypatch.setenv("FREMURE_CPU_ISA", isa)

@@ -77,7 +77,7 @@ def test_backward_without_saved_gate_recomputes_it():
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "native"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "native"])
 def test_every_cpu_kernel_variant(isa, monkeypatch):
     """The row loops are compiled for AVX-512, AVX2 and the baseline ISA; FREMURE_CPU_ISA caps the
     run-time choice, so each variant is checked (on CPUs that have it) against the reference."""

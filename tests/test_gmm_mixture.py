@@ -17,7 +17,7 @@ from conftest import FWD_TOL, GRAD_TOL, load_fixture
 
 GMM_FIXTURES = [f"gmm_plus_{rel}_k{k}.pt" for rel in ("attention", "spatial", "contacting") for k in (1, 4, 6)]
 MODES = ["eval", "noise", "seed"]
-ISAS = ["default", "avx2", "avx512"]
+ISAS = ["baseline", "avx2", "avx512"]
 
 
 class _GmmPlusHead(torch.nn.Module):

@@ -89,7 +89,7 @@ def _kernel_normals(seed: int, count: int) -> torch.Tensor:
     return torch.logit(fremure_ext.bayes_mc(zeros, zeros, seed=seed, samples=1)).reshape(-1)
 
 
-@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("seed", [0, 987654321, 2**40 + 3, -1])
 def test_kernel_generator_matches_reference_and_triton(triton_draws, monkeypatch, isa, seed):
     monkeypatch.setenv("FREMURE_CPU_ISA", isa)

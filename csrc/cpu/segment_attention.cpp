@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/segment_attention.h"
+#include "cpu/segment_attention.h"
 
 // The extension is compiled for baseline x86-64 (SSE2). The hot loops are cloned for AVX2+FMA and
 // AVX-512 with a run-time pick (GCC ifunc), which is where the dot products get their speed.
