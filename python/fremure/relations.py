@@ -1,15 +1,9 @@
 """The three relation types of Action Genome: the one table every per-type table derives from.
 
-Two spellings exist because the published code has both, and each is kept where it is visible:
-
-- ``name`` ("attention", "spatial", "contacting"): AG's annotation spelling, used for every key a
-  user sees: entry keys (``contacting_distribution``, ``contacting_gt``), losses, the relation
-  memory, evaluation groups, frequency tables;
-- ``key`` ("attention", "spatial", "contact"): the published model's spelling, used only where it
-  names parameters or constructor arguments (``freq_mapper.contact``, ``freq_contact``,
-  ``contact_class_num``), so published checkpoints and fixtures load unchanged.
-
-:func:`relation_type` accepts either spelling.
+``name`` ("contacting") is AG's spelling, used for entry keys, losses, memory, evaluation and
+frequency tables; ``key`` ("contact") the published model's, used only where it names parameters
+or constructor arguments (``freq_mapper.contact``, ``freq_contact``), so published checkpoints and
+fixtures load unchanged. :func:`relation_type` accepts either.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """The one switch between the compiled torch.ops.fremure kernels and the pure-PyTorch references.
 
-Every public wrapper in :mod:`fremure_ext.ops` asks :func:`compiled` after its input checks:
-
-- ``"auto"`` (default): the compiled kernel where this build registered one for the input's
-  device (C++ on CPU, CUDA C++ or Triton on CUDA), the reference in :mod:`fremure_ext.reference`
-  otherwise;
-- ``"ops"``: always the compiled kernel (the dispatcher raises where there is none);
-- ``"reference"``: always the reference.
-
-The process default comes from ``FREMURE_KERNELS=auto|ops|reference`` (read once, at import) or
-:func:`set_kernels`; :func:`use_kernels` overrides it inside a ``with`` block (tests, benchmarks).
-
-    with fremure_ext.dispatch.use_kernels("reference"):
-        out = model(entry)        # every fremure op runs its plain-PyTorch reference
+Every public wrapper in :mod:`fremure_ext.ops` asks :func:`compiled` after its input checks.
+``"auto"`` (default): the compiled kernel where this build registered one for the input's device,
+the :mod:`fremure_ext.reference` function otherwise; ``"ops"`` / ``"reference"`` force either.
+Process default: ``FREMURE_KERNELS`` (read at import) or :func:`set_kernels`; inside a block:
+``with fremure_ext.dispatch.use_kernels("reference"): ...``.
 """
 
 from __future__ import annotations
@@ -38,7 +30,6 @@ _stack = [check_mode(os.environ.get("FREMURE_KERNELS", "auto"))]
 
 
 def current() -> str:
-    """The kernel choice in force."""
     return _stack[-1]
 
 

@@ -130,10 +130,6 @@ class DecoderLayer(nn.Module):
         attended, _ = self.multihead2(query=keyed, key=keyed, value=x, key_padding_mask=key_padding_mask)
         return self._ffn(self.norm3(x + self.dropout2(attended)))
 
-    def forward_packed(self, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """x, position: ``[T, D]`` packed window tokens; offsets: int64 CSR of the windows."""
-        return self.finish(x, packed_attention(self.multihead2, x + position, x, offsets, project_out=False))
-
     def attend_gathered(self, rows: torch.Tensor, src: torch.Tensor, table: torch.Tensor, position: torch.Tensor,
                         offsets: torch.Tensor) -> torch.Tensor:
         """Attention core (before the output projection) of window tokens ``rows[src]`` with

@@ -1,11 +1,7 @@
-"""The published computation, on the model's parameters: zero-padded sequence-first batches through
-``nn.MultiheadAttention`` with key-padding masks, one relation type at a time.
-
-The model (:mod:`fremure.model.glocal`, :mod:`fremure.model.tracking`) computes the same function
-on packed tokens. This module exists for checkpoint parity with the published code (the golden
-fixtures) and as the baseline of ``benchmarks/bench_model.py``. Its layout steps are the
-:mod:`fremure_ext.reference` functions (frame packing = ``window_pack(window=1, padded=True)``,
-windows, scatters, frequency blend, gated fusion), so no formula is written here a second time.
+"""The published computation on the model's parameters (zero-padded sequence-first batches through
+``nn.MultiheadAttention``, one relation type at a time), for checkpoint parity with the published
+code and as the baseline of ``benchmarks/bench_model.py``. The model computes the same function on
+packed tokens; the layout steps here are :mod:`fremure_ext.reference` functions.
 
     model = to_published(FReMuRe(...))          # same parameters, published computation
     with fremure_ext.dispatch.use_kernels("reference"):

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-import torch
 
 from ..data.cache import VideoEntrySource
 from ..pipeline import build_model, frequencies, load_split

@@ -30,7 +30,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..eval import SceneGraphEvaluator
 from ..model import FReMuRe
 from ..pipeline import autocast, evaluate_predictions, predict_videos, to_device
 from . import distributed as dist_utils
