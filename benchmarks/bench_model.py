@@ -5,9 +5,11 @@ output, spatial/contacting binary cross-entropy) + backward + clip_grad_norm(5) 
 per step, frequency priors on, as the published train.py does.
 
 Providers (each in its own subprocess, so the peak RSS is its own):
-- ``ops``: fremure with ``kernels="ops"`` (packed tokens, torch.ops.fremure kernels, encoders
-  shared by the three relation types);
-- ``reference``: fremure with ``kernels="reference"`` (the published computation, padded layouts);
+- ``ops``: fremure (packed tokens, torch.ops.fremure kernels, encoders shared by the three
+  relation types);
+- ``reference``: the same parameters through the published computation
+  (:func:`fremure.model.published.to_published`: padded layouts, one relation type at a time)
+  with every fremure op on its plain-PyTorch reference (``use_kernels("reference")``);
 - ``published`` (with ``--published PATH``): the published code itself from a local checkout of
   lcx529955/FReMuRe (``PATH/lib/FReMuRe.py``; never vendored). Its compiled helpers that PredCls
   does not use (RoIAlign/NMS, the Cython box code, GloVe download) are replaced by stand-ins
@@ -42,6 +44,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+import fremure_ext
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FREQ = {"attention": [0.46, 0.40, 0.14], "spatial": [0.17, 0.05, 0.40, 0.13, 0.22, 0.03],
@@ -61,7 +65,7 @@ def sample_videos(count: int, seed: int, frames=(20, 60), pairs=(1, 6)) -> list[
 
 def make_entry(pairs_per_frame: list[int], seed: int) -> tuple[dict, dict]:
     """A PredCls entry and its relation labels (one attention class, 1-2 spatial, 1-3 contacting)."""
-    from fremure.model.synthetic import predcls_entry
+    from fremure.data.synthetic_entry import predcls_entry
 
     entry = predcls_entry(pairs_per_frame, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -82,13 +86,16 @@ def published_loss(out: dict, labels: dict) -> torch.Tensor:
             + F.binary_cross_entropy(out["contacting_distribution"], labels["contacting"]))
 
 
-def build_fremure(kernels: str, rel_head: str, memory: bool):
+def build_fremure(provider: str, rel_head: str, memory: bool):
     from fremure.model import FReMuRe
+    from fremure.model.published import to_published
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
-        model = FReMuRe(rel_head=rel_head, kernels=kernels, freq_attention=torch.tensor(FREQ["attention"]),
+        model = FReMuRe(rel_head=rel_head, freq_attention=torch.tensor(FREQ["attention"]),
                         freq_spatial=torch.tensor(FREQ["spatial"]), freq_contact=torch.tensor(FREQ["contact"]))
+    if provider == "reference":
+        to_published(model)
     if memory:
         model.rel_memory = _memory()
     for name, p in model.named_parameters():
@@ -107,7 +114,7 @@ def _install_published_stand_ins() -> None:
     """Stand-ins for the published code's compiled/online helpers that PredCls never calls."""
     import torchvision
 
-    from fremure.model.pairs import spatial_masks
+    from fremure.data.geometry import pair_box_masks
 
     def module(name: str, **attrs):
         mod = types.ModuleType(name)
@@ -119,7 +126,7 @@ def _install_published_stand_ins() -> None:
         module(name)
     module("fasterRCNN.lib.model.roi_layers", ROIAlign=torchvision.ops.RoIAlign, nms=torchvision.ops.nms)
     module("lib.draw_rectangles.draw_rectangles",
-           draw_union_boxes=lambda pairs, size: spatial_masks(torch.as_tensor(pairs), size).numpy())
+           draw_union_boxes=lambda pairs, size: pair_box_masks(torch.as_tensor(pairs), size).numpy())
     module("lib.fpn.box_intersections_cpu.bbox", bbox_overlaps=None, bbox_intersections=None)
     module("lib.word_vectors", obj_edge_vectors=lambda names, wv_type=None, wv_dir=None, wv_dim=200:
            torch.randn(len(names), wv_dim))
@@ -187,9 +194,11 @@ def make_step(provider: str, args):
         model.rel_memory = to_device(model.rel_memory, args.device)
     model.train()
     optimizer = make_optimizer(model, provider, args.optimizer, args.published)
+    kernels = "reference" if provider == "reference" else "auto"
 
     def step(entry, labels):
-        out = model(dict(entry), "train")
+        with fremure_ext.dispatch.use_kernels(kernels):
+            out = model(dict(entry), "train")
         loss = published_loss(out, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

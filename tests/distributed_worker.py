@@ -40,7 +40,7 @@ def main(out: str, argv: list[str]) -> int:
     losses: list[float | None] = []
     saves: list[str] = []
     captured: dict[str, object] = {}
-    train_step, save_checkpoint, run_training = (trainer_module.Trainer._train_step, trainer_module.save_checkpoint,
+    train_step, save_checkpoint, run_training = (trainer_module.Trainer.train_step, trainer_module.save_checkpoint,
                                                  pipeline.run_training)
 
     def recording_step(self, *args, **kwargs):
@@ -57,7 +57,7 @@ def main(out: str, argv: list[str]) -> int:
         captured["trainer"] = trainer
         return trainer, history
 
-    trainer_module.Trainer._train_step = recording_step
+    trainer_module.Trainer.train_step = recording_step
     if os.environ.get("FREMURE_TEST_NONFINITE"):
         poison(*(int(x) for x in os.environ["FREMURE_TEST_NONFINITE"].split(":")))
     trainer_module.save_checkpoint = recording_save

@@ -22,9 +22,8 @@ from fremure.cli import main
 from fremure.compat import export_reference_state_dict
 from fremure.data.cache import VideoEntrySource
 from fremure.eval import read_json
-from fremure.train import build_model, load_checkpoint, load_model_tensors, make_config
-from fremure.train.pipeline import frequencies, load_split
-from fremure.train.trainer import evaluate_predictions, predict_videos
+from fremure.pipeline import build_model, evaluate_predictions, frequencies, load_split, predict_videos
+from fremure.train import load_checkpoint, load_model_tensors, make_config
 
 EVAL_VIDEOS = 3
 CONSTRAINTS = ("with", "semi", "no")

@@ -10,9 +10,10 @@ import torch
 
 import fremure_ext
 from fremure.compat import export_reference_state_dict, infer_config, load_reference_checkpoint
+from fremure.model.published import to_published
 from fremure.model import FReMuRe, ObjectClassifier
-from fremure.model.pairs import spatial_masks
-from fremure.model.synthetic import predcls_entry
+from fremure.data.geometry import pair_box_masks
+from fremure.data.synthetic_entry import predcls_entry
 
 from conftest import FWD_TOL, GRAD_TOL
 
@@ -24,12 +25,14 @@ DISTRIBUTIONS = ("attention_distribution", "spatial_distribution", "contacting_d
 
 
 def make_model(kernels: str, **kwargs) -> FReMuRe:
+    """The model ("ops") or its published computation ("reference", see fremure.model.published)."""
     args = dict(rel_head="gmm_plus", dec_layer_num=1, keep_unused=False, freq_attention=FREQ["attention"],
-                freq_spatial=FREQ["spatial"], freq_contact=FREQ["contact"], kernels=kernels)
+                freq_spatial=FREQ["spatial"], freq_contact=FREQ["contact"])
     args.update(kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
-        return FReMuRe(**args)
+        model = FReMuRe(**args)
+    return to_published(model) if kernels == "reference" else model
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,8 @@ def test_ops_equal_reference_forward_backward_d1936(reference_model):
     ops_model.rel_memory = reference_model.rel_memory
     entry = predcls_entry([2, 3, 1, 2], seed=3)
     reference_model.zero_grad()
-    ref_out, ref_x, ref_grads = run(reference_model, entry)
+    with fremure_ext.dispatch.use_kernels("reference"):
+        ref_out, ref_x, ref_grads = run(reference_model, entry)
     ops_out, ops_x, ops_grads = run(ops_model, entry)
     for key in DISTRIBUTIONS + ("attention_features", "spatial_mem_features", "contacting_features"):
         torch.testing.assert_close(ops_out[key], ref_out[key], **FWD_TOL, msg=lambda m: f"{key}: {m}")
@@ -103,7 +107,7 @@ def test_checkpoint_round_trip(tmp_path, reference_model):
     config = infer_config(state)
     inferred = (config["rel_head"], config["K"], config["obj_head"], config["dec_layer_num"])
     assert inferred == ("gmm_plus", 6, "linear", 1)
-    loaded = load_reference_checkpoint(path, freq=FREQ, kernels="reference")
+    loaded = to_published(load_reference_checkpoint(path, freq=FREQ))
     entry = predcls_entry([2, 1], seed=7)
     with torch.no_grad():
         a, b = reference_model(dict(entry), "test"), loaded(dict(entry), "test")
@@ -250,7 +254,7 @@ def test_sgcls_labelling_and_pairs_match_frame_loop(seed):
     assert out["im_idx"].tolist() == [float(out["boxes"][p[1], 0]) for p in pairs]
     p = out["pair_idx"]
     assert out["union_feat"].shape == (len(pairs), 8, 7, 7)
-    expected_masks = spatial_masks(torch.cat([entry["boxes"][p[:, 0], 1:], entry["boxes"][p[:, 1], 1:]], 1)) - 0.5
+    expected_masks = pair_box_masks(torch.cat([entry["boxes"][p[:, 0], 1:], entry["boxes"][p[:, 1], 1:]], 1)) - 0.5
     torch.testing.assert_close(out["spatial_masks"], expected_masks)
 
 

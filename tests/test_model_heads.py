@@ -1,4 +1,5 @@
-"""Relation heads: published fixtures (outputs and every gradient) on both kernel paths."""
+"""Relation heads: published fixtures (outputs and every gradient) with the ops' compiled kernels
+and with their references (fremure_ext.dispatch.use_kernels)."""
 
 from __future__ import annotations
 
@@ -19,19 +20,23 @@ def kernels_for(op: str):
     return ["reference", pytest.param("ops", marks=skip)]
 
 
-def build(name: str, config: dict, rel_type: str, kernels: str):
+def build(name: str, config: dict, rel_type: str):
     if name.startswith("gmm_plus"):
         return GMMHeadPlus(config["hid_dim"], config["num_classes"], k=config["k"], activation=config["activation"],
-                           var_floor=config["var_floor"], var_ceiling=config["var_ceiling"], kernels=kernels)
+                           var_floor=config["var_floor"], var_ceiling=config["var_ceiling"])
     if name.startswith("gmm_tempura"):
         return GMMHead(config["hid_dim"], config["num_classes"], rel_type=rel_type, k=config["k"])
-    return BayesianHead(config["hid_dim"], config["num_classes"], rel_type=rel_type, sample_n=config["sample_n"],
-                        kernels=kernels)
+    return BayesianHead(config["hid_dim"], config["num_classes"], rel_type=rel_type, sample_n=config["sample_n"])
 
 
 def check_fixture(name: str, rel: str, kernels: str):
+    with fremure_ext.dispatch.use_kernels(kernels):
+        check_fixture_now(name, rel)
+
+
+def check_fixture_now(name: str, rel: str):
     fx = load_fixture(name)
-    head = load_reference_state_dict(build(name, fx["config"], RELS[rel], kernels), fx["state_dict"])
+    head = load_reference_state_dict(build(name, fx["config"], RELS[rel]), fx["state_dict"])
     inputs, expected = fx["inputs"], fx["outputs"]
     x = inputs["x"].clone().requires_grad_()
     torch.testing.assert_close(head(x, "test"), expected["pred_eval"], **FWD_TOL)

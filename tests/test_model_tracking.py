@@ -11,7 +11,8 @@ import torch
 from fremure.compat import export_reference_state_dict, infer_config, load_reference_checkpoint
 from fremure.model import FReMuRe, ObjectClassifier
 from fremure.model.pairs import center_size
-from fremure.model.synthetic import predcls_entry
+from fremure.model.published import to_published
+from fremure.data.synthetic_entry import predcls_entry
 from fremure.model.tracking import track_layout
 
 from conftest import FWD_TOL, GRAD_TOL
@@ -37,7 +38,8 @@ def classifier(kernels, mode="sgcls", **kwargs):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
-        return ObjectClassifier(mode=mode, obj_head="linear", tracking=True, kernels=kernels, **kwargs).eval()
+        model = ObjectClassifier(mode=mode, obj_head="linear", tracking=True, **kwargs).eval()
+    return to_published(model) if kernels == "reference" else model
 
 
 def track_input(model, entry):
@@ -152,10 +154,10 @@ PUBLISHED_TRACKING_KEYS = (["object_classifier.positional_encoder.pe"]
                                            "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")])
 
 
-def tracking_model(kernels="auto", **kwargs):
+def tracking_model(**kwargs):
     torch.manual_seed(0)
     args = dict(mode="sgcls", tracking=True, take_obj_mem_feat=True, rel_head="linear", dec_layer_num=1,
-                keep_unused=False, kernels=kernels)
+                keep_unused=False)
     args.update(kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
@@ -205,7 +207,7 @@ def test_checkpoint_round_trip(tmp_path, shared_model):
 
 
 def test_relation_model_backward_reaches_the_tracking_encoder():
-    model = tracking_model("auto").train()
+    model = tracking_model().train()
     out = model(sgcls_entry([2, 3, 2], 5), phase="train")
     loss = out["attention_distribution"].sum() + out["distribution"].logsumexp(1).sum()
     loss.backward()

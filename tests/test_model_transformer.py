@@ -1,4 +1,6 @@
-"""GlocalTransformer: published fixtures on both kernel paths, ops == reference, layouts, errors."""
+"""GlocalTransformer: published fixtures on the packed and the published computation, packed ==
+published, layouts, errors. "reference" builds the published computation
+(:class:`fremure.model.published.PublishedTransformer`), "ops" the model's packed one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 import fremure_ext
 from fremure.compat import load_reference_state_dict
 from fremure.model import FreqGate, GlocalTransformer
-from fremure.model.layout import frame_layout, slot_order, window_layout
+from fremure.model.layout import frame_layout, slot_order
+from fremure.model.published import PublishedTransformer
 
 from conftest import FWD_TOL, GRAD_TOL, load_fixture
 
@@ -29,14 +32,19 @@ needs_ops = skip_unless(*OPS)
 needs_base_ops = skip_unless(*BASE_OPS)
 
 
+def transformer(kernels: str, **config) -> GlocalTransformer:
+    """The packed model ("ops") or the published computation ("reference") of ``config``."""
+    return PublishedTransformer(**config) if kernels == "reference" else GlocalTransformer(**config)
+
+
 def build(config: dict, kernels: str, **overrides) -> GlocalTransformer:
     args = dict(embed_dim=config["embed_dim"], nhead=config["nhead"], dim_feedforward=config["dim_feedforward"],
                 enc_layer_num=config["enc_layer_num"], dec_layer_num=config["dec_layer_num"],
                 dropout=config["dropout"], mode=config["mode"], mem_compute=config.get("mem_compute"),
                 mem_fusion=config.get("mem_fusion") or "late", selection=config.get("selection") or "manual",
-                selection_lambda=config.get("selection_lambda", 0.5), kernels=kernels)
+                selection_lambda=config.get("selection_lambda", 0.5))
     args.update(overrides)
-    return GlocalTransformer(**args)
+    return transformer(kernels, **args)
 
 
 def fixture_memory(inputs: dict):
@@ -146,9 +154,9 @@ def perturb_norms(model: torch.nn.Module) -> None:
 
 def compare_paths(config: dict, counts, rel_type=None, freq=None, memory=None):
     torch.manual_seed(0)
-    ref = GlocalTransformer(**config, kernels="reference").eval()
+    ref = transformer("reference", **config).eval()
     perturb_norms(ref)
-    ops = GlocalTransformer(**config, kernels="ops").eval()
+    ops = transformer("ops", **config).eval()
     ops.load_state_dict(ref.state_dict())
     features, im_idx = random_video(counts, config["embed_dim"])
     results = []
@@ -197,8 +205,8 @@ def test_explicit_masks_make_paths_agree_at_init():
     """With untrained LayerNorms some decoder rows sum to exactly 0; with zero_sum_padding=False
     the reference path uses explicit masks like the ops path and the two agree."""
     torch.manual_seed(0)
-    ref = GlocalTransformer(**SMALL, kernels="reference", zero_sum_padding=False).eval()
-    ops = GlocalTransformer(**SMALL, kernels="ops").eval()
+    ref = transformer("reference", **SMALL, zero_sum_padding=False).eval()
+    ops = transformer("ops", **SMALL).eval()
     ops.load_state_dict(ref.state_dict())
     for seed, counts in enumerate(([3, 1, 2, 4, 1], [2, 3, 1, 2], [3, 3])):
         features, im_idx = random_video(counts, SMALL["embed_dim"], seed=seed)
@@ -224,9 +232,9 @@ def test_ops_match_reference_short_and_sparse_videos(counts):
 def test_shared_encoders_equal_per_type_passes():
     """forward_types (encoders once, decoders batched) == three published per-type passes."""
     torch.manual_seed(0)
-    model = GlocalTransformer(**SMALL, mem_compute="joint", kernels="ops").eval()
+    model = transformer("ops", **SMALL, mem_compute="joint").eval()
     perturb_norms(model)
-    reference = GlocalTransformer(**SMALL, mem_compute="joint", kernels="reference").eval()
+    reference = transformer("reference", **SMALL, mem_compute="joint").eval()
     reference.load_state_dict(model.state_dict())
     features, im_idx = random_video([2, 3, 1, 2], SMALL["embed_dim"])
     memory = random_memory(SMALL["embed_dim"])
@@ -247,7 +255,7 @@ def test_freq_gate_fixture():
 
 def test_log_inverse_gate_runs_and_differs_from_stats():
     torch.manual_seed(0)
-    model = GlocalTransformer(**SMALL, gate="log_inverse", kernels="reference").eval()
+    model = transformer("reference", **SMALL, gate="log_inverse").eval()
     features, im_idx = random_video([2, 2, 1], SMALL["embed_dim"])
     out = model(features, im_idx, rel_type="spatial", freq=FREQ["spatial"])
     plain = model(features, im_idx)
@@ -258,10 +266,10 @@ def test_log_inverse_gate_runs_and_differs_from_stats():
 @settings(max_examples=40, deadline=None)
 @given(counts=st.lists(st.integers(0, 4), min_size=1, max_size=9).filter(lambda c: c[-1] > 0),
        window=st.integers(1, 4), stride=st.integers(1, 4))
-def test_window_layout_matches_enumeration(counts, window, stride):
+def test_window_pack_matches_enumeration(counts, window, stride):
+    """The windows the model packs (op and reference) are the published enumeration of starts."""
     im_idx = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     layout = frame_layout(im_idx, im_idx.shape[0])
-    wl = window_layout(layout, window, stride)
     b = len(counts)
     starts = list(range(0, b - window + 1, stride)) if b >= window else []
     if starts and starts[-1] + window < b:
@@ -270,9 +278,14 @@ def test_window_layout_matches_enumeration(counts, window, stride):
     for w, s in enumerate(starts):
         rows = [i for i, f in enumerate(im_idx.tolist()) if s <= f < s + window]
         entries += [(w, r, src, im_idx[src].item() - s) for r, src in enumerate(rows)]
-    got = list(zip(wl.window_id.tolist(), wl.row.tolist(), wl.src.tolist(), wl.position.tolist()))
-    assert got == entries
-    assert wl.num_windows == len(starts) and wl.length == window * max(counts)
+    x = torch.randn(im_idx.shape[0], 3)
+    for pack in (fremure_ext.window_pack, fremure_ext.reference.window_pack):
+        _, src, position, offsets = pack(x, layout.offsets, window, stride)
+        window_id = torch.repeat_interleave(torch.arange(offsets.shape[0] - 1), offsets.diff())
+        row = torch.arange(src.shape[0]) - offsets[window_id]
+        got = list(zip(window_id.tolist(), row.tolist(), src.tolist(), position.tolist()))
+        assert got == entries
+        assert offsets.shape[0] - 1 == len(starts)
 
 
 def test_slot_order_groups_rows_by_slot():
@@ -288,13 +301,13 @@ def test_slot_order_groups_rows_by_slot():
     (torch.tensor([0.0, 1.0]), r"\[N\] with N = 3"),
 ])
 def test_bad_im_idx(im_idx, message):
-    model = GlocalTransformer(**SMALL, kernels="reference")
+    model = transformer("reference", **SMALL)
     with pytest.raises(ValueError, match=message):
         model(torch.randn(3, SMALL["embed_dim"]), im_idx)
 
 
 def test_bad_arguments():
-    model = GlocalTransformer(**SMALL, mem_compute="joint", kernels="reference")
+    model = transformer("reference", **SMALL, mem_compute="joint")
     features, im_idx = random_video([2, 1], SMALL["embed_dim"])
     with pytest.raises(ValueError, match=r"freq for 'spatial' must have shape \[6\]"):
         model(features, im_idx, rel_type="spatial", freq=torch.rand(17))
@@ -307,11 +320,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="mode must be one of"):
         GlocalTransformer(**SMALL, mode="first")
     with pytest.raises(ValueError, match="kernels must be one of"):
-        GlocalTransformer(**SMALL, kernels="fast")
+        fremure_ext.dispatch.set_kernels("fast")
 
 
 def test_single_frame_video_gives_zero_output_as_published():
-    model = GlocalTransformer(**SMALL, kernels="reference").eval()
+    model = transformer("reference", **SMALL).eval()
     features, im_idx = random_video([3], SMALL["embed_dim"])
     out = model(features, im_idx)
     assert torch.equal(out.output, torch.zeros_like(features))
@@ -328,7 +341,7 @@ def test_keys_match_published_layout():
 def test_compile_fullgraph_ops_path():
     """The packed path traces into one graph (frame counts become unbacked symbolic sizes)."""
     torch.manual_seed(0)
-    model = GlocalTransformer(**SMALL, mem_compute="joint", kernels="ops").eval()
+    model = transformer("ops", **SMALL, mem_compute="joint").eval()
     features, im_idx = random_video([2, 3, 1, 2], SMALL["embed_dim"])
     memory = random_memory(SMALL["embed_dim"])
     rel_type, freq = "spatial", FREQ["spatial"]
@@ -352,7 +365,7 @@ def test_compile_one_graph_for_short_and_long_videos(mode):
     unbacked sizes, so a new frame count does not recompile."""
     torch.manual_seed(0)
     model = GlocalTransformer(embed_dim=16, nhead=2, dim_feedforward=32, dec_layer_num=2, dropout=0.0,
-                              mode=mode, kernels="ops").eval()
+                              mode=mode).eval()
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     videos = [random_video([4], 16, seed=1), random_video([1, 2, 1], 16, seed=2), random_video([2, 2], 16, seed=3)]

@@ -183,7 +183,7 @@ def test_non_finite_loss_is_skipped_and_not_applied(tmp_path):
             return entry
 
     trainer.train_source = Poisoned()
-    assert trainer._train_step([0]) is None
+    assert trainer.train_step([0]) is None
     assert trainer.skipped and "non-finite" in trainer.skipped[0]["reason"]
     after = _weights(trainer)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -206,7 +206,7 @@ def test_training_learns_the_synthetic_relations(tmp_path):
 
 
 def test_tracking_option_builds_the_published_track_encoder():
-    from fremure.train.trainer import build_model
+    from fremure.pipeline import build_model
     model = build_model(TrainConfig(mode="sgcls", tracking=True, keep_unused=False), 37, None)
     names = [name for name, _ in model.named_parameters()]
     assert any(name.startswith("object_classifier.encoder_tran.layers.2.") for name in names)

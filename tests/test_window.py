@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 import fremure_ext
 from fremure_ext import reference
-from fremure_ext.reference import window as published
 
+import published_layouts as published
 from conftest import FWD_TOL, GRAD_TOL, load_fixture
 
 MODES = ("latter", "mean", "weighted", "sum")

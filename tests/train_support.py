@@ -14,7 +14,7 @@ from detector_fakes import small_detector
 from fremure.data.detector import DetectorConfig
 from fremure.data.synthetic import sample_path
 from fremure.train.config import TrainConfig
-from fremure.train.pipeline import extract_split
+from fremure.pipeline import extract_split
 
 # 96 px is the sample's own frame height: no resizing, and RoI features of a 2-core CPU in seconds
 SAMPLE_DETECTOR = DetectorConfig(target_size=96, chunk_size=4, rpn_post_nms_top_n=4)

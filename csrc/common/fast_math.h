@@ -1,4 +1,4 @@
-// Elementary functions for the elementwise head kernels (gmm_mixture, bayes_mc, the Philox
+// Elementary functions for the elementwise CPU kernels (gmm_mixture, bayes_mc, gated_fusion, the Philox
 // normal generator), written so that CPU loops over lanes auto-vectorise.
 //
 // float: branch-free Cephes-style polynomials (range reduction by bit manipulation, selects

@@ -23,7 +23,7 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-#include "common/bayes_mc.h"
+#include "cpu/bayes_mc.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/head_lanes.h"
 

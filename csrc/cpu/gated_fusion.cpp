@@ -15,36 +15,33 @@
 // and LN0 backward rows. float16/bfloat16 inputs run in float32 and are rounded at the end.
 //
 // The row loops are written to auto-vectorise (no calls, no branches in the inner loops; float
-// exp is a polynomial), and are compiled three times, for AVX-512, AVX2+FMA and the baseline
-// ISA, picked at run time (the build itself targets the baseline only); the environment variable
-// FREMURE_CPU_ISA=baseline|avx2|avx512 caps the choice (cpu/cpu_isa.h).
+// exp is fast_math's polynomial), and are compiled three times, for AVX-512, AVX2+FMA and the baseline
+// ISA, picked at run time by cpu_isa() (cpu/cpu_isa.h; FREMURE_CPU_ISA caps the choice).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <bit>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <tuple>
 #include <vector>
 
 #include "common/checks.h"
-#include "common/gated_fusion.h"
+#include "common/fast_math.h"
 #include "cpu/cpu_isa.h"
+#include "cpu/gated_fusion.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define GF_X86_DISPATCH 1
+#if FREMURE_X86_MULTIVERSION
 #define GF_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")))
 #define GF_TARGET_AVX2 __attribute__((target("avx2,fma,bmi2")))
+#endif
+#if defined(__GNUC__)
 #define GF_INLINE inline __attribute__((always_inline))
 #else
-#define GF_X86_DISPATCH 0
 #define GF_INLINE inline
 #endif
 
@@ -117,32 +114,9 @@ std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
 // ---------------------------------------------------------------------------------------------
 // Per-element helpers the vectoriser can see through.
 
-// exp for float: Cody-Waite range reduction and a degree-6 polynomial (Cephes expf), ~1 ulp.
-// Arguments are clamped to [-87.3, 88] so that 2^n stays a normal float; NaN propagates.
-GF_INLINE float exp_poly(float x) {
-  x = x > 88.0f ? 88.0f : x;
-  x = x < -87.3f ? -87.3f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  return y * std::bit_cast<float>(e);
-}
-
-GF_INLINE double exp_poly(double x) {
-  return std::exp(x);
-}
-
 template <typename T>
 GF_INLINE T sigmoid_poly(T z, T temperature) {
-  return T(1) / (T(1) + exp_poly(-(z / temperature)));
+  return T(1) / (T(1) + fm::exp(-(z / temperature)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,21 +331,18 @@ struct RowKernels {
   }
 
 GF_DEFINE_KERNELS(base, )
-#if GF_X86_DISPATCH
+#if FREMURE_X86_MULTIVERSION
 GF_DEFINE_KERNELS(avx2, GF_TARGET_AVX2)
 GF_DEFINE_KERNELS(avx512, GF_TARGET_AVX512)
 #endif
 
-// 0: baseline ISA, 1: AVX2 + FMA, 2: AVX-512, as chosen by cpu/cpu_isa.h (FREMURE_CPU_ISA cap).
-int isa_level() { return static_cast<int>(cpu_isa()); }
-
 template <typename T>
 RowKernels<T> row_kernels() {
-#if GF_X86_DISPATCH
-  switch (isa_level()) {
-    case 2:
+#if FREMURE_X86_MULTIVERSION
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512:
       return kernels_avx512<T>();
-    case 1:
+    case CpuIsa::kAvx2:
       return kernels_avx2<T>();
     default:
       break;

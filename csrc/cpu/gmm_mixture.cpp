@@ -25,7 +25,7 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-#include "common/gmm_mixture.h"
+#include "cpu/gmm_mixture.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/head_lanes.h"
 

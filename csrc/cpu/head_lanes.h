@@ -19,7 +19,7 @@
 #include <string_view>
 
 #include "common/fast_math.h"
-#include "common/head_math.h"
+#include "cpu/head_math.h"
 #include "common/philox.h"
 
 namespace fremure {

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/segment_attention.h"
+#include "cpu/segment_attention.h"
 #include "cpu/cpu_isa.h"
 
 // The extension is compiled for baseline x86-64 (SSE2). The hot loops are compiled again for

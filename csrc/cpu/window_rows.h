@@ -1,5 +1,5 @@
-// CPU building blocks shared by window_pack.cpp and window_unpack.cpp: argument checks, the
-// inverse index (which packed rows copy each source row), and the row gathers / reductions.
+// CPU building blocks shared by window_pack.cpp and window_unpack.cpp (the argument checks and
+// window geometry they share with CUDA are common/window_host.h): the inverse index (which packed rows copy each source row), and the row gathers / reductions.
 // Everything is deterministic: reductions run per output row over its copies in packed order.
 #pragma once
 #include <ATen/ATen.h>
@@ -14,91 +14,16 @@
 
 #include "common/checks.h"
 #include "common/window.h"
+#include "common/window_host.h"
 
 namespace fremure {
 namespace window_cpu {
 
+using namespace window_host;  // argument checks and window geometry, shared with CUDA
+
 // Rows per parallel task: about 16 KiB of float32 work, at least one row.
 inline int64_t row_grain(int64_t dim) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
-}
-
-inline UnpackMode parse_mode(c10::string_view mode, const char* op) {
-  if (mode == "latter") return UnpackMode::kLatter;
-  if (mode == "mean") return UnpackMode::kMean;
-  if (mode == "weighted") return UnpackMode::kWeighted;
-  if (mode == "sum") return UnpackMode::kSum;
-  TORCH_CHECK(false, "fremure.", op, ": mode must be one of 'latter', 'mean', 'weighted', 'sum', got '",
-              std::string(mode), "'");
-}
-
-// y is [M, D] or [n_win, L, D]; src_index is y's shape without D, int64, values in [-1, num_rows).
-inline void check_packed(const at::Tensor& y, const at::Tensor& src_index, int64_t num_rows, const char* op,
-                         const char* y_name) {
-  check_floating(y, y_name);
-  TORCH_CHECK(y.dim() == 2 || y.dim() == 3, "fremure.", op, ": ", y_name,
-              " must be [M, D] or [n_win, L, D] (2 or 3 dimensions), got shape ", y.sizes());
-  check_same_device(y, src_index, y_name, "src_index");
-  TORCH_CHECK(src_index.scalar_type() == at::kLong, "fremure.", op, ": src_index must be an int64 tensor, got ",
-              src_index.scalar_type());
-  TORCH_CHECK(src_index.sizes() == y.sizes().slice(0, y.dim() - 1), "fremure.", op, ": src_index must have shape ",
-              y.sizes().slice(0, y.dim() - 1), " (", y_name, " without its last dimension), got ", src_index.sizes());
-  TORCH_CHECK(num_rows >= 0, "fremure.", op, ": num_rows must be >= 0, got ", num_rows);
-}
-
-inline void check_src_values(const int64_t* src, int64_t count, int64_t num_rows, const char* op) {
-  for (int64_t p = 0; p < count; ++p) {
-    TORCH_CHECK(src[p] >= -1 && src[p] < num_rows, "fremure.", op, ": src_index values must be in [-1, num_rows = ",
-                num_rows, "), got ", src[p], " at flat position ", p);
-  }
-}
-
-// weights: y's dtype and device, src_index's shape, finite and >= 0.
-inline void check_weights(const at::Tensor& y, const at::Tensor& src_index, const std::optional<at::Tensor>& weights,
-                          const char* op) {
-  TORCH_CHECK(weights.has_value(), "fremure.", op, ": weights must be given in mode 'weighted'");
-  check_same_device(y, *weights, "y", "weights");
-  check_same_dtype(y, *weights, "y", "weights");
-  TORCH_CHECK(weights->sizes() == src_index.sizes(), "fremure.", op, ": weights must have the shape of src_index ",
-              src_index.sizes(), ", got ", weights->sizes());
-  if (weights->numel() > 0) {
-    TORCH_CHECK(at::isfinite(*weights).all().item<bool>(), "fremure.", op, ": weights contains NaN or inf");
-    TORCH_CHECK((*weights >= 0).all().item<bool>(), "fremure.", op, ": weights must be >= 0");
-  }
-}
-
-// Window geometry of window_pack on the host (shared by the CPU and CUDA kernels): offsets
-// [frames + 1] -> window_offsets [n_win + 1] (real rows per window, CSR) and the most rows in one frame.
-inline int64_t window_row_offsets(const int64_t* off, int64_t frames, int64_t window, int64_t stride,
-                                  std::vector<int64_t>& window_offsets) {
-  int64_t rows_max = 0;  // the reference's l
-  for (int64_t f = 0; f < frames; ++f) rows_max = std::max(rows_max, off[f + 1] - off[f]);
-  const int64_t n_win = window_count(frames, window, stride);
-  window_offsets.assign(static_cast<size_t>(n_win + 1), 0);
-  for (int64_t w = 0; w < n_win; ++w) {
-    const int64_t first = window_first_frame(w, frames, window, stride);
-    window_offsets[w + 1] = window_offsets[w] + off[first + window] - off[first];
-  }
-  return rows_max;
-}
-
-// src / pos of the packed slots of windows [w_begin, w_end): each window's rows in frame (=
-// original) order, then -1 padding up to `slots` per window in the padded layout (slots > 0).
-inline void fill_window_slots(const int64_t* off, int64_t frames, int64_t window, int64_t stride, int64_t slots,
-                              const int64_t* window_offsets, int64_t w_begin, int64_t w_end, int64_t* src,
-                              int64_t* pos) {
-  for (int64_t w = w_begin; w < w_end; ++w) {
-    const int64_t first = window_first_frame(w, frames, window, stride);
-    int64_t k = slots > 0 ? w * slots : window_offsets[w];
-    const int64_t k_end = slots > 0 ? (w + 1) * slots : window_offsets[w + 1];
-    for (int64_t f = 0; f < window; ++f) {
-      for (int64_t r = off[first + f]; r < off[first + f + 1]; ++r, ++k) {
-        src[k] = r;
-        pos[k] = f;
-      }
-    }
-    for (; k < k_end; ++k) src[k] = pos[k] = -1;
-  }
 }
 
 // For every source row r, the packed positions p with src[p] == r in increasing p (a stable

@@ -14,7 +14,7 @@
 
 #include "common/checks.h"
 #include "common/window.h"
-#include "cpu/window_rows.h"
+#include "common/window_host.h"
 #include "cuda/window_index.cuh"
 
 namespace fremure {
@@ -75,12 +75,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cuda(cons
               x.size(0), "), got ", off[frames]);
 
   std::vector<int64_t> wo;
-  const int64_t rows_max = window_cpu::window_row_offsets(off, frames, window, stride, wo);
+  const int64_t rows_max = window_host::window_row_offsets(off, frames, window, stride, wo);
   const int64_t n_win = static_cast<int64_t>(wo.size()) - 1;
   const int64_t slots = padded ? window * rows_max : 0;
   const int64_t total = padded ? n_win * slots : wo[n_win];
   std::vector<int64_t> src(total), pos(total);
-  window_cpu::fill_window_slots(off, frames, window, stride, slots, wo.data(), 0, n_win, src.data(), pos.data());
+  window_host::fill_window_slots(off, frames, window, stride, slots, wo.data(), 0, n_win, src.data(), pos.data());
   const auto long_cpu = at::TensorOptions().dtype(at::kLong);
   const auto shape = padded ? std::vector<int64_t>{n_win, slots} : std::vector<int64_t>{total};
   at::Tensor src_index = at::from_blob(src.data(), shape, long_cpu).to(x.device());
@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cuda(cons
 }
 
 at::Tensor window_pack_backward_cuda(const at::Tensor& grad_out, const at::Tensor& src_index, int64_t num_rows) {
-  window_cpu::check_packed(grad_out, src_index, num_rows, "window_pack_backward", "grad_out");
+  window_host::check_packed(grad_out, src_index, num_rows, "window_pack_backward", "grad_out");
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const int64_t dim = grad_out.size(-1);
   at::Tensor grad_x = at::zeros({num_rows, dim}, grad_out.options());

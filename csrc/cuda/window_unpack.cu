@@ -11,7 +11,7 @@
 
 #include "common/checks.h"
 #include "common/window.h"
-#include "cpu/window_rows.h"
+#include "common/window_host.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/window_index.cuh"
 
@@ -116,8 +116,8 @@ __global__ void weight_grad_kernel(const acc_t* __restrict__ dots, const acc_t* 
 
 at::Tensor window_unpack_cuda(const at::Tensor& y, const at::Tensor& src_index, const std::optional<at::Tensor>& weights,
                               int64_t num_rows, c10::string_view mode_name) {
-  const UnpackMode mode = window_cpu::parse_mode(mode_name, "window_unpack");
-  window_cpu::check_packed(y, src_index, num_rows, "window_unpack", "y");
+  const UnpackMode mode = window_host::parse_mode(mode_name, "window_unpack");
+  window_host::check_packed(y, src_index, num_rows, "window_unpack", "y");
   const bool weighted = mode == UnpackMode::kWeighted;
   if (weighted) {
     TORCH_CHECK(weights.has_value(), "fremure.window_unpack: weights must be given in mode 'weighted'");
@@ -147,11 +147,11 @@ std::tuple<at::Tensor, at::Tensor> window_unpack_backward_cuda(const at::Tensor&
                                                                const at::Tensor& src_index,
                                                                const std::optional<at::Tensor>& weights,
                                                                c10::string_view mode_name) {
-  const UnpackMode mode = window_cpu::parse_mode(mode_name, "window_unpack_backward");
+  const UnpackMode mode = window_host::parse_mode(mode_name, "window_unpack_backward");
   TORCH_CHECK(grad_out.dim() == 2, "fremure.window_unpack_backward: grad_out must be [num_rows, D], got shape ",
               grad_out.sizes());
   const int64_t num_rows = grad_out.size(0);
-  window_cpu::check_packed(y, src_index, num_rows, "window_unpack_backward", "y");
+  window_host::check_packed(y, src_index, num_rows, "window_unpack_backward", "y");
   check_same_device(y, grad_out, "y", "grad_out");
   check_same_dtype(y, grad_out, "y", "grad_out");
   const bool weighted = mode == UnpackMode::kWeighted;

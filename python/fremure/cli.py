@@ -214,7 +214,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ extract, train
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .train.pipeline import extract_split, make_detector
+    from .pipeline import extract_split, make_detector
     _need_dir(args.data_path, "--data-path")
     if args.detector_checkpoint:
         _need_file(args.detector_checkpoint, "--detector-checkpoint")
@@ -327,14 +327,16 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
     """(model, priors) for eval/visualize from --checkpoint (ours: the architecture and priors
     settings come from its saved config, model flags override them) or --published-checkpoint
     (architecture read off the weights; priors and memory settings from the flags)."""
-    from .train import CheckpointError, build_model, load_checkpoint, load_model_tensors
+    from .pipeline import build_model
+    from .train import CheckpointError, load_checkpoint, load_model_tensors
     from .train.config import make_config
-    from .train.pipeline import frequencies
+    from .pipeline import frequencies
     if args.published_checkpoint:
         from .compat import load_reference_checkpoint
         freqs = frequencies(config, train_ds, test_ds)
+        fremure_ext.dispatch.set_kernels(config.kernels)
         model = load_reference_checkpoint(args.published_checkpoint, mode=config.mode, freq=freqs,
-                                          obj_classes=train_ds.object_classes, kernels=config.kernels,
+                                          obj_classes=train_ds.object_classes,
                                           mem_fusion=config.mem_fusion, selection_lambda=config.mem_feat_lambda,
                                           restore_memory=args.use_memory)
         return model, freqs
@@ -357,7 +359,7 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
 
 def _eval_inputs(args):
     """Checks the flags shared by eval and visualize; returns (config, train split, test split)."""
-    from .train.pipeline import load_split
+    from .pipeline import load_split
     if bool(args.checkpoint) == bool(args.published_checkpoint):
         raise UsageError("give exactly one of --checkpoint and --published-checkpoint")
     _need_dir(args.data_path, "--data-path")
@@ -372,9 +374,7 @@ def _eval_inputs(args):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data.cache import VideoEntrySource
     from .eval import format_table, plot_per_predicate, write_json
-    from .train import predict_videos
-    from .train.pipeline import make_detector
-    from .train.trainer import evaluate_predictions
+    from .pipeline import evaluate_predictions, make_detector, predict_videos
     config, train_ds, test_ds = _eval_inputs(args)
     device = _device(args.device)
     model, _ = _load_model_for_eval(args, config, train_ds, test_ds)
@@ -454,7 +454,7 @@ def _demo_caches(args, config, data_path: str, started: float) -> None:
     """Feature caches of the demo: the given --train-cache/--test-cache as they are (both needed),
     else extracted once into the work folder (a finished extraction is reused)."""
     from .data.cache import FeatureCache
-    from .train.pipeline import extract_split, make_detector
+    from .pipeline import extract_split, make_detector
     if args.train_cache or args.test_cache:
         if not (args.train_cache and args.test_cache):
             raise UsageError("give both --train-cache and --test-cache, or neither")
@@ -477,9 +477,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
     from .data.synthetic import generate_synthetic_ag, sample_path
     from .eval import format_table, write_json
+    from .pipeline import evaluate_predictions, predict_videos
     from .train.config import config_to_yaml
     from .train.pipeline import make_trainer
-    from .train.trainer import evaluate_predictions, predict_videos
     started = time.perf_counter()
     data_path = os.path.join(args.work_dir, "synthetic_ag") if args.generate else str(sample_path())
     config = _config(args, extra={"data_path": data_path,

@@ -104,7 +104,7 @@ def read_reference_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_reference_checkpoint(path: str | os.PathLike, mode: str = "predcls",
                               freq: Mapping[str, torch.Tensor] | None = None, *, mem_fusion: str = "late",
-                              selection_lambda: float = 0.5, kernels: str = "auto", restore_memory: bool = True,
+                              selection_lambda: float = 0.5, restore_memory: bool = True,
                               obj_classes: Any = None, **overrides: Any) -> FReMuRe:
     """Builds the FReMuRe that a published checkpoint was trained as and loads it (eval mode).
 
@@ -115,7 +115,6 @@ def load_reference_checkpoint(path: str | os.PathLike, mode: str = "predcls",
             model was trained with (not recorded either; the published training computes them from
             the train and test annotations). None switches the frequency branch off (warning).
         mem_fusion, selection_lambda: memory settings (not recorded).
-        kernels: "auto" | "ops" | "reference".
         restore_memory: set the checkpoint's relation/object memory (the published test.py does
             not, Q-T4; pass False to reproduce that).
         obj_classes: class names for the model's bookkeeping (the count is read from the weights).
@@ -135,8 +134,7 @@ def load_reference_checkpoint(path: str | os.PathLike, mode: str = "predcls",
     config.update(overrides)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
-        model = FReMuRe(mode=mode, mem_fusion=mem_fusion, selection_lambda=selection_lambda, kernels=kernels,
-                        **config)
+        model = FReMuRe(mode=mode, mem_fusion=mem_fusion, selection_lambda=selection_lambda, **config)
     try:
         load_reference_state_dict(model, blob["state_dict"])
     except ValueError as error:

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from ..relations import NAMES, RELATION_TYPES
 from .safe_pickle import safe_load
 
 __all__ = [
@@ -78,10 +79,10 @@ RELATIONSHIP_RENAMES: dict[int, str] = {
     i: RELATIONSHIP_CLASSES[i] for i in (0, 1, 5, 7, 10, 11, 13, 15, 16, 17, 18, 19, 20, 25)
 }
 
-REL_TYPES: tuple[str, ...] = ("attention", "spatial", "contacting")
-REL_SLICES: dict[str, slice] = {"attention": slice(0, 3), "spatial": slice(3, 9), "contacting": slice(9, 26)}
-REL_SIZES: dict[str, int] = {k: s.stop - s.start for k, s in REL_SLICES.items()}
-REL_OFFSETS: dict[str, int] = {k: s.start for k, s in REL_SLICES.items()}
+REL_TYPES: tuple[str, ...] = NAMES
+REL_SLICES: dict[str, slice] = {r.name: r.predicates for r in RELATION_TYPES}
+REL_SIZES: dict[str, int] = {r.name: r.classes for r in RELATION_TYPES}
+REL_OFFSETS: dict[str, int] = {r.name: r.offset for r in RELATION_TYPES}
 
 MINI_DATASIZE_KEYS = 80_000  # STTran/TEMPURA 'mini': first 80,000 person_bbox keys (Q-D11)
 FILTERSMALL_NAME = "object_bbox_and_relationship_filtersmall.pkl"

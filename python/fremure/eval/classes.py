@@ -9,12 +9,12 @@ from __future__ import annotations
 
 # One source of truth for the names: the AG loader's lists (after its renames).
 from ..data.ag import OBJECT_CLASSES, RELATIONSHIP_CLASSES  # noqa: E402
+from ..relations import NAMES, RELATION_TYPES
 
 PERSON_CLASS = 1
 
-ATTENTION_PREDICATES: tuple[str, ...] = RELATIONSHIP_CLASSES[0:3]
-SPATIAL_PREDICATES: tuple[str, ...] = RELATIONSHIP_CLASSES[3:9]
-CONTACTING_PREDICATES: tuple[str, ...] = RELATIONSHIP_CLASSES[9:26]
+ATTENTION_PREDICATES, SPATIAL_PREDICATES, CONTACTING_PREDICATES = (
+    tuple(RELATIONSHIP_CLASSES[r.predicates]) for r in RELATION_TYPES)
 PREDICATES: tuple[str, ...] = ATTENTION_PREDICATES + SPATIAL_PREDICATES + CONTACTING_PREDICATES
 
 NUM_ATTENTION = len(ATTENTION_PREDICATES)      # 3
@@ -22,10 +22,8 @@ NUM_SPATIAL = len(SPATIAL_PREDICATES)          # 6
 NUM_CONTACTING = len(CONTACTING_PREDICATES)    # 17
 NUM_PREDICATES = len(PREDICATES)               # 26
 
-ATTENTION_OFFSET = 0
-SPATIAL_OFFSET = NUM_ATTENTION                 # 3
-CONTACTING_OFFSET = NUM_ATTENTION + NUM_SPATIAL  # 9
+ATTENTION_OFFSET, SPATIAL_OFFSET, CONTACTING_OFFSET = (r.offset for r in RELATION_TYPES)  # 0, 3, 9
 
 # Group of each global predicate: 0 attention, 1 spatial, 2 contacting.
 PREDICATE_GROUP: tuple[int, ...] = (0,) * NUM_ATTENTION + (1,) * NUM_SPATIAL + (2,) * NUM_CONTACTING
-GROUP_NAMES: tuple[str, ...] = ("attention", "spatial", "contacting")
+GROUP_NAMES: tuple[str, ...] = NAMES

@@ -1,8 +1,9 @@
 """FReMuRe model: glocal transformer, relation heads, object classifier and the relation model.
 
 Every module keeps the published parameter names (published checkpoints load through
-:mod:`fremure.compat`) and takes ``kernels="auto" | "ops" | "reference"``: the torch.ops.fremure
-kernels or the published plain-PyTorch computation, same numbers.
+:mod:`fremure.compat`) and computes on packed tokens through the fremure ops, which run their
+compiled kernels or their plain-PyTorch references (one switch: :mod:`fremure_ext.dispatch`).
+:mod:`fremure.model.published` runs the same parameters the published (zero-padded) way.
 """
 
 from .glocal import GlocalTransformer, TransformerOutput

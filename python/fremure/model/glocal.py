@@ -1,9 +1,10 @@
 """The glocal transformer of FReMuRe (METHOD.md section 3), with the published parameter layout.
 
-``kernels="reference"`` runs the published computation (zero-padded frame and window layouts,
-``nn.MultiheadAttention``, feature-sum padding masks); ``kernels="ops"`` computes the same numbers
-on packed tokens with the torch.ops.fremure kernels (window_pack/window_unpack, segment_attention,
-freq_gate_blend, gated_fusion); ``"auto"`` takes the ops when this build of fremure_ext has them.
+The computation runs on packed tokens through the fremure ops (window_pack/window_unpack,
+segment_attention, freq_gate_blend, gated_fusion), which choose between their compiled kernels and
+their plain-PyTorch references (:mod:`fremure_ext.dispatch`). The published computation (zero-padded
+frame and window layouts, ``nn.MultiheadAttention``, feature-sum padding masks) is
+:class:`fremure.model.published.PublishedTransformer`, same parameters and same numbers.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ import torch.nn.functional as F
 
 import fremure_ext
 
-from ._kernels import check_kernels, use_ops
+from ..relations import NAMES, relation_type
 from .layers import (REL_CLASSES, DecoderLayer, EncoderLayer, FrequencyAwareDecoder, FrequencyAwareEncoder,
                      LayerStack, packed_attention)
-from .layout import FrameLayout, frame_layout, slot_order, window_layout
+from .layout import FrameLayout, frame_layout, slot_order
 
-MEMORY_TYPES = ("attention", "spatial", "contacting")          # order of the joint memory bank
+MEMORY_TYPES = NAMES                                             # order of the joint memory bank
 SEPARATE_MEMORY_ORDER = ("attention", "contacting", "spatial")  # published order of the per-type banks
 MODES = ("latter", "both", "mean", "weighted")
 FUSION_TEMPERATURE, FUSION_LO, FUSION_HI = 1.5, 0.02, 0.98
 FREQ_EMBED = 64
-_REL_ALIASES = {"contacting": "contact"}
 _UNPACK_MODE = {"latter": "latter", "both": "mean", "mean": "mean", "weighted": "weighted"}
 
 
@@ -42,8 +42,8 @@ class TransformerOutput(NamedTuple):
 
 
 def canonical_rel_type(rel_type: str | None) -> str | None:
-    """'contacting' -> 'contact' (the published frequency-mapper key); other names unchanged."""
-    return _REL_ALIASES.get(rel_type, rel_type) if rel_type is not None else None
+    """The published frequency-mapper key of ``rel_type`` ('contacting' -> 'contact'); None stays None."""
+    return relation_type(rel_type).key if rel_type is not None else None
 
 
 class GlocalTransformer(nn.Module):
@@ -60,25 +60,18 @@ class GlocalTransformer(nn.Module):
         mem_fusion: "late" (after the temporal decoder) or "early" (before it).
         selection: "manual" (fixed ``selection_lambda``) or "automated" (learned ``selector``).
         window, stride: frames per temporal window and between window starts (published 2, 1).
-        kernels: "auto" | "ops" | "reference".
         gate: "stats" (published six-statistic FreqGate) or "log_inverse" (the paper's Eq. 2).
         keep_unused: build ``global_attention_tail`` and ``fusion_gate_global``, which the
             published forward never uses but its checkpoints contain.
-        zero_sum_padding: reference path only: the published padding rule of the temporal
-            decoder, where a row whose features sum to exactly 0 counts as padding (no query
-            attends to it; AG spec Q-M2). False: explicit padding masks. The ops path always uses
-            explicit masks: whether a sum of D rounded values is exactly 0 depends on the rounding
-            of the computation that produced them, so no other computation can reproduce the
-            rule row for row. It matters in practice only while the LayerNorm affine parameters
-            are at their initial values (the no-frequency path feeds LayerNorm outputs, which sum
-            to ~0, straight into the decoder); the two paths then differ on the affected rows.
+
+    Padding of the temporal decoder is explicit (see ``zero_sum_padding`` of
+    :class:`~fremure.model.published.PublishedTransformer` for the published rule).
     """
 
     def __init__(self, embed_dim: int = 1936, nhead: int = 8, dim_feedforward: int = 2048, enc_layer_num: int = 1,
                  dec_layer_num: int = 3, dropout: float = 0.1, mode: str = "latter", mem_compute: str | None = None,
                  mem_fusion: str = "late", selection: str = "manual", selection_lambda: float = 0.5,
-                 window: int = 2, stride: int = 1, kernels: str = "auto", gate: str = "stats",
-                 keep_unused: bool = True, zero_sum_padding: bool = True):
+                 window: int = 2, stride: int = 1, gate: str = "stats", keep_unused: bool = True):
         super().__init__()
         _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride)
         self.embed_dim = embed_dim
@@ -88,8 +81,6 @@ class GlocalTransformer(nn.Module):
         self.selection = selection
         self.selection_lambda = float(selection_lambda)
         self.window, self.stride = window, stride
-        self.zero_sum_padding = zero_sum_padding
-        self.kernels = check_kernels(kernels)
 
         self.local_attention = LayerStack(EncoderLayer(embed_dim, nhead, dim_feedforward, dropout), enc_layer_num)
         self.local_attention_tail = FrequencyAwareEncoder(embed_dim, nhead, enc_layer_num, dropout=dropout, gate=gate)
@@ -142,23 +133,16 @@ class GlocalTransformer(nn.Module):
         None -> None for the frequency-free pass). Results are keyed like ``freqs`` (with
         'contacting' renamed 'contact').
 
-        On the ops path the local and tail encoders run once and are shared by all types (they do
-        not depend on the type) and the types' temporal decoders run as one batch; the reference
-        path runs the published per-type computation. Same numbers either way in eval mode or with
-        dropout 0 (in training both drop attention probabilities, from different random streams;
-        see also ``zero_sum_padding``).
+        The local and tail encoders run once and are shared by all types (they do not depend on
+        the type) and the types' temporal decoders run as one batch; the published per-type
+        computation (:mod:`fremure.model.published`) gives the same numbers in eval mode or with
+        dropout 0.
         """
         _check_features(features, self.embed_dim)
         layout = frame_layout(im_idx, features.shape[0], features.device)
         requests = [self._check_request(r, f, features) for r, f in freqs.items()]
         bank = self._check_memory(memory, features)
-        needed = ["segment_attention", "window_pack", "window_unpack"]
-        if any(f is not None for _, f in requests):
-            needed += ["freq_gate_blend", "gated_fusion"]
-        if use_ops(self.kernels, *needed):
-            outputs = self._run_packed(features, layout, bank, requests)
-        else:
-            outputs = [self._run_padded(features, layout, bank, r, f) for r, f in requests]
+        outputs = self._run(features, layout, bank, requests)
         return {r: out for (r, _), out in zip(requests, outputs)}
 
     # ------------------------------------------------------------------ input checks
@@ -197,107 +181,46 @@ class GlocalTransformer(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _fuse_reference(self, head: torch.Tensor, tail: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
-        h = F.layer_norm(head, (head.shape[-1],))
-        t = F.layer_norm(tail, (tail.shape[-1],))
-        q = mapped.view(1, -1).expand(head.shape[0], -1)
-        q = F.layer_norm(q, (q.shape[-1],))
-        logits = self.fusion_gate_local[0](torch.cat([h, t, q], dim=-1))
-        gate = torch.clamp(torch.sigmoid(logits / FUSION_TEMPERATURE), FUSION_LO, FUSION_HI)
-        return h + (1 - gate) * (t - h)
-
     def _selector_weight(self, feat: torch.Tensor):
         if self.selection == "manual":
             return self.selection_lambda
         return self.selector(feat).sigmoid()
 
-    def _hallucinate(self, feat: torch.Tensor, bank: dict[str, torch.Tensor] | None, packed: bool) -> torch.Tensor:
+    def _memory_read(self, mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """One-head, bias-free attention of every row of ``feat [N, D]`` over ``bank [M, D]``."""
+        dim = feat.shape[1]
+        w_q, w_k, w_v = mha.in_proj_weight.split(dim)
+        scores = (F.linear(feat, w_q) / math.sqrt(dim)) @ F.linear(bank, w_k).T
+        return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
+
+    def _hallucinate(self, feat: torch.Tensor, bank: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """Memory read-out ``e * feat + (1 - e) * Attn(feat, M, M)`` (identity without memory)."""
         if bank is None:
             return feat
-        attend = _memory_attention if packed else _memory_attention_module
         if self.mem_compute == "joint":
-            read = attend(self.mem_attention, feat, torch.cat([bank[r] for r in MEMORY_TYPES]))
+            read = self._memory_read(self.mem_attention, feat, torch.cat([bank[r] for r in MEMORY_TYPES]))
         else:
-            reads = [attend(self.mem_attention[r], feat, bank[r]) for r in SEPARATE_MEMORY_ORDER]
+            reads = [self._memory_read(self.mem_attention[r], feat, bank[r]) for r in SEPARATE_MEMORY_ORDER]
             read = torch.stack(reads, dim=1).mean(dim=1)
         e = self._selector_weight(feat)
         return e * feat + (1 - e) * read
 
-    def _finish(self, local: torch.Tensor, global_out: torch.Tensor, bank, packed: bool) -> TransformerOutput:
+    def _finish(self, local: torch.Tensor, global_out: torch.Tensor, bank) -> TransformerOutput:
         """Published return convention around the late memory read-out."""
         if self.mem_compute is not None and self.mem_fusion == "late":
-            fused = self._hallucinate(global_out, bank, packed)
+            fused = self._hallucinate(global_out, bank)
             return TransformerOutput(fused, global_out, fused)
         return TransformerOutput(global_out, local, local)
 
     def _window_weights(self, position: torch.Tensor) -> torch.Tensor | None:
-        return torch.exp(self.window_weight).index_select(0, position) if self.mode == "weighted" else None
+        """Per-entry weights ``exp(window_weight)[position]`` (position's shape) in mode "weighted"."""
+        if self.mode != "weighted":
+            return None
+        return torch.exp(self.window_weight).index_select(0, position.reshape(-1)).view(position.shape)
 
-    # ------------------------------------------------------------------ published (padded) path
+    # ------------------------------------------------------------------ packed computation
 
-    def _run_padded(self, features, layout: FrameLayout, bank, rel_type, freq) -> TransformerOutput:
-        dim = features.shape[1]
-        rel_input = features.new_zeros(layout.most, layout.num_frames, dim)
-        rel_input = rel_input.index_put((layout.slot, layout.frame), features)
-        masks = torch.arange(layout.most, device=features.device)[None, :] >= layout.counts[:, None]  # [b, l]
-        x = rel_input
-        for layer in self.local_attention.layers:
-            x = layer(x, masks)
-        local = x[layout.slot, layout.frame]
-        if freq is not None:
-            tail = self.local_attention_tail(rel_input, masks)
-            gate = self.local_attention_tail.freq_gate(freq, rel_type).to(tail.dtype)
-            blended = gate * F.layer_norm(tail, (dim,)) + (1.0 - gate) * tail
-            tail = torch.where(~masks.T.unsqueeze(-1), blended, tail)[layout.slot, layout.frame]
-            local = self._fuse_reference(local, tail, self.freq_mapper[rel_type](freq.unsqueeze(0)))
-        early = self.mem_compute is not None and self.mem_fusion == "early"
-        decoder_in = self._hallucinate(local, bank, packed=False) if early else local
-        global_out = self._global_padded(decoder_in, layout)
-        if early:
-            return TransformerOutput(global_out, local, decoder_in)
-        return self._finish(local, global_out, bank, packed=False)
-
-    def _global_padded(self, z: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
-        n, dim = z.shape
-        wl = window_layout(layout, self.window, self.stride)
-        if wl.num_windows == 0:
-            return torch.zeros_like(z).detach()  # the published output of a too-short video: all zeros
-        index = (wl.row, wl.window_id)
-        global_input = z.new_zeros(wl.length, wl.num_windows, dim).index_put(index, z[wl.src])
-        position = z.new_zeros(wl.length, wl.num_windows, dim).index_put(
-            index, self.position_embedding.weight[wl.position].to(z.dtype))
-        if self.zero_sum_padding:
-            # Published padding rule: a row is padding when its features sum to exactly 0.
-            masks = (global_input.reshape(-1, dim).sum(dim=1) == 0).view(wl.length, wl.num_windows).T
-        else:
-            masks = torch.ones(wl.num_windows, wl.length, dtype=torch.bool, device=z.device)
-            masks[wl.window_id, wl.row] = False
-        y = global_input
-        for layer in self.global_attention.layers:
-            y = layer(y, masks, position)
-        tokens = y[index]
-        return self._unpack_padded(tokens, wl.src, wl.position, n)
-
-    def _unpack_padded(self, tokens: torch.Tensor, src: torch.Tensor, position: torch.Tensor, n: int) -> torch.Tensor:
-        count = tokens.shape[0]
-        out = tokens.new_zeros(n, tokens.shape[1])
-        if self.mode == "latter":
-            order = torch.arange(count, device=src.device)
-            first = torch.full((n,), count, dtype=torch.long, device=src.device).scatter_reduce(0, src, order, "amin")
-            covered = first < count
-            out[covered] = tokens[first[covered]]
-            return out
-        weights = self._window_weights(position)
-        if weights is None:
-            weights = tokens.new_ones(count)
-        total = tokens.new_zeros(n).index_add(0, src, weights.to(tokens.dtype))
-        out = out.index_add(0, src, tokens * weights[:, None].to(tokens.dtype))
-        return out / torch.where(total > 0, total, torch.ones_like(total))[:, None]
-
-    # ------------------------------------------------------------------ packed (ops) path
-
-    def _run_packed(self, features, layout: FrameLayout, bank, requests) -> list[TransformerOutput]:
+    def _run(self, features, layout: FrameLayout, bank, requests) -> list[TransformerOutput]:
         n = features.shape[0]
         head = features
         for layer in self.local_attention.layers:
@@ -320,7 +243,7 @@ class GlocalTransformer(nn.Module):
                                                     FUSION_TEMPERATURE, FUSION_LO, FUSION_HI))
         stacked = torch.cat(locals_) if len(locals_) > 1 else locals_[0]
         early = self.mem_compute is not None and self.mem_fusion == "early"
-        decoder_in = self._hallucinate(stacked, bank, packed=True) if early else stacked
+        decoder_in = self._hallucinate(stacked, bank) if early else stacked
         global_out = self._global_packed(decoder_in, layout, len(requests))
         results = []
         for r in range(len(requests)):
@@ -328,7 +251,7 @@ class GlocalTransformer(nn.Module):
             if early:
                 results.append(TransformerOutput(global_out[rows], stacked[rows], decoder_in[rows]))
             else:
-                results.append(self._finish(stacked[rows], global_out[rows], bank, packed=True))
+                results.append(self._finish(stacked[rows], global_out[rows], bank))
         return results
 
     def _tail_packed(self, features: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
@@ -379,20 +302,6 @@ class GlocalTransformer(nn.Module):
         if weights is not None:
             weights = weights.to(y.dtype)
         return fremure_ext.window_unpack(y, src, weights, z.shape[0], _UNPACK_MODE[self.mode])
-
-
-def _memory_attention(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """One-head, bias-free attention of every row of ``feat [N, D]`` over ``bank [M, D]``."""
-    dim = feat.shape[1]
-    w_q, w_k, w_v = mha.in_proj_weight.split(dim)
-    scores = (F.linear(feat, w_q) / math.sqrt(dim)) @ F.linear(bank, w_k).T
-    return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
-
-
-def _memory_attention_module(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """The published call: sequence-first ``mha(feat[:, None], bank[:, None], bank[:, None])``."""
-    out, _ = mha(feat.unsqueeze(1), bank.unsqueeze(1), bank.unsqueeze(1))
-    return out.squeeze(1)
 
 
 def _check_features(features: object, embed_dim: int) -> None:

@@ -6,14 +6,13 @@ Every head takes ``forward(x, phase="train"|"test", unc=False, noise=None, gener
 - ``phase="train"`` draws the Monte-Carlo / mixture noise, anything else is the deterministic
   test-time prediction;
 - ``noise``: the standard-normal draws to use (``[K or S, B, C]``, draw k for component/sample k,
-  as in the golden fixtures); otherwise they come from ``generator`` (the global RNG when None).
-  On the ops path a seed is drawn from the generator and the op regenerates its noise from it, so
-  ops and reference draw different (equally distributed) noise unless ``noise`` is given;
+  as in the golden fixtures); otherwise a seed is drawn from ``generator`` (the global RNG when
+  None) and the op (bayes_mc, gmm_mixture) regenerates its noise from it (Philox);
 - ``unc=True`` returns ``(aleatoric, epistemic)`` instead of the prediction (published heads
   disagree on this; see each head).
 
-``kernels``: "ops" runs the fused torch.ops.fremure op (GMM-Plus: gmm_mixture, Bayesian:
-bayes_mc), "reference" the published formula, "auto" the op when this build has it.
+The Bayesian and GMM-Plus heads compute their mixture with the fremure ops ``bayes_mc`` and
+``gmm_mixture`` (compiled kernel or reference: :mod:`fremure_ext.dispatch`).
 """
 
 from __future__ import annotations
@@ -24,14 +23,13 @@ import torch.nn.functional as F
 
 import fremure_ext
 
-from ._kernels import check_kernels, use_ops
-
+from ..relations import relation_type
 _SEED_HIGH = 2**62
 
 
 def activation_for(rel_type: str | None) -> str:
-    """Published activation choice: softmax for attention (and the object head), sigmoid otherwise."""
-    return "softmax" if rel_type in (None, "attention") else "sigmoid"
+    """Published activation choice: softmax for attention (and the object head, ``None``), sigmoid otherwise."""
+    return "softmax" if rel_type is None else relation_type(rel_type).activation
 
 
 def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
@@ -102,14 +100,12 @@ class BayesianHead(nn.Module):
     the mean over ``sample_n`` draws of ``act(mu + eps sqrt(var))``, test output ``act(mu)``;
     ``unc=True`` gives ``(var, zeros)`` as published."""
 
-    def __init__(self, hid_dim: int, num_classes: int, rel_type: str | None = None, sample_n: int = 5,
-                 kernels: str = "auto"):
+    def __init__(self, hid_dim: int, num_classes: int, rel_type: str | None = None, sample_n: int = 5):
         super().__init__()
         self.num_classes = num_classes
         self.rel_type = rel_type
         self.sample_n = sample_n
         self.activation = activation_for(rel_type)
-        self.kernels = check_kernels(kernels)
         self.weight_mu = nn.Linear(hid_dim, num_classes)
         self.weight_logvar = nn.Linear(hid_dim, num_classes)
 
@@ -127,15 +123,9 @@ class BayesianHead(nn.Module):
             return _activate(mu, self.activation)
         shape = (self.sample_n, *mu.shape)
         noise = None if noise is None else _check_noise(noise, shape, x)
-        if use_ops(self.kernels, "bayes_mc"):
-            seed = _draw_seed(generator) if noise is None else None
-            return fremure_ext.bayes_mc(mu, logvar, noise=noise, seed=seed, samples=self.sample_n,
-                                        activation=self.activation)
-        if noise is None:
-            noise = _draw_noise(shape, x, generator)
-        std = torch.sqrt(torch.exp(logvar))
-        draws = [_activate(mu + noise[s] * std, self.activation) for s in range(self.sample_n)]
-        return torch.stack(draws).mean(dim=0)
+        seed = _draw_seed(generator) if noise is None else None
+        return fremure_ext.bayes_mc(mu, logvar, noise=noise, seed=seed, samples=self.sample_n,
+                                    activation=self.activation)
 
 
 class GMMHeadPlus(nn.Module):
@@ -151,8 +141,7 @@ class GMMHeadPlus(nn.Module):
 
     def __init__(self, hid_dim: int, num_classes: int, k: int = 4, activation: str = "sigmoid",
                  var_floor: float = 1e-3, var_ceiling: float = 5.0, classwise_pi: bool = True,
-                 learnable_tau: bool = True, init_tau: float = 1.0, rel_type: str | None = None,
-                 kernels: str = "auto"):
+                 learnable_tau: bool = True, init_tau: float = 1.0, rel_type: str | None = None):
         super().__init__()
         if activation not in ("sigmoid", "softmax"):
             raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
@@ -162,7 +151,6 @@ class GMMHeadPlus(nn.Module):
         self.classwise_pi = classwise_pi
         self.learnable_tau = learnable_tau
         self.rel_type = rel_type
-        self.kernels = check_kernels(kernels)
         self.heads = nn.ModuleDict()
         for i in range(1, k + 1):
             self.heads[f"mu_{i}"] = nn.Linear(hid_dim, num_classes)
@@ -194,16 +182,6 @@ class GMMHeadPlus(nn.Module):
         pi_logit = stack(pi_logit).expand(self.k, x.shape[0], self.num_classes)
         return stack(mu), stack(var_raw), pi_logit
 
-    def _components(self, x: torch.Tensor):
-        """Published per-component computation: lists of mu, var ``[B, C]`` and pi ``[B, K, C]``."""
-        mus, variances, pis = [], [], []
-        for i in range(1, self.k + 1):
-            mus.append(self.heads[f"mu_{i}"](x))
-            var = F.softplus(self.heads[f"var_{i}"](x)) + 1e-6
-            variances.append(var.clamp(min=self.var_floor, max=self.var_ceiling))
-            pis.append(self.heads[f"pi_{i}"](x).expand(-1, self.num_classes))
-        return mus, variances, torch.softmax(torch.stack(pis, dim=1), dim=1)
-
     def forward(self, x: torch.Tensor, phase: str = "train", unc: bool = False, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None):
         """x ``[B, hid_dim]`` -> pred ``[B, C]`` (noise ``[K, B, C]``), or ``(aleatoric, zeros)``."""
@@ -212,25 +190,6 @@ class GMMHeadPlus(nn.Module):
         shape = (self.k, x.shape[0], self.num_classes)
         if noise is not None:
             noise = _check_noise(noise, shape, x)
-        if use_ops(self.kernels, "gmm_mixture"):
-            return self._forward_ops(x, train, unc, noise, generator)
-        mus, variances, pi = self._components(x)
-        if unc:
-            with torch.no_grad():
-                var = torch.stack(variances, dim=1)
-                aleatoric = (pi / (1.0 + var)).sum(dim=1) + (-(pi * pi.clamp_min(1e-9).log())).sum(dim=1)
-            return aleatoric, torch.zeros_like(aleatoric)
-        if train:
-            if noise is None:
-                noise = _draw_noise(shape, x, generator)
-            logits = [mus[k] + noise[k] * torch.sqrt(variances[k]) for k in range(self.k)]
-        else:
-            logits = mus
-        tau = self.tau.clamp_min(1e-3)
-        probs = torch.stack([_activate(z / tau, self.activation) for z in logits], dim=1)
-        return (pi * probs).sum(dim=1)
-
-    def _forward_ops(self, x, train, unc, noise, generator):
         mu, var_raw, pi_logit = self._projections(x)
         tau = self.tau
         options = dict(var_eps=1e-6, var_floor=self.var_floor, var_ceiling=self.var_ceiling,
@@ -294,15 +253,14 @@ class GMMHead(nn.Module):
         return (_activate(logits, self.activation) * pi).sum(dim=0)
 
 
-def make_rel_head(kind: str, hid_dim: int, num_classes: int, rel_type: str, k: int | None = 6,
-                  kernels: str = "auto") -> nn.Module:
+def make_rel_head(kind: str, hid_dim: int, num_classes: int, rel_type: str, k: int | None = 6) -> nn.Module:
     """The published head of a relation type: ``kind`` in linear | bayesian | gmm | gmm_plus."""
     if kind == "linear":
         return LinearHead(hid_dim, num_classes, rel_type)
     if kind == "bayesian":
-        return BayesianHead(hid_dim, num_classes, rel_type=rel_type, sample_n=6, kernels=kernels)
+        return BayesianHead(hid_dim, num_classes, rel_type=rel_type, sample_n=6)
     if kind == "gmm":
         return GMMHead(hid_dim, num_classes, rel_type=rel_type, k=k)
     if kind == "gmm_plus":
-        return GMMHeadPlus(hid_dim, num_classes, k=k, rel_type=rel_type, kernels=kernels)
+        return GMMHeadPlus(hid_dim, num_classes, k=k, rel_type=rel_type)
     raise ValueError(f"rel_head must be 'linear', 'bayesian', 'gmm' or 'gmm_plus', got {kind!r}")

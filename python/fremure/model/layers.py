@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 import fremure_ext
 
-REL_TYPES = ("attention", "spatial", "contact")
-REL_CLASSES = {"attention": 3, "spatial": 6, "contact": 17}
+from ..relations import RELATION_TYPES
+
+REL_CLASSES = {r.key: r.classes for r in RELATION_TYPES}   # keyed as the published freq_mapper
 STAT_EPS = 1e-6
 
 
@@ -76,15 +77,21 @@ def post_norm_layer_packed(layer: nn.Module, x: torch.Tensor, offsets: torch.Ten
     return layer.norm2(x + layer.dropout2(hidden))
 
 
+def add_feedforward(layer: nn.Module, embed_dim: int, dim_feedforward: int, dropout: float) -> None:
+    """Registers the published FFN modules ``linear1``, ``dropout``, ``linear2`` on ``layer`` (in
+    the published key order, right after the attention module)."""
+    layer.linear1 = nn.Linear(embed_dim, dim_feedforward)
+    layer.dropout = nn.Dropout(dropout)
+    layer.linear2 = nn.Linear(dim_feedforward, embed_dim)
+
+
 class EncoderLayer(nn.Module):
     """STTran spatial encoder layer (post-norm, ReLU FFN); published ``TransformerEncoderLayer``."""
 
     def __init__(self, embed_dim: int = 1936, nhead: int = 4, dim_feedforward: int = 2048, dropout: float = 0.1):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(embed_dim, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
+        add_feedforward(self, embed_dim, dim_feedforward, dropout)
         self.norm1 = nn.LayerNorm(embed_dim)
         self.norm2 = nn.LayerNorm(embed_dim)
         self.dropout1 = nn.Dropout(dropout)
@@ -109,9 +116,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, embed_dim: int = 1936, nhead: int = 4, dim_feedforward: int = 2048, dropout: float = 0.1):
         super().__init__()
         self.multihead2 = nn.MultiheadAttention(embed_dim, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(embed_dim, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, embed_dim)
+        add_feedforward(self, embed_dim, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(embed_dim)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
@@ -124,10 +129,6 @@ class DecoderLayer(nn.Module):
         keyed = x + position
         attended, _ = self.multihead2(query=keyed, key=keyed, value=x, key_padding_mask=key_padding_mask)
         return self._ffn(self.norm3(x + self.dropout2(attended)))
-
-    def forward_packed(self, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """x, position: ``[T, D]`` packed window tokens; offsets: int64 CSR of the windows."""
-        return self.finish(x, packed_attention(self.multihead2, x + position, x, offsets, project_out=False))
 
     def attend_gathered(self, rows: torch.Tensor, src: torch.Tensor, table: torch.Tensor, position: torch.Tensor,
                         offsets: torch.Tensor) -> torch.Tensor:

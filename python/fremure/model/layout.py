@@ -1,4 +1,5 @@
-"""Index bookkeeping of one video's relation pairs: frames, slots and sliding windows.
+"""Index bookkeeping of one video's relation pairs: frames and slots (the sliding windows are
+``fremure_ext.window_pack``'s).
 
 Pairs are rows sorted by frame. ``frame_offsets [b + 1]`` (CSR) says frame f owns rows
 ``frame_offsets[f] .. frame_offsets[f + 1] - 1``; the *slot* of a row is its rank inside its frame.
@@ -86,51 +87,3 @@ def slot_order(layout: FrameLayout) -> tuple[torch.Tensor, torch.Tensor]:
     slots = torch.arange(layout.most + 1, device=key.device)
     slot_offsets = torch.searchsorted(layout.slot[order], slots)
     return order, slot_offsets
-
-
-class WindowLayout(NamedTuple):
-    """Sliding windows of frames over a video's rows (plain-PyTorch construction).
-
-    src: ``[M]`` source row of each window entry; window_id: ``[M]``; row: ``[M]`` place in its
-    window (frame order); position: ``[M]`` frame rank in the window (row of the position
-    embedding); num_windows, length: padded window length ``window * l``; offsets: ``[W + 1]`` CSR.
-    """
-
-    src: torch.Tensor
-    window_id: torch.Tensor
-    row: torch.Tensor
-    position: torch.Tensor
-    offsets: torch.Tensor
-    num_windows: int
-    length: int
-
-
-def window_starts(num_frames: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
-    """First frame of every window: ``0, stride, ...`` while a window fits, plus ``b - window``
-    when the last regular window stops short of the last frame; none when ``b < window``."""
-    if num_frames < window:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    starts = torch.arange(0, num_frames - window + 1, stride, device=device)
-    if int(starts[-1]) + window < num_frames:
-        starts = torch.cat([starts, starts.new_tensor([num_frames - window])])
-    return starts
-
-
-def window_layout(layout: FrameLayout, window: int, stride: int) -> WindowLayout:
-    """Builds the window entries of :class:`WindowLayout`; window w holds the rows of its frames in order."""
-    device = layout.offsets.device
-    starts = window_starts(layout.num_frames, window, stride, device)
-    frames = starts[:, None] + torch.arange(window, device=device)[None, :]            # [W, window]
-    counts = layout.counts[frames]
-    first_row = counts.cumsum(1) - counts                                               # exclusive
-    flat_counts = counts.reshape(-1)
-    group = torch.repeat_interleave(torch.arange(flat_counts.shape[0], device=device), flat_counts)
-    group_start = flat_counts.cumsum(0) - flat_counts
-    within = torch.arange(group.shape[0], device=device) - group_start[group]
-    src = layout.offsets[frames.reshape(-1)][group] + within
-    row = first_row.reshape(-1)[group] + within
-    window_id = torch.div(group, window, rounding_mode="floor")
-    position = group % window
-    offsets = torch.zeros(starts.shape[0] + 1, dtype=torch.long, device=device)
-    offsets[1:] = counts.sum(1).cumsum(0)
-    return WindowLayout(src, window_id, row, position, offsets, int(starts.shape[0]), window * layout.most)

@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from fremure.data.geometry import spatial_masks
 
-from ._kernels import check_kernels, use_ops
 from .embeddings import WORD_DIM, glove_table
 from .heads import GMMHead
 from .pairs import center_size, grouped_nms, segment_first_argmax, union_boxes, union_features
@@ -45,13 +44,11 @@ class ObjectClassifier(nn.Module):
             across the video (:mod:`fremure.model.tracking`); ``object_features`` and
             ``object_mem_features`` (and the object memory) are then 2376-d. Off by default.
         glove: see :func:`fremure.model.embeddings.glove_table`.
-        kernels: "auto" | "ops" | "reference": tracking on packed tokens with segment attention,
-            or the published padded batch (same numbers in eval mode).
     """
 
     def __init__(self, mode: str = "sgdet", obj_head: str = "gmm", K: int = 4, obj_classes: Sequence[str] | int = 37,
                  mem_compute: bool | None = None, selection: str | None = None, selection_lambda: float = 0.5,
-                 tracking: bool = False, glove: Any = None, kernels: str = "auto"):
+                 tracking: bool = False, glove: Any = None):
         super().__init__()
         if mode not in ("predcls", "sgcls", "sgdet"):
             raise ValueError(f"mode must be 'predcls', 'sgcls' or 'sgdet', got {mode!r}")
@@ -61,7 +58,6 @@ class ObjectClassifier(nn.Module):
         num_classes = len(names) if names is not None else obj_classes
         self.mode, self.obj_head, self.num_classes = mode, obj_head, num_classes
         self.tracking = bool(tracking)
-        self.kernels = check_kernels(kernels)
         self.mem_compute, self.selection, self.selection_lambda = mem_compute, selection, float(selection_lambda)
         self.obj_embed = nn.Embedding(num_classes - 1, WORD_DIM)
         if names is not None:
@@ -107,8 +103,7 @@ class ObjectClassifier(nn.Module):
         """Tracking encoder over the boxes grouped by the incoming (detector) distribution's
         argmax, as the published ``get_sequence`` groups them before the model runs."""
         layout = track_layout(entry["distribution"].argmax(dim=1), entry["boxes"][:, 0].long())
-        packed = use_ops(self.kernels, "segment_attention")
-        return encode_tracks(self.encoder_tran, self.positional_encoder, feat, layout, packed)
+        return encode_tracks(self.encoder_tran, self.positional_encoder, feat, layout)
 
     def _classify(self, entry: dict, phase: str, unc: bool) -> None:
         obj_embed = entry["distribution"] @ self.obj_embed.weight

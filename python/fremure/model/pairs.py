@@ -2,8 +2,8 @@
 features, the detector's "+1" NMS per group and per-frame argmax.
 
 Union boxes, spatial masks and the NMS itself live in :mod:`fremure.data.geometry` (shared with
-the entry builder and the detector); ``spatial_masks`` here is the published ``draw_union_boxes``
-convention, values in [0, 1] (the model input subtracts 0.5).
+the entry builder and the detector): ``pair_box_masks`` in [0, 1] (the published
+``draw_union_boxes``), ``spatial_masks`` = that minus 0.5 (the model input).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import torch
 
 from fremure.data.geometry import MASK_SIZE, nms_plus1, union_boxes
-from fremure.data.geometry import pair_box_masks as spatial_masks
 
 UNION_POOL = (7, 7)
 FEATURE_STRIDE = 16
 
 __all__ = ["MASK_SIZE", "UNION_POOL", "FEATURE_STRIDE", "center_size", "grouped_nms", "segment_first_argmax",
-           "spatial_masks", "union_boxes", "union_features"]
+           "union_boxes", "union_features"]
 
 
 def center_size(boxes: torch.Tensor) -> torch.Tensor:

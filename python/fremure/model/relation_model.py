@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ._kernels import check_kernels
+from ..relations import RELATION_TYPES
 from .embeddings import WORD_DIM, glove_table
 from .glocal import MEMORY_TYPES, GlocalTransformer, TransformerOutput
 from .heads import make_rel_head
@@ -28,9 +28,8 @@ from .pairs import MASK_SIZE
 EMBED_DIM = 1936           # 512 subject + 512 object + 512 union + 200 + 200 class embeddings
 UNION_CHANNELS = 1024
 VISUAL_DIM = 512
-REL_KEYS = {"attention": ("a_rel_compress", "attention", "freq_attention"),
-            "spatial": ("s_rel_compress", "spatial", "freq_spatial"),
-            "contact": ("c_rel_compress", "contacting", "freq_contact")}
+# published key -> (head attribute, entry-key prefix, prior buffer)
+REL_KEYS = {r.key: (r.head, r.name, f"freq_{r.key}") for r in RELATION_TYPES}
 
 
 class FReMuRe(nn.Module):
@@ -48,7 +47,7 @@ class FReMuRe(nn.Module):
         features as published), freq_attention /
         freq_spatial / freq_contact (``[3]``, ``[6]``, ``[17]`` class frequencies; None switches
         the frequency branch off).
-    Args (beyond the reference): kernels ("auto" | "ops" | "reference"), decouple ("shared": one
+    Args (beyond the reference): decouple ("shared": one
         transformer, as published; "separate": one per relation type), gate ("stats" | "log_inverse"),
         window, stride, window_mode ("latter" | "both" | "mean" | "weighted"), glove (GloVe path or
         table for the class embeddings), keep_unused (see :class:`GlocalTransformer`), dropout.
@@ -61,7 +60,7 @@ class FReMuRe(nn.Module):
                  selection: str = "manual", selection_lambda: float = 0.5, take_obj_mem_feat: bool = False,
                  obj_head: str = "linear", rel_head: str = "bayesian", K: int = 6, tracking: bool = False,
                  freq_attention: torch.Tensor | None = None, freq_spatial: torch.Tensor | None = None,
-                 freq_contact: torch.Tensor | None = None, *, kernels: str = "auto", decouple: str = "shared",
+                 freq_contact: torch.Tensor | None = None, *, decouple: str = "shared",
                  gate: str = "stats", window: int = 2, stride: int = 1, window_mode: str = "latter",
                  glove: Any = None, keep_unused: bool = True, dropout: float = 0.1):
         super().__init__()
@@ -72,7 +71,6 @@ class FReMuRe(nn.Module):
         if take_obj_mem_feat and mode == "predcls":
             raise ValueError("take_obj_mem_feat=True needs the object classifier's features (sgcls/sgdet)")
         self.mode, self.decouple, self.rel_head, self.obj_head = mode, decouple, rel_head, obj_head
-        self.kernels = check_kernels(kernels)
         self.attention_class_num, self.spatial_class_num = attention_class_num, spatial_class_num
         self.contact_class_num = contact_class_num
         self.rel_classes = rel_classes
@@ -80,8 +78,7 @@ class FReMuRe(nn.Module):
         self.num_obj_classes = len(names) if names is not None else obj_classes
         self.object_classifier = ObjectClassifier(mode=mode, obj_head=obj_head, K=K, obj_classes=obj_classes,
                                                   mem_compute=obj_mem_compute, selection=selection,
-                                                  selection_lambda=selection_lambda, tracking=tracking, glove=glove,
-                                                  kernels=kernels)
+                                                  selection_lambda=selection_lambda, tracking=tracking, glove=glove)
         self.union_func1 = nn.Conv2d(UNION_CHANNELS, 256, 1, 1)
         self.conv = nn.Sequential(
             nn.Conv2d(2, 128, kernel_size=7, stride=2, padding=3, bias=True), nn.ReLU(inplace=True),
@@ -105,7 +102,7 @@ class FReMuRe(nn.Module):
                                      dec_layer_num=dec_layer_num, dropout=dropout, mode=window_mode,
                                      mem_compute=rel_mem_compute, mem_fusion=mem_fusion, selection=selection,
                                      selection_lambda=selection_lambda, window=window, stride=stride,
-                                     kernels=kernels, gate=gate, keep_unused=keep_unused)
+                                     gate=gate, keep_unused=keep_unused)
 
         if decouple == "shared":
             self.glocal_transformer = transformer()
@@ -113,7 +110,7 @@ class FReMuRe(nn.Module):
             self.glocal_transformer = nn.ModuleDict({r: transformer() for r in REL_KEYS})
         classes = {"attention": attention_class_num, "spatial": spatial_class_num, "contact": contact_class_num}
         for rel_type, (attr, _, _) in REL_KEYS.items():
-            setattr(self, attr, make_rel_head(rel_head, EMBED_DIM, classes[rel_type], rel_type, K, kernels))
+            setattr(self, attr, make_rel_head(rel_head, EMBED_DIM, classes[rel_type], rel_type, K))
         for rel_type, (_, _, freq_attr) in REL_KEYS.items():
             self.register_buffer(freq_attr, None, persistent=False)
         self.set_frequencies({"attention": freq_attention, "spatial": freq_spatial, "contact": freq_contact})

@@ -100,32 +100,25 @@ def track_layout(labels: torch.Tensor, frame: torch.Tensor) -> TrackLayout:
     return TrackLayout(order, offsets, track, slot, position, longest)
 
 
-def encode_tracks(encoder: nn.TransformerEncoder, positional: FramePositionalEncoding, x: torch.Tensor,
-                  layout: TrackLayout, packed: bool) -> torch.Tensor:
-    """Runs ``encoder`` over every track of ``x [N, D]`` and returns ``[N, D]`` in x's row order.
-
-    packed=False: one zero-padded ``[G, L, D]`` batch through the module (key-padding masks,
-    padding at position 0, as published); packed=True: the tracks' tokens back to back with
-    attention restricted to each track (no padding computed; no dropout on attention weights).
-    """
-    if x.shape[0] == 0:
-        return x
+def check_track_lengths(layout: TrackLayout, positional: FramePositionalEncoding) -> None:
+    """ValueError when a track spans more frames than the position table holds."""
     if not torch.compiler.is_compiling() and int(layout.position.max()) >= positional.max_len:
         raise ValueError(f"a track spans {int(layout.position.max()) + 1} frames; the position table holds "
                          f"{positional.max_len}")
-    tokens = x.index_select(0, layout.order)
-    if packed:
-        h = positional(tokens, layout.position)
-        for layer in encoder.layers:
-            h = post_norm_layer_packed(layer, h, layout.offsets)
-        if encoder.norm is not None:
-            h = encoder.norm(h)
-    else:
-        tracks = layout.offsets.shape[0] - 1
-        index = (layout.track, layout.slot)
-        padded = x.new_zeros(tracks, layout.longest, x.shape[1]).index_put(index, tokens)
-        position = layout.position.new_zeros(tracks, layout.longest).index_put(index, layout.position)
-        mask = torch.ones(tracks, layout.longest, dtype=torch.bool, device=x.device).index_put(
-            index, torch.zeros((), dtype=torch.bool, device=x.device))
-        h = encoder(positional(padded, position), src_key_padding_mask=mask)[index]
+
+
+def encode_tracks(encoder: nn.TransformerEncoder, positional: FramePositionalEncoding, x: torch.Tensor,
+                  layout: TrackLayout) -> torch.Tensor:
+    """Runs ``encoder`` over every track of ``x [N, D]`` and returns ``[N, D]`` in x's row order:
+    the tracks' tokens back to back with attention restricted to each track (no padding computed).
+    The published zero-padded batch is :func:`fremure.model.published.encode_tracks_padded`.
+    """
+    if x.shape[0] == 0:
+        return x
+    check_track_lengths(layout, positional)
+    h = positional(x.index_select(0, layout.order), layout.position)
+    for layer in encoder.layers:
+        h = post_norm_layer_packed(layer, h, layout.offsets)
+    if encoder.norm is not None:
+        h = encoder.norm(h)
     return torch.empty_like(h).index_copy(0, layout.order, h)

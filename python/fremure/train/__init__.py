@@ -2,7 +2,8 @@
 
 ``Trainer(config, model, train_source, test_source, test_gt, frequencies).fit(resume=False)``;
 ``TrainConfig`` holds the published defaults; ``run_training(config)`` builds everything from
-the AG folder and feature caches (see :mod:`fremure.train.pipeline`).
+the AG folder and feature caches (see :mod:`fremure.train.pipeline`); building, predicting and
+evaluating are :mod:`fremure.pipeline`.
 
 Names are imported on first use, so that ``fremure.train.config`` (which the command line reads
 for its options) does not load the model and its compiled kernels.
@@ -14,8 +15,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "TrainConfig": "config", "make_config": "config", "read_config_file": "config",
     "relation_losses": "losses", "MemoryAccumulator": "memory",
-    "Trainer": "trainer", "build_model": "trainer", "epoch_order": "trainer", "evaluate_predictions": "trainer",
-    "load_model_tensors": "trainer", "predict_videos": "trainer",
+    "Trainer": "trainer", "epoch_order": "trainer", "load_model_tensors": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,8 +11,8 @@ import torch
 
 from ..data.cache import VideoEntrySource
 from .config import TrainConfig
-from .pipeline import extract_split, frequencies, load_split, make_detector
-from .trainer import Trainer, build_model
+from ..pipeline import build_model, extract_split, frequencies, load_split, make_detector
+from .trainer import Trainer
 
 
 def train_throughput(data_path: str | None, work_dir: str, videos: int = 4, steps: int = 1,
@@ -44,12 +44,12 @@ def train_throughput(data_path: str | None, work_dir: str, videos: int = 4, step
         trainer = Trainer(config, build_model(config, train_ds.object_classes, freqs), source, source,
                           train_ds.gt_annotations, freqs)
         order = list(range(count))
-        trainer._train_step(order[:1])                 # warm-up (allocations, first-call overheads)
+        trainer.train_step(order[:1])                 # warm-up (allocations, first-call overheads)
         _synchronize(config.device)
         started = time.perf_counter()
         for _ in range(steps):
             for video in order:
-                trainer._train_step([video])
+                trainer.train_step([video])
         _synchronize(config.device)
         seconds = time.perf_counter() - started
         rows.append({"source": name, "videos": count * steps, "seconds": seconds, "videos_per_s": count * steps / seconds})

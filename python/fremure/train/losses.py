@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-REL_GT = {"attention": ("attention_distribution", "attention_gt", 3),
-          "spatial": ("spatial_distribution", "spatial_gt", 6),
-          "contacting": ("contacting_distribution", "contacting_gt", 17)}
+from ..relations import RELATION_TYPES
+
+REL_GT = {r.name: (f"{r.name}_distribution", f"{r.name}_gt", r.classes) for r in RELATION_TYPES}
 SPATIAL_LOSSES = ("bce", "mlm")
 
 

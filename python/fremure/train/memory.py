@@ -16,12 +16,11 @@ from typing import Any, Mapping
 
 import torch
 
+from ..relations import RELATION_TYPES
 from .losses import REL_GT
 
 # entry keys of the pre-memory features per type (with frequency priors / without)
-FEATURE_KEYS = {"attention": ("attention_mem_features", "rel_mem_features"),
-                "spatial": ("spatial_mem_features", "rel_mem_features"),
-                "contacting": ("contacting_mem_features", "rel_mem_features")}
+FEATURE_KEYS = {r.name: (f"{r.name}_mem_features", "rel_mem_features") for r in RELATION_TYPES}
 
 
 class MemoryAccumulator:

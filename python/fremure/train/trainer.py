@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..eval import MultiConstraintEvaluator, SceneGraphEvaluator
 from ..model import FReMuRe
+from ..pipeline import autocast, evaluate_predictions, predict_videos, to_device
 from . import distributed as dist_utils
 from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer, optimizer_tensors, rng_state,
                          save_checkpoint, set_rng_state)
@@ -42,9 +42,6 @@ from .losses import relation_losses
 from .memory import MemoryAccumulator
 
 logger = logging.getLogger("fremure.train")
-PRED_KEYS = ("boxes", "pred_labels", "pred_scores", "pair_idx", "im_idx", "attention_distribution",
-             "spatial_distribution", "contacting_distribution", "labels", "scores")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 HISTORY_FILE = "history.jsonl"
 
 
@@ -63,30 +60,6 @@ def epoch_order(num_videos: int, seed: int, epoch: int) -> list[int]:
     return dist_utils.rank_share(num_videos, sampler_seed(seed), epoch, world=1, rank_index=0)
 
 
-def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
-                frequencies: dict[str, torch.Tensor] | None) -> FReMuRe:
-    """FReMuRe configured from ``config`` (published option names) with the given priors."""
-    freqs = frequencies or {}
-    contact = freqs.get("contacting", freqs.get("contact"))
-    import warnings
-    with warnings.catch_warnings(), torch.random.fork_rng():
-        warnings.filterwarnings("ignore", message="no GloVe vectors")
-        torch.manual_seed(config.seed)          # same initial weights for the same seed, whatever ran before
-        model = FReMuRe(mode=config.mode, obj_classes=obj_classes, enc_layer_num=config.enc_layer,
-                        dec_layer_num=config.dec_layer,
-                        rel_mem_compute=None if config.rel_mem_compute == "none" else config.rel_mem_compute,
-                        mem_fusion=config.mem_fusion, selection_lambda=config.mem_feat_lambda,
-                        obj_head=config.obj_head, rel_head=config.rel_head, K=config.K,
-                        freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"),
-                        freq_contact=contact, kernels=config.kernels, decouple=config.decouple,
-                        keep_unused=config.keep_unused, dropout=config.dropout,
-                        tracking=config.tracking)
-    if config.mode == "predcls":
-        for p in model.object_classifier.parameters():
-            p.requires_grad_(False)
-    return model
-
-
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW (published defaults: lr 1e-5, weight decay 1e-2), Adam or SGD over trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -102,46 +75,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer):
     """ReduceLROnPlateau on validation mR@20 as published (max, factor 0.5, patience 1, abs 1e-4, min 1e-7)."""
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=1, factor=0.5, threshold=1e-4,
                                                       threshold_mode="abs", min_lr=1e-7)
-
-
-def prediction_for_eval(entry: dict[str, Any]) -> dict[str, Any]:
-    """The CPU tensors of a test-phase entry that the evaluator reads."""
-    return {k: entry[k].detach().float().cpu() if entry[k].is_floating_point() else entry[k].detach().cpu()
-            for k in PRED_KEYS if isinstance(entry.get(k), torch.Tensor)}
-
-
-@torch.no_grad()
-def predict_videos(model: FReMuRe, source, indices: Sequence[int], device: str | torch.device = "cpu",
-                   amp: str = "none", progress: bool = False) -> list[tuple[int, dict[str, Any]]]:
-    """Test-phase predictions ``[(video index, pred dict)]`` of the given videos."""
-    from tqdm.auto import tqdm
-    model.eval()
-    out = []
-    for index in tqdm(indices, desc="eval", unit="video", disable=not progress):
-        entry = _to_device(source[index], device)
-        with _autocast(device, amp):
-            pred = model(entry, phase="test")
-        out.append((index, prediction_for_eval(pred)))
-    return out
-
-
-def evaluate_predictions(mode: str, predictions: Sequence[tuple[int, dict]], gt_annotations: Sequence,
-                         constraints: Sequence[str] = ("with", "semi", "no")) -> dict[str, dict[str, Any]]:
-    """R@K / mR@K summaries per constraint of predictions in video order."""
-    evaluator = MultiConstraintEvaluator(mode, tuple(constraints))
-    for index, pred in sorted(predictions, key=lambda item: item[0]):
-        evaluator.add_video(gt_annotations[index], pred)
-    return evaluator.summary()
-
-
-def _to_device(entry: dict[str, Any], device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in entry.items()}
-
-
-def _autocast(device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
 class Trainer:
@@ -271,7 +204,7 @@ class Trainer:
                 count = min(per_step, num - step_index * per_step)
                 mine = [(video, place) for video, place in places if place < count]
                 filler = places[0][0] if places else share[0]
-                total = self._train_step(mine, count, filler)
+                total = self.train_step(mine, count, filler)
                 self.position = min((step_index + 1) * per_step, num)
                 self.step += 1
                 bar.update(count)
@@ -296,7 +229,7 @@ class Trainer:
             self.writer.flush()
         return self.history
 
-    def _train_step(self, videos: Sequence[int] | Sequence[tuple[int, int]], count: int | None = None,
+    def train_step(self, videos: Sequence[int] | Sequence[tuple[int, int]], count: int | None = None,
                     filler: int | None = None) -> float | None:
         """One optimiser step; returns the mean loss of the step's finite videos (all ranks) or None.
 
@@ -350,9 +283,9 @@ class Trainer:
         """Seeded training forward pass and total loss of one video (NaN when the kernels refuse it)."""
         config = self.config
         torch.manual_seed(video_seed(config.seed, self.epoch, video))
-        entry = _to_device(self.train_source[video], config.device)
+        entry = to_device(self.train_source[video], config.device)
         try:
-            with _autocast(config.device, config.amp):
+            with autocast(config.device, config.amp):
                 pred = self.forward(entry, phase="train")
             losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
             return sum(losses.values())
@@ -422,8 +355,8 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             for video in list(range(self.num_train))[self.rank::self.world]:
-                entry = _to_device(self.train_source[video], self.config.device)
-                with _autocast(self.config.device, self.config.amp):
+                entry = to_device(self.train_source[video], self.config.device)
+                with autocast(self.config.device, self.config.amp):
                     out = self.model(entry, phase="train")
                 accumulator.add_video(out)
         for tensor in accumulator.state_tensors().values():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import reference as _reference
+from ..dispatch import compiled
 from ._common import check_float, check_ndim, check_same
 from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
 
@@ -42,6 +44,8 @@ def bayes_mc(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None 
         raise ValueError(f"samples must be >= 1, got {samples}")
     seed = check_noise_or_seed(noise, seed, mu, "mu", (samples, *mu.shape), "[samples, B, C]")
     check_activation(activation)
+    if not compiled("bayes_mc", mu.device):
+        return _reference.bayes_mc(mu, logvar, noise, seed, samples, activation)
     return torch.ops.fremure.bayes_mc(mu, logvar, noise, seed, samples, activation)
 
 

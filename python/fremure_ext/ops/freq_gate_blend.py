@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import reference as _reference
+from ..dispatch import compiled
 from ._common import check_float, check_same, check_tensor
 
 __all__ = ["freq_gate_blend"]
@@ -36,6 +38,8 @@ def freq_gate_blend(x: torch.Tensor, gate: torch.Tensor, valid: torch.Tensor | N
             raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
         if valid.shape != x.shape[:-1]:
             raise ValueError(f"valid must have shape {tuple(x.shape[:-1])}, got {tuple(valid.shape)}")
+    if not compiled("freq_gate_blend", x.device):
+        return _reference.freq_gate_blend(x, gate, valid)
     return torch.ops.fremure.freq_gate_blend(x, gate, valid)
 
 

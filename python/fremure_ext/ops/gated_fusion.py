@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .. import reference as _reference
+from ..dispatch import compiled
 from ._common import check_finite, check_float, check_ndim, check_same
 
 __all__ = ["gated_fusion"]
@@ -70,6 +72,8 @@ def gated_fusion(
             raise ValueError(f"bias must have shape [D] = [{d}], got {tuple(bias.shape)}")
     _check_scalars(temperature, lo, hi)
     check_finite(cond, "cond")
+    if not compiled("gated_fusion", head.device):
+        return _reference.gated_fusion(head, tail, cond, weight, bias, temperature, lo, hi)
     out, _ = torch.ops.fremure.gated_fusion(head, tail, cond, weight, bias, float(temperature), float(lo), float(hi))
     return out
 

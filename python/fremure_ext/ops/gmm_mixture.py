@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .. import reference as _reference
+from ..dispatch import compiled
 from ._common import check_float, check_ndim, check_same
 from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
 
@@ -69,6 +71,9 @@ def gmm_mixture(mu: torch.Tensor, var_raw: torch.Tensor, pi_logit: torch.Tensor,
     if not (math.isfinite(var_floor) and math.isfinite(var_ceiling) and 0 < var_floor <= var_ceiling):
         raise ValueError(f"var_floor and var_ceiling must satisfy 0 < var_floor <= var_ceiling, "
                          f"got {var_floor} and {var_ceiling}")
+    if not compiled("gmm_mixture", mu.device):
+        return _reference.gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling,
+                                      activation, bool(uncertainty))
     pred, aleatoric = torch.ops.fremure.gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
                                                     var_ceiling, activation, bool(uncertainty))
     return (pred, aleatoric) if uncertainty else pred

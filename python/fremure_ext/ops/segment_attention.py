@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from .. import reference as _reference
+from ..dispatch import compiled
 from ._common import check_float, check_ndim, check_same, check_seed, check_tensor
 
 __all__ = ["segment_attention"]
@@ -63,8 +65,12 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
     if dropout_p == 0.0:
         if seed is not None:
             check_seed(seed)
+        if not compiled("segment_attention", q.device):
+            return _reference.segment_attention(q, k, v, segment_offsets, float(scale))
         return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale))[0]
     seed = _draw_seed() if seed is None else check_seed(seed)
+    if not compiled("segment_attention", q.device):
+        return _reference.segment_attention(q, k, v, segment_offsets, float(scale), dropout_p, seed)
     return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale), dropout_p, seed)[0]
 
 

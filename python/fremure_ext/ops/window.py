@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from .. import reference as _reference
+from ..dispatch import compiled
 from ._common import check_float, check_ndim, check_same, check_tensor
 
 __all__ = ["WindowPack", "window_count", "window_pack", "window_unpack", "UNPACK_MODES"]
@@ -36,12 +38,9 @@ class WindowPack(NamedTuple):
 
 def window_count(num_frames: int, window: int, stride: int) -> int:
     """Number of windows :func:`window_pack` makes over ``num_frames`` frames (0 if fewer than
-    ``window`` frames)."""
+    ``window`` frames; the rule: :func:`fremure_ext.reference.window.window_count`)."""
     _check_window_args(window, stride)
-    if num_frames < window:
-        return 0
-    regular = (num_frames - window) // stride + 1
-    return regular + 1 if (regular - 1) * stride + window < num_frames else regular
+    return _reference.window.window_count(num_frames, window, stride)
 
 
 def _check_int(value: object, name: str) -> int:
@@ -115,6 +114,8 @@ def window_pack(x: torch.Tensor, frame_offsets: torch.Tensor, window: int, strid
         if int(frame_offsets[-1]) != x.shape[0]:
             raise ValueError(f"frame_offsets[-1] must equal the number of rows of x ({x.shape[0]}), "
                              f"got {int(frame_offsets[-1])}")
+    if not compiled("window_pack", x.device):
+        return WindowPack(*_reference.window_pack(x, frame_offsets, window, stride, padded))
     return WindowPack(*torch.ops.fremure.window_pack(x, frame_offsets, window, stride, padded))
 
 
@@ -171,6 +172,8 @@ def window_unpack(y: torch.Tensor, src_index: torch.Tensor, weights: torch.Tenso
         lo, hi = int(src_index.min()), int(src_index.max())
         if lo < -1 or hi >= num_rows:
             raise ValueError(f"src_index values must be in [-1, num_rows = {num_rows}), got min {lo}, max {hi}")
+    if not compiled("window_unpack", y.device):
+        return _reference.window_unpack(y, src_index, weights, num_rows, mode)
     return torch.ops.fremure.window_unpack(y, src_index, weights, num_rows, mode)
 
 

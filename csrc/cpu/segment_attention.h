@@ -1,5 +1,5 @@
 // Per-score math of segment_attention (softmax attention restricted to one segment of a packed
-// token array), written once for the CPU loops and a later GPU kernel. The dot products and row
+// token array), used by the CPU loops (GPU: Triton). The dot products and row
 // updates around these scalars differ between devices; the softmax bookkeeping does not.
 //
 // Forward, per query row, over tiles of keys (online softmax):
@@ -23,49 +23,48 @@
 #include <cstdint>
 #include <limits>
 
-#include "common/macros.h"
 #include "common/philox.h"
 
 namespace fremure {
 
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc attn_neg_inf() {
+inline Acc attn_neg_inf() {
   return -std::numeric_limits<Acc>::infinity();
 }
 
 // Factor that rescales the running sum and output when the running max moves from m_old to
 // m_new; zero before the first tile (m_old = -inf), so stale accumulators never leak in.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc attn_rescale(Acc m_old, Acc m_new) {
+inline Acc attn_rescale(Acc m_old, Acc m_new) {
   return m_old == attn_neg_inf<Acc>() ? Acc(0) : std::exp(m_old - m_new);
 }
 
 // log-sum-exp of a finished row from its running max and running sum.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc attn_lse(Acc m, Acc l) {
+inline Acc attn_lse(Acc m, Acc l) {
   return m + std::log(l);
 }
 
 // Probability of one (query, key) pair recomputed from the scaled score and the row's lse.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc attn_prob(Acc scaled_score, Acc lse) {
+inline Acc attn_prob(Acc scaled_score, Acc lse) {
   return std::exp(scaled_score - lse);
 }
 
 // Gradient of the unscaled dot product q . k (the softmax Jacobian times dp, times scale).
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc attn_dscore(Acc p, Acc dp, Acc delta, Acc scale) {
+inline Acc attn_dscore(Acc p, Acc dp, Acc delta, Acc scale) {
   return scale * p * (dp - delta);
 }
 
 // Philox counter of the dropout draw of (query token t, head h, key token u) in a problem of
 // `tokens` packed tokens and `heads` heads.
-FREMURE_HOST_DEVICE uint64_t attn_dropout_offset(int64_t t, int64_t h, int64_t u, int64_t heads, int64_t tokens) {
+inline uint64_t attn_dropout_offset(int64_t t, int64_t h, int64_t u, int64_t heads, int64_t tokens) {
   return static_cast<uint64_t>((t * heads + h) * tokens + u);
 }
 
 // Whether the probability at counter `offset` is kept (tl.rand(seed, offset) >= p in float32).
-FREMURE_HOST_DEVICE bool attn_keep(uint64_t seed, uint64_t offset, float p) {
+inline bool attn_keep(uint64_t seed, uint64_t offset, float p) {
   return philox_rand(seed, offset) >= p;
 }
 

@@ -1,5 +1,5 @@
-// Per-element math of gmm_mixture (GMM-Plus head, METHOD.md 4), shared by the CPU and CUDA
-// kernels. For one pair b, class c and component k:
+// Per-element math of gmm_mixture (GMM-Plus head, METHOD.md 4), used by the CPU kernels (the GPU
+// kernel is Triton). For one pair b, class c and component k:
 //   var_k    = clamp(softplus(var_raw_k) + var_eps, var_floor, var_ceiling)
 //   logit_k  = mu_k + eps_k * sqrt(var_k)            (training; mu_k in evaluation)
 //   p_k      = act(logit_k / max(tau, 1e-3))          (sigmoid, or softmax over the classes)
@@ -10,8 +10,7 @@
 // threshold 20, clamp passing gradient on the closed interval, clamp_min at 1e-9 in the log).
 #pragma once
 #include "common/fast_math.h"
-#include "common/head_math.h"
-#include "common/macros.h"
+#include "cpu/head_math.h"
 
 namespace fremure {
 

@@ -1,14 +1,13 @@
-// Per-element math of bayes_mc (Bayesian head, METHOD.md 4), shared by the CPU and CUDA kernels:
+// Per-element math of bayes_mc (Bayesian head, METHOD.md 4), used by the CPU kernels:
 //   sd    = sqrt(exp(logvar))
 //   out   = mean over s of act(mu + eps_s * sd)      (training, S samples)
 //         = act(mu)                                   (evaluation)
-// with act the sigmoid or the softmax over the classes (common/head_math.h).
+// with act the sigmoid or the softmax over the classes (cpu/head_math.h).
 #pragma once
 #include <cmath>
 
 #include "common/fast_math.h"
-#include "common/head_math.h"
-#include "common/macros.h"
+#include "cpu/head_math.h"
 
 namespace fremure {
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from fremure.data.geometry import spatial_masks, union_boxes
+from .geometry import spatial_masks, union_boxes
 
 PERSON = 1
 

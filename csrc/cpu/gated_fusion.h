@@ -1,4 +1,4 @@
-// Per-element math of gated_fusion (METHOD.md 3.4), shared by CPU loops and GPU kernels:
+// Per-element math of gated_fusion (METHOD.md 3.4), used by the CPU row loops (GPU: Triton):
 //   s = sigmoid(z / T), gate = clamp(s, lo, hi), out = h + (1 - gate) * (t - h),
 // with z the GEMM logits (bias and condition included) and h, t the LN0 rows of head and tail.
 #pragma once
@@ -9,37 +9,37 @@ namespace fremure {
 
 // The pre-clamp gate; 1 / (1 + exp(-x)) saturates to exactly 0 or 1 without NaN.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc gated_fusion_sigmoid(Acc z, Acc temperature) {
+inline Acc gated_fusion_sigmoid(Acc z, Acc temperature) {
   return Acc(1) / (Acc(1) + std::exp(-(z / temperature)));
 }
 
 // torch.clamp semantics: NaN stays NaN.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc gated_fusion_clamp(Acc s, Acc lo, Acc hi) {
+inline Acc gated_fusion_clamp(Acc s, Acc lo, Acc hi) {
   return s < lo ? lo : (s > hi ? hi : s);
 }
 
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc gated_fusion_value(Acc h, Acc t, Acc gate) {
+inline Acc gated_fusion_value(Acc h, Acc t, Acc gate) {
   return h + (Acc(1) - gate) * (t - h);
 }
 
 // dL/dz for one element: out depends on the gate through -(t - h); the clamp passes the gradient
 // where lo <= s <= hi (torch.clamp's rule, bounds included); d sigmoid(z / T) / dz = s (1 - s) / T.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc gated_fusion_dlogit(Acc dy, Acc h, Acc t, Acc s, Acc lo, Acc hi, Acc temperature) {
+inline Acc gated_fusion_dlogit(Acc dy, Acc h, Acc t, Acc s, Acc lo, Acc hi, Acc temperature) {
   const bool passes = s >= lo && s <= hi;
   return passes ? dy * (h - t) * (s * (Acc(1) - s) / temperature) : Acc(0);
 }
 
 // Gradients reaching h and t directly through the blend out = gate * h + (1 - gate) * t.
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc gated_fusion_dh_direct(Acc dy, Acc gate) {
+inline Acc gated_fusion_dh_direct(Acc dy, Acc gate) {
   return dy * gate;
 }
 
 template <typename Acc>
-FREMURE_HOST_DEVICE Acc gated_fusion_dt_direct(Acc dy, Acc gate) {
+inline Acc gated_fusion_dt_direct(Acc dy, Acc gate) {
   return dy * (Acc(1) - gate);
 }
 

@@ -2,7 +2,6 @@
 // softmax over the classes of a pair, with torch's backward formulas.
 #pragma once
 #include "common/fast_math.h"
-#include "common/macros.h"
 
 namespace fremure {
 
