@@ -332,6 +332,7 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
     from .train.config import make_config
     from .pipeline import frequencies
     if args.published_checkpoint:
+        import fremure_ext
         from .compat import load_reference_checkpoint
         freqs = frequencies(config, train_ds, test_ds)
         fremure_ext.dispatch.set_kernels(config.kernels)
