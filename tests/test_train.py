@@ -57,7 +57,9 @@ def test_memory_accumulator_is_streamed_weighted_mean():
     acc = MemoryAccumulator(4, freqs, temperature=0.5)
     feats = torch.arange(12.0).view(3, 4)
     entry = {"attention_gt": [[0], [0], [2]], "spatial_gt": [[1], [], [1]], "contacting_gt": [[], [], []],
-             "attention_mem_features": feats, "spatial_mem_features": feats, "contacting_mem_features": feats}
+             "attention_features": feats, "spatial_features": feats, "contacting_features": feats,
+             # post-memory features (late fusion) must not feed the rebuild
+             "attention_mem_features": -feats, "spatial_mem_features": -feats, "contacting_mem_features": -feats}
     acc.add_video(entry)
     memory = acc.prototypes()
     # class 0 of attention: two equal-weight entries -> plain mean; class 2: its single pair

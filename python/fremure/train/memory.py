@@ -19,8 +19,10 @@ import torch
 from ..relations import RELATION_TYPES
 from .losses import REL_GT
 
-# entry keys of the pre-memory features per type (with frequency priors / without)
-FEATURE_KEYS = {r.name: (f"{r.name}_mem_features", "rel_mem_features") for r in RELATION_TYPES}
+# Entry keys of the pre-memory features per type (with frequency priors / without): the
+# transformer's second output, as the published code saves `<type>_features` for the rebuild.
+# With late fusion the third output (`*_mem_features`) already has the memory mixed in.
+FEATURE_KEYS = {r.name: (f"{r.name}_features", "rel_features") for r in RELATION_TYPES}
 
 
 class MemoryAccumulator:
