@@ -78,23 +78,3 @@ def test_model_same_numbers_on_kernels_and_references():
         results.append((out.output, x.grad))
     torch.testing.assert_close(results[0][0], results[1][0], **FWD_TOL)
     torch.testing.assert_close(results[0][1], results[1][1], **GRAD_TOL)
-
-
-ISA_ORDER = ["baseline", "avx2", "avx512"]
-
-
-def test_cpu_isa_cap(monkeypatch):
-    """FREMURE_CPU_ISA caps the ISA of the multi-version CPU kernels; a cap above the CPU's best
-    gives the CPU's best; anything else is an error naming the variable."""
-    from fremure_ext import _C
-
-    monkeypatch.delenv("FREMURE_CPU_ISA", raising=False)
-    best = _C.selected_cpu_isa()
-    assert best in ISA_ORDER
-    for cap in ISA_ORDER:
-        monkeypatch.setenv("FREMURE_CPU_ISA", cap)
-        expected = ISA_ORDER[min(ISA_ORDER.index(cap), ISA_ORDER.index(best))]
-        assert _C.selected_cpu_isa() == expected
-    monkeypatch.setenv("FREMURE_CPU_ISA", "base")
-    with pytest.raises(RuntimeError, match="FREMURE_CPU_ISA must be 'baseline', 'avx2' or 'avx512'"):
-        _C.selected_cpu_isa()
