@@ -1,7 +1,7 @@
 """Baseline for the evaluator benchmark: the obvious frame-by-frame, triplet-by-triplet Python version.
 
-It computes what ``fremure.eval.SceneGraphEvaluator`` computes (spec section 3, reference semantics,
-same tie rules) with plain loops and Python floats, written directly from the spec and independently
+It computes what ``fremure.eval.SceneGraphEvaluator`` computes (docs/ag_and_eval.md section 3, reference semantics,
+same tie rules) with plain loops and Python floats, written directly from docs/ag_and_eval.md and independently
 of the package, so the benchmark can assert that both give the same numbers.
 """
 

@@ -49,7 +49,7 @@ def _plain_load(path: pathlib.Path) -> object:
 
 
 def _published_style(root: pathlib.Path, mode: str, objects_classes: list, rel: dict) -> int:
-    """Baseline: the per-frame/per-object work of spec 1.7's pseudo-code as the published loader
+    """Baseline: the per-frame/per-object work of the loader algorithm (docs/ag_and_eval.md 1.7) as the published loader
     does it (plain pickle.load, list.index lookups, torch.tensor per label list, in-place updates)."""
     paths = annotation_paths(root)
     person, objects = _plain_load(paths["person_bbox"]), _plain_load(paths["object_bbox"])

@@ -34,7 +34,7 @@ def small_detector(seed: int = 0, config: DetectorConfig = SMALL_CONFIG) -> AGFa
 
 
 def obj(cls: int, box, att, spa, con) -> dict:
-    """One visible object dict in the spec 1.8 format (bbox xyxy float64, relations as LongTensors)."""
+    """One visible object dict in the docs/ag_and_eval.md 1.8 format (bbox xyxy float64, relations as LongTensors)."""
     return {"class": cls, "bbox": np.asarray(box, dtype=np.float64),
             "attention_relationship": torch.tensor(att, dtype=torch.int64),
             "spatial_relationship": torch.tensor(spa, dtype=torch.int64),

@@ -32,7 +32,7 @@ def _raw(root: pathlib.Path, filter_small_box: bool) -> tuple[dict, dict]:
 
 
 def _expected(root: pathlib.Path, mode: str, filter_small_box: bool) -> dict:
-    """Counts of the spec 1.7 rules, computed directly from the raw pickles (no loader code)."""
+    """Counts of the docs/ag_and_eval.md 1.7 rules, computed directly from the raw pickles (no loader code)."""
     person, objects = _raw(root, filter_small_box)
     in_split = [k for k in person if objects[k][0]["metadata"]["set"] == mode]
     with_visible = [k for k in in_split if any(o["visible"] for o in objects[k])]

@@ -99,7 +99,7 @@ def test_caffe_layout_and_frozen(detector):
         model = AGFasterRCNN()
         fmaps = model.base_features(torch.empty(1, 3, 600, 1067))
         pooled = model.head(torch.empty(5, 1024, 7, 7))
-    assert fmaps.shape == (1, 1024, 38, 67)                      # spec 2.1: 38x67 for 600x1067
+    assert fmaps.shape == (1, 1024, 38, 67)                      # docs/ag_and_eval.md 2.1: 38x67 for 600x1067
     assert pooled.shape == (5, 2048)
     for stage in (detector.backbone.layer2, detector.backbone.layer3, detector.res5):
         assert stage[0].conv1.stride == (2, 2) and stage[0].conv2.stride == (1, 1)

@@ -1,5 +1,6 @@
-"""Tests of fremure.eval: the golden vectors of AG_AND_EVAL_SPEC.md 3.6 and 3.10, exact agreement with an
-independent loop implementation on adversarial random data, and the edge cases of spec 3.7 / section 5."""
+"""Tests of fremure.eval: the golden vectors of docs/ag_and_eval.md 3.6 and 3.10, exact agreement with
+an independent loop implementation on adversarial random data, and the edge cases of
+docs/ag_and_eval.md 3.7 and section 5."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ LoopEvaluator = _load_baseline().LoopEvaluator
 
 
 def gt_object(cls, box, att, spa, con):
-    """One object dict in the loader's format (spec 1.8)."""
+    """One object dict in the loader's format (docs/ag_and_eval.md 1.8)."""
     return {"class": cls, "bbox": np.array(box, dtype=np.float64),
             "attention_relationship": torch.LongTensor(att), "spatial_relationship": torch.LongTensor(spa),
             "contacting_relationship": torch.LongTensor(con), "metadata": {"tag": "t", "set": "test"},
@@ -44,7 +45,7 @@ def gt_person(box, frame="VID.mp4/000001.png"):
 
 
 def entry(boxes, labels, pair_idx, im_idx, attention, spatial, contacting, scores=None, mode="predcls"):
-    """A model ``entry`` dict (spec 2.6) with torch tensors."""
+    """A model ``entry`` dict (docs/ag_and_eval.md 2.6) with torch tensors."""
     label_key, score_key = ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
     scores = np.ones(len(labels)) if scores is None else scores
     return {"boxes": torch.tensor(boxes, dtype=torch.float32), label_key: torch.tensor(labels),
@@ -187,7 +188,7 @@ def test_golden_example2_top_k_cut(constraint):
 
 @pytest.mark.parametrize("constraint", ["with", "semi", "no"])
 def test_sttran_logits_input_gives_the_same_recall(constraint):
-    """Spec 3.10: feeding log(probs) to an evaluator that softmaxes the attention input gives the same R@K."""
+    """docs/ag_and_eval.md 3.10: log(probs) fed to an evaluator that softmaxes attention gives the same R@K."""
     pred = example1_pred()
     logits = dict(pred, attention_distribution=torch.log(pred["attention_distribution"]))
     expected = evaluate("predcls", constraint, example1_gt(), pred).summary()["R"]

@@ -14,7 +14,7 @@ from detector_fakes import FRAME_H, FRAME_W, obj, person, random_video_gt, small
 
 
 def _slow_mask(pair: np.ndarray, size: int = 27) -> np.ndarray:
-    """Per-cell float32 transcription of the rasterisation rule of spec 2.5 (before the -0.5)."""
+    """Per-cell float32 transcription of the rasterisation rule of docs/ag_and_eval.md 2.5 (before the -0.5)."""
     p = pair.astype(np.float32)
     ux1, uy1 = min(p[0], p[4]), min(p[1], p[5])
     w, h = max(p[2], p[6]) - ux1, max(p[3], p[7]) - uy1
@@ -38,8 +38,8 @@ def test_spatial_mask_spec_vectors():
     subject, obj_ch = first[0], first[1]
     assert torch.all(subject[:, :7] == 1) and torch.all(subject[:, 8:] == 0)
     torch.testing.assert_close(subject[:, 7], torch.full((27,), 0.105263), atol=1e-6, rtol=0)
-    # The spec's "rows 0-15 = 0" is a slip: Y1 = 30*27/100 = 8.1, so rows 0-7 are empty, row 8 is 0.9 x the
-    # column ramp and row 21 is 0.6 x it; row 16 and the channel sums below are as the spec states.
+    # Y1 = 30*27/100 = 8.1, so rows 0-7 are empty, row 8 is 0.9 x the column ramp and row 21 is
+    # 0.6 x it (the notes these vectors came from said "rows 0-15 = 0", a slip); docs/ag_and_eval.md 2.5.
     assert torch.all(obj_ch[:8] == 0) and torch.all(obj_ch[22:] == 0)
     torch.testing.assert_close(obj_ch[8], 0.9 * obj_ch[16], atol=1e-6, rtol=0)
     torch.testing.assert_close(obj_ch[21], 0.6 * obj_ch[16], atol=1e-6, rtol=0)

@@ -1,4 +1,4 @@
-"""Predicate frequency priors (spec 4.3): published train+test pooling, train-only option, table, plot."""
+"""Frequency priors (docs/ag_and_eval.md 4.3): published train+test pooling, train-only option, table, plot."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def splits():
 
 
 def _counter_counts(*datasets, rel_type):
-    """Spec 4.3 literally: list every label of every object of every frame, then count."""
+    """docs/ag_and_eval.md 4.3 literally: list every label of every object of every frame, then count."""
     labels = []
     for ds in datasets:
         for video in ds.gt_annotations:

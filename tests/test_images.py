@@ -1,4 +1,4 @@
-"""Frame reading and the OpenCV-compatible preprocessing of spec 1.10."""
+"""Frame reading and the OpenCV-compatible preprocessing of docs/ag_and_eval.md 1.10."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """FReMuRe relation model at D = 1936: ops == reference, published layout, checkpoints, object
-classifier pairing (vs a per-frame loop written from the spec), bad input."""
+classifier pairing (vs a per-frame loop written from docs/ag_and_eval.md), bad input."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def peaked_distribution(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def sgcls_loop(dist: torch.Tensor, frame: torch.Tensor):
-    """Spec 2.7 (sgcls test), one frame at a time."""
+    """docs/ag_and_eval.md 2.7 (sgcls test), one frame at a time."""
     dist = dist.clone()
     scores, labels = dist[:, 1:].max(dim=1)
     labels = labels + 2
@@ -188,7 +188,7 @@ def greedy_nms(boxes, scores, threshold):
             w = max(0.0, min(a[2], c[2]) - max(a[0], c[0]) + 1)
             h = max(0.0, min(a[3], c[3]) - max(a[1], c[1]) + 1)
             area = lambda z: (z[2] - z[0] + 1) * (z[3] - z[1] + 1)  # noqa: E731
-            if w * h / (area(a) + area(c) - w * h) > threshold:   # the GPU kernel rule (spec 2.1)
+            if w * h / (area(a) + area(c) - w * h) > threshold:   # the GPU kernel rule (docs/ag_and_eval.md 2.1)
                 ok = False
                 break
         if ok:
@@ -197,7 +197,7 @@ def greedy_nms(boxes, scores, threshold):
 
 
 def sgdet_loop(dist, boxes, labels_in):
-    """Spec 2.7 (sgdet test): clean_class for 5, 8, 17, per-frame per-class NMS, persons."""
+    """docs/ag_and_eval.md 2.7 (sgdet test): clean_class for 5, 8, 17, per-frame per-class NMS, persons."""
     for cls in (5, 8, 17):
         b = int(boxes[-1, 0]) + 1
         d, bx, lb = [], [], []

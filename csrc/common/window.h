@@ -1,4 +1,4 @@
-// Window geometry and per-row aggregation math of window_pack / window_unpack (METHOD.md 3.1, 3.5),
+// Window geometry and per-row aggregation math of window_pack / window_unpack (docs/method.md 3.1, 3.5),
 // shared by the CPU and CUDA kernels.
 //
 // Windows over b frames: window w covers frames [w * stride, w * stride + window) while that range

@@ -1,4 +1,4 @@
-// CPU kernels of bayes_mc (Bayesian head Monte-Carlo mean, METHOD.md 4) and its backward.
+// CPU kernels of bayes_mc (Bayesian head Monte-Carlo mean, docs/method.md 4) and its backward.
 //
 // Chunks of whole rows are unpacked into float lanes; the S samples are visited one after the
 // other with per-sample lane buffers, so S x B x C is never materialised. In seed mode the noise

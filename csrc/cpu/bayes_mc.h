@@ -1,4 +1,4 @@
-// Per-element math of bayes_mc (Bayesian head, METHOD.md 4), used by the CPU kernels:
+// Per-element math of bayes_mc (Bayesian head, docs/method.md 4), used by the CPU kernels:
 //   sd    = sqrt(exp(logvar))
 //   out   = mean over s of act(mu + eps_s * sd)      (training, S samples)
 //         = act(mu)                                   (evaluation)

@@ -1,4 +1,4 @@
-// CPU kernels of gated_fusion and its backward (METHOD.md 3.4).
+// CPU kernels of gated_fusion and its backward (docs/method.md 3.4).
 //
 // The gate Linear(2D + Dc -> D) is split by the column blocks of its weight, [W_h | W_t | W_q], so
 // the [N, 2D + Dc] concatenation of the reference never exists:

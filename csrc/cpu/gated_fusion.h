@@ -1,4 +1,4 @@
-// Per-element math of gated_fusion (METHOD.md 3.4), used by the CPU row loops (GPU: Triton):
+// Per-element math of gated_fusion (docs/method.md 3.4), used by the CPU row loops (GPU: Triton):
 //   s = sigmoid(z / T), gate = clamp(s, lo, hi), out = h + (1 - gate) * (t - h),
 // with z the GEMM logits (bias and condition included) and h, t the LN0 rows of head and tail.
 #pragma once

@@ -1,4 +1,4 @@
-// CPU kernels of gmm_mixture (GMM-Plus mixture, METHOD.md 4) and its backward.
+// CPU kernels of gmm_mixture (GMM-Plus mixture, docs/method.md 4) and its backward.
 //
 // Work is split into chunks of whole rows (pairs). A chunk's K x rows x C inputs are unpacked
 // into float lanes (any input strides, e.g. views of one packed projection GEMM), then every step

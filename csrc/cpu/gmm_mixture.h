@@ -1,4 +1,4 @@
-// Per-element math of gmm_mixture (GMM-Plus head, METHOD.md 4), used by the CPU kernels (the GPU
+// Per-element math of gmm_mixture (GMM-Plus head, docs/method.md 4), used by the CPU kernels (the GPU
 // kernel is Triton). For one pair b, class c and component k:
 //   var_k    = clamp(softplus(var_raw_k) + var_eps, var_floor, var_ceiling)
 //   logit_k  = mu_k + eps_k * sqrt(var_k)            (training; mu_k in evaluation)

@@ -3,7 +3,7 @@
 Reads ``object_classes.txt``, ``relationship_classes.txt``, ``person_bbox.pkl`` and
 ``object_bbox_and_relationship.pkl`` (or its ``filtersmall`` variant) and keeps exactly the frames
 and videos the reference loader keeps, in the same order, with ``gt_annotations`` in the same
-format (AG_AND_EVAL_SPEC.md 1.7-1.8). Differences, all behaviour-neutral on well-formed data:
+format (docs/ag_and_eval.md 1.7-1.8). Differences, all behaviour-neutral on well-formed data:
 
 * pickles are read with a restricted unpickler (``safe_pickle``), paths are joined properly, so
   ``data_path`` works with or without a trailing slash (Q-D9), and the filtersmall pickle path is
@@ -58,7 +58,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Final index -> name lists after the loader's renames (spec 1.2, 1.3).
+# Final index -> name lists after the loader's renames (docs/ag_and_eval.md 1.2, 1.3).
 OBJECT_CLASSES: tuple[str, ...] = (
     "__background__", "person", "bag", "bed", "blanket", "book", "box", "broom", "chair",
     "closet/cabinet", "clothes", "cup/glass/bottle", "dish", "door", "doorknob", "doorway", "floor",

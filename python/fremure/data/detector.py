@@ -1,6 +1,6 @@
 """The frozen Action Genome Faster R-CNN (ResNet-101, caffe-style C4), built from torchvision parts.
 
-Architecture (AG_AND_EVAL_SPEC.md section 2.1): ``backbone`` = conv1 .. layer3 (1024 channels,
+Architecture (docs/ag_and_eval.md section 2.1): ``backbone`` = conv1 .. layer3 (1024 channels,
 stride 16, frozen batch-norms), an RPN with 12 anchors per cell (scales 4, 8, 16, 32; ratios
 0.5, 1, 2), RoIAlign 7x7 at stride 16 (legacy alignment, adaptive sampling), ``res5`` = layer4
 applied to each RoI and mean-pooled to 2048-d, then a 37-way classifier and class-specific box
@@ -48,7 +48,7 @@ BBOX_MEANS = (0.0, 0.0, 0.0, 0.0)
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
-    """Inference settings; the defaults are the reference's (spec 1.10, 2.1, 2.3, Q-S1, Q-S4)."""
+    """Inference settings; the defaults are the reference's (docs/ag_and_eval.md 1.10, 2.1, 2.3, Q-S1, Q-S4)."""
 
     target_size: int = 600                # short side after resizing
     max_size: int | None = None           # long-side cap; None = reference (cap commented out)
@@ -324,7 +324,7 @@ class AGFasterRCNN(nn.Module):
 
     def select_detections(self, detections: dict[str, torch.Tensor], im_info: torch.Tensor,
                           frame_offset: int = 0) -> dict[str, torch.Tensor]:
-        """Turn one chunk's :meth:`detect` output into per-class NMS'd rows (spec 2.3).
+        """Turn one chunk's :meth:`detect` output into per-class NMS'd rows (docs/ag_and_eval.md 2.3).
 
         Per frame and class j = 1..36: proposals with prob > score_thresh, class-specific boxes
         decoded with stds (0.1, 0.1, 0.2, 0.2), NMS at class_nms_thresh ("+1" IoU, on boxes

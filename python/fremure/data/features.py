@@ -1,21 +1,21 @@
-"""Per-video ``entry`` dicts from the frozen AG detector (AG_AND_EVAL_SPEC.md sections 2.2-2.6).
+"""Per-video ``entry`` dicts from the frozen AG detector (docs/ag_and_eval.md sections 2.2-2.6).
 
 An entry holds the box table, labels/scores, the object class distribution, 2048-d RoI features,
 human->object pairs with their frame index, union-box features, 27x27 two-channel spatial masks
 and (with GT) the relation label lists. Which keys exist depends on the mode and on
-training/test exactly as in the table of spec 2.6:
+training/test exactly as in the table of docs/ag_and_eval.md 2.6:
 
 * predcls / sgcls (any phase): boxes and labels from the GT (2.2);
 * sgdet test: detections (2.3); sgdet training: detections matched to the GT at IoU 0.5 plus the
   unmatched GT boxes ("SUPPLY", 2.4).
 
 Coordinates: ``boxes`` are original-image pixels; ``union_box`` is in blob ("scaled") pixels
-(spec Q-S9); spatial masks are drawn from original-pixel boxes (they are scale-invariant).
+(docs/ag_and_eval.md Q-S9); spatial masks are drawn from original-pixel boxes (they are scale-invariant).
 
 Dataset protocol (anything with these attributes works): ``data_path`` (frames are read from
 ``<data_path>/frames/<VIDEO>.mp4/<FRAME>.png``, or from ``frames_path`` when the object has one),
 ``video_list`` (per video, the frame keys ``'VIDEO.mp4/FRAME.png'``) and ``gt_annotations``
-(per video, per frame ``[person dict, object dicts...]`` in the spec 1.8 format).
+(per video, per frame ``[person dict, object dicts...]`` in the docs/ag_and_eval.md 1.8 format).
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def _int_list(value: Any, where: str) -> list[int]:
 
 
 def parse_frame_gt(frame: Sequence[dict], where: str = "frame") -> FrameGT:
-    """Validate one spec-1.8 frame record ``[person dict, object dicts...]`` and convert it."""
+    """Validate one docs/ag_and_eval.md 1.8 frame record ``[person dict, object dicts...]`` and convert it."""
     if len(frame) == 0 or "person_bbox" not in frame[0]:
         raise ValueError(f"{where}: element 0 must be the person dict with 'person_bbox'")
     person = np.asarray(frame[0]["person_bbox"], dtype=np.float64).reshape(-1, 4)
     if person.shape[0] != 1:
-        raise ValueError(f"{where}: expected exactly one person box, got {person.shape[0]} (spec Q-D3)")
+        raise ValueError(f"{where}: expected exactly one person box, got {person.shape[0]} (docs/ag_and_eval.md Q-D3)")
     boxes, classes, att, spa, con = [], [], [], [], []
     for k, obj in enumerate(frame[1:], start=1):
         if "class" not in obj or "bbox" not in obj:
@@ -85,7 +85,7 @@ def parse_frame_gt(frame: Sequence[dict], where: str = "frame") -> FrameGT:
 
 @dataclasses.dataclass
 class GTLayout:
-    """The GT box table of one video (spec 2.2), on CPU.
+    """The GT box table of one video (docs/ag_and_eval.md 2.2), on CPU.
 
     ``boxes [N,5]`` float32 (frame, xyxy original px), ``labels [N]`` int64 (person = 1, first row
     of its frame), ``human_idx [T,1]`` int64, ``pair_idx [P,2]`` int64 (person row, object row),
@@ -103,7 +103,7 @@ class GTLayout:
 
 
 def gt_layout(frames: Sequence[FrameGT]) -> GTLayout:
-    """Lay the GT of a video out as rows frame by frame, person first (spec 2.2)."""
+    """Lay the GT of a video out as rows frame by frame, person first (docs/ag_and_eval.md 2.2)."""
     counts = torch.tensor([1 + len(f.classes) for f in frames], dtype=torch.int64)
     starts = torch.cumsum(counts, 0) - counts
     frame_of_row = torch.repeat_interleave(torch.arange(len(frames)), counts)
@@ -121,7 +121,7 @@ def gt_layout(frames: Sequence[FrameGT]) -> GTLayout:
 
 
 # ---------------------------------------------------------------------------------------------
-# sgdet training: matching detections to GT (spec 2.4)
+# sgdet training: matching detections to GT (docs/ag_and_eval.md 2.4)
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class FrameMatch:
@@ -138,7 +138,7 @@ class FrameMatch:
 
 def match_detections(det_boxes: torch.Tensor, frames: Sequence[FrameGT],
                      threshold: float = 0.5) -> tuple[list[FrameMatch], torch.Tensor]:
-    """Greedy per-GT matching of one video's detections (spec 2.4, reference ``assign_relations``).
+    """Greedy per-GT matching of one video's detections (docs/ag_and_eval.md 2.4, reference ``assign_relations``).
 
     ``det_boxes [N,5]`` (frame, xyxy original px; rows sorted by frame). Returns per-frame
     matches and ``assigned_labels [N]`` int64 (0 = background). Reference quirks kept (Q-S3):
@@ -330,14 +330,14 @@ def _sgdet_train_entry(detector: AGFasterRCNN, det: dict[str, torch.Tensor], im_
 def build_entry(detector: AGFasterRCNN, images: torch.Tensor, im_info: torch.Tensor,
                 gt_frames: Sequence[Sequence[dict]] | None, mode: str, training: bool,
                 fix_human_row: bool = False, video: str = "video") -> dict[str, Any]:
-    """Run the frozen detector on one video and build its entry (spec 2.6).
+    """Run the frozen detector on one video and build its entry (docs/ag_and_eval.md 2.6).
 
     ``images`` float32 ``[T,3,H,W]`` and ``im_info [T,3]`` from :func:`fremure.data.images.frames_to_blob`;
-    ``gt_frames`` the video's spec-1.8 annotation (T frames; required except for sgdet test).
+    ``gt_frames`` the video's docs/ag_and_eval.md 1.8 annotation (T frames; required except for sgdet test).
     Frames go through the backbone ``detector.config.chunk_size`` at a time. Runs under
     ``torch.no_grad``; tensors are returned on the detector's device.
     ``fix_human_row`` selects the matched/supplied person row in sgdet training instead of the
-    reference's k*-th row of the frame (spec Q-S2).
+    reference's k*-th row of the frame (docs/ag_and_eval.md Q-S2).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

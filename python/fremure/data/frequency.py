@@ -1,4 +1,4 @@
-"""Predicate frequency priors (spec 4.3) and long-tail statistics of AG annotations.
+"""Predicate frequency priors (docs/ag_and_eval.md 4.3) and long-tail statistics of AG annotations.
 
 FReMuRe feeds one frequency vector per relation type (attention 3, spatial 6, contacting 17) to
 its frequency gates. The published scripts count labels over the loaded (filtered) train **and

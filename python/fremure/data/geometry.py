@@ -1,6 +1,6 @@
 """Box geometry shared by the entry builder (``fremure.data.features``), the detector and the
 model's test-time pairing (``fremure.model.pairs``): union boxes, the 27x27 two-channel spatial
-masks (AG_AND_EVAL_SPEC.md 2.5), IoU and greedy NMS with the "+1" pixel convention.
+masks (docs/ag_and_eval.md 2.5), IoU and greedy NMS with the "+1" pixel convention.
 
 All functions are vectorised over pairs/boxes. Only :func:`nms_plus1` needs torchvision (imported
 when called), so reading cached entries works without it.
@@ -35,7 +35,7 @@ def pair_box_masks(pair_boxes: torch.Tensor, size: int = MASK_SIZE, guard_empty:
     float32 as published; channel 0 = subject, 1 = object; row = y, column = x. Cell (j, k) is
     ``clip01(j+1-Y1) * clip01(Y2-j) * clip01(k+1-X1) * clip01(X2-k)`` with box edges mapped to
     ``(d * size) / W`` (W = union width, no +1). ``guard_empty``: a zero union width or height
-    divides by 1 instead (the published code raises ZeroDivisionError there, spec Q-D7); False
+    divides by 1 instead (the published code raises ZeroDivisionError there, docs/ag_and_eval.md Q-D7); False
     raises ZeroDivisionError as published.
     """
     if pair_boxes.dim() != 2 or pair_boxes.shape[1] != 8:
@@ -57,12 +57,12 @@ def pair_box_masks(pair_boxes: torch.Tensor, size: int = MASK_SIZE, guard_empty:
 
 def spatial_masks(pair_boxes: torch.Tensor, size: int = MASK_SIZE) -> torch.Tensor:
     """The model's spatial-mask input: :func:`pair_box_masks` minus 0.5, float32
-    ``[P, 2, size, size]`` in [-0.5, 0.5] (spec 2.5); zero-size unions are guarded."""
+    ``[P, 2, size, size]`` in [-0.5, 0.5] (docs/ag_and_eval.md 2.5); zero-size unions are guarded."""
     return pair_box_masks(pair_boxes, size) - 0.5
 
 
 def box_iou_plus1(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
-    """IoU with the "+1" pixel convention in float64 (spec 3.6): ``[n,4], [m,4] -> [n,m]``; 0
+    """IoU with the "+1" pixel convention in float64 (docs/ag_and_eval.md 3.6): ``[n,4], [m,4] -> [n,m]``; 0
     where the boxes do not overlap."""
     a, b = boxes_a.to(torch.float64), boxes_b.to(torch.float64)
     area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)

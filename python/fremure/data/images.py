@@ -1,4 +1,4 @@
-"""Frame loading and preprocessing for the AG Faster R-CNN (AG_AND_EVAL_SPEC.md section 1.10).
+"""Frame loading and preprocessing for the AG Faster R-CNN (docs/ag_and_eval.md section 1.10).
 
 A video becomes one zero-padded float32 blob ``[T, 3, Hmax, Wmax]`` in BGR channel order with the
 caffe pixel means subtracted (no std division), every frame resized so that its short side is
@@ -50,7 +50,7 @@ def frame_scale(height: int, width: int, target_size: int = TARGET_SIZE,
                 max_size: int | None = None) -> float:
     """Scale factor ``target_size / min(H, W)``, optionally capped so ``round(s*max(H,W)) <= max_size``.
 
-    The reference has the cap commented out (spec Q-D8), which is ``max_size=None`` here.
+    The reference has the cap commented out (docs/ag_and_eval.md Q-D8), which is ``max_size=None`` here.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -115,7 +115,7 @@ def frames_to_blob(frames_bgr: Sequence[torch.Tensor], target_size: int = TARGET
     """Preprocess T uint8 BGR frames ``[3, H_t, W_t]`` into the network input of one video.
 
     Returns ``blob`` float32 ``[T, 3, Hmax, Wmax]`` (zero padding bottom/right) and ``im_info``
-    float32 ``[T, 3]`` = (Hmax, Wmax, scale of frame 0) on every row (spec Q-D6). Frames of equal
+    float32 ``[T, 3]`` = (Hmax, Wmax, scale of frame 0) on every row (docs/ag_and_eval.md Q-D6). Frames of equal
     size are resized together.
     """
     if len(frames_bgr) == 0:

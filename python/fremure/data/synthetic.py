@@ -2,7 +2,7 @@
 
 ``generate_synthetic_ag`` writes ``annotations/`` (both class lists with AG's raw spellings,
 ``person_bbox.pkl``, ``object_bbox_and_relationship.pkl`` and its ``filtersmall`` variant) and
-``frames/<VIDEO>.mp4/<FRAME>.png`` exactly as AG_AND_EVAL_SPEC.md 1.1-1.6 describe, so every loader,
+``frames/<VIDEO>.mp4/<FRAME>.png`` exactly as docs/ag_and_eval.md 1.1-1.6 describe, so every loader,
 detector and evaluator path can run without the real data.
 
 What is in it:

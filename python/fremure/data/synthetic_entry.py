@@ -13,7 +13,7 @@ PERSON = 1
 
 def predcls_entry(pairs_per_frame: Sequence[int], seed: int = 0, num_obj_classes: int = 37,
                   image_size: tuple[int, int] = (480, 270), scale: float = 600 / 270) -> dict:
-    """A PredCls ``entry`` (AG_AND_EVAL_SPEC.md 2.6) of random features for one video.
+    """A PredCls ``entry`` (docs/ag_and_eval.md 2.6) of random features for one video.
 
     Frame f holds one person box and ``pairs_per_frame[f]`` object boxes (a frame with 0 pairs
     holds only the person); pairs are (person, object) in row order. Boxes are random inside

@@ -1,4 +1,4 @@
-"""Scene-graph evaluation on Action Genome: R@K, mR@K and per-predicate recall (spec section 3).
+"""Scene-graph evaluation on Action Genome: R@K, mR@K and per-predicate recall (docs/ag_and_eval.md section 3).
 
 Drop-in for the STTran/TEMPURA/FReMuRe evaluator::
 

@@ -1,4 +1,4 @@
-"""Action Genome class lists as the evaluator sees them (spec sections 1.2 and 1.3).
+"""Action Genome class lists as the evaluator sees them (docs/ag_and_eval.md sections 1.2 and 1.3).
 
 Names use the pickle spelling (``'cup/glass/bottle'``, ``'looking_at'``), which is what the AG loader
 produces after its renames. The 26 predicates are contiguous by group: attention 0..2, spatial 3..8,

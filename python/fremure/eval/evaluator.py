@@ -1,4 +1,4 @@
-"""Video scene-graph evaluator: R@K, mR@K and per-predicate recall on Action Genome (spec section 3).
+"""Video scene-graph evaluator: R@K, mR@K and per-predicate recall on Action Genome (docs/ag_and_eval.md section 3).
 
 ``SceneGraphEvaluator`` is a drop-in for the STTran/TEMPURA/FReMuRe ``BasicSceneGraphEvaluator``:
 ``add_video(gt_annotation, pred)`` takes the same inputs as ``evaluate_scene_graph`` and the numbers
@@ -113,7 +113,7 @@ class SceneGraphEvaluator:
         epoch_reset: what ``reset()`` clears. ``False`` (default) reproduces the reference, whose
             ``reset_result()`` clears only the per-frame recalls: per-predicate hits and counts, hence
             mR@K, keep accumulating over every video since construction (in the published train.py,
-            over all epochs; spec Q-E1). ``True`` makes ``reset()`` clear everything, so mR@K covers
+            over all epochs; docs/ag_and_eval.md Q-E1). ``True`` makes ``reset()`` clear everything, so mR@K covers
             only the videos added since the last reset.
         attention_logits: the attention input is logits (STTran models); it is softmaxed first, as the
             STTran evaluator does. Default ``False``: probabilities, as TEMPURA/FReMuRe models give.
@@ -168,8 +168,8 @@ class SceneGraphEvaluator:
         """Adds one video. Inputs are checked now; scoring runs in batches of videos (see ``batch_frames``).
 
         Args:
-            gt_annotation: the video's ``gt_annotations`` entry (spec 1.8), or ``pack_gt`` of it.
-            pred: the model's ``entry`` dict (spec 2.6), numpy arrays or torch tensors on any device (not
+            gt_annotation: the video's ``gt_annotations`` entry (docs/ag_and_eval.md 1.8), or ``pack_gt`` of it.
+            pred: the model's ``entry`` dict (docs/ag_and_eval.md 2.6), numpy arrays or torch tensors on any device (not
                 modified), or ``pack_prediction`` of it. Several evaluators scoring the same videos
                 should share the conversion: ``MultiConstraintEvaluator`` does.
         """

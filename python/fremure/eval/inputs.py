@@ -1,7 +1,7 @@
 """Conversion of the reference input formats into flat arrays.
 
-``pack_gt`` reads one video of ``gt_annotations`` (spec 1.8: a list of frames, each
-``[person dict, object dict, ...]``) and ``pack_prediction`` reads a model's ``entry`` dict (spec 2.6),
+``pack_gt`` reads one video of ``gt_annotations`` (docs/ag_and_eval.md 1.8: a list of frames, each
+``[person dict, object dict, ...]``) and ``pack_prediction`` reads a model's ``entry`` dict (docs/ag_and_eval.md 2.6),
 with numpy arrays or torch tensors on any device. Both check their input at once and name the
 offending field, frame or object in the error. Everything derived from them is computed later, for a
 whole batch of videos at a time (``gt_batch``, ``prediction_batch``), so the per-video cost is
@@ -154,7 +154,7 @@ def _finite(*arrays: np.ndarray) -> bool:
 
 
 def pack_gt(gt_annotation: Sequence[Sequence[Mapping[str, Any]]], allow_empty_frames: bool = False) -> PackedGT:
-    """Reads and checks one video of ``gt_annotations`` (spec 1.8).
+    """Reads and checks one video of ``gt_annotations`` (docs/ag_and_eval.md 1.8).
 
     Args:
         gt_annotation: list over frames; frame = ``[{'person_bbox': [1,4] or [4]}, {'class': int,
@@ -248,7 +248,7 @@ def _index_lists(items: list[Any], name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _attention_labels(items: list[Any], objects_per_frame: np.ndarray) -> np.ndarray:
-    """``[O]`` int64 attention label of each object; exactly one per object is required (spec Q-D4)."""
+    """``[O]`` int64 attention label of each object; exactly one per object is required (docs/ag_and_eval.md Q-D4)."""
     values, lengths = _index_lists(items, "attention_relationship")
     if (lengths != 1).any():
         obj = int(np.flatnonzero(lengths != 1)[0])
@@ -324,7 +324,7 @@ def _distribution(pred: Mapping[str, Any], key: str, width: int, num_pairs: int)
 
 def pack_prediction(pred: Mapping[str, Any], mode: str, num_frames: int,
                     attention_logits: bool = False) -> PackedPrediction:
-    """Reads and checks the evaluator's fields of an ``entry`` dict (spec 2.6) for one video.
+    """Reads and checks the evaluator's fields of an ``entry`` dict (docs/ag_and_eval.md 2.6) for one video.
 
     Args:
         pred: dict with ``boxes [N,5]`` (frame, x1, y1, x2, y2 in original pixels), ``pair_idx [P,2]``,

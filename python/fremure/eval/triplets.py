@@ -1,4 +1,4 @@
-"""From per-pair relation scores to the predicted triplets of each constraint (spec 3.2-3.3).
+"""From per-pair relation scores to the predicted triplets of each constraint (docs/ag_and_eval.md 3.2-3.3).
 
 The reference gives every (subject, object) pair of a frame three score rows of 26 columns: an
 attention row (human -> object, columns 0..2), a spatial row (object -> human, the pair reversed,

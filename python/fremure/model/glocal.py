@@ -1,4 +1,4 @@
-"""The glocal transformer of FReMuRe (METHOD.md section 3), with the published parameter layout.
+"""The glocal transformer of FReMuRe (docs/method.md section 3), with the published parameter layout.
 
 The computation runs on packed tokens through the fremure ops (window_pack/window_unpack,
 segment_attention, freq_gate_blend, gated_fusion), which choose between their compiled kernels and
@@ -121,7 +121,7 @@ class GlocalTransformer(nn.Module):
         Returns:
             :class:`TransformerOutput` ``(output, local_output, mem_features)``, each ``[N, D]``:
             without memory ``(global, Z_loc, Z_loc)``; late fusion ``(fused global, global,
-            fused global)``; early fusion ``(global, Z_loc, fused Z_loc)`` (METHOD.md 3.6).
+            fused global)``; early fusion ``(global, Z_loc, fused Z_loc)`` (docs/method.md 3.6).
         """
         return self.forward_types(features, im_idx, memory, {rel_type: freq} if freq is not None else {None: None})[
             canonical_rel_type(rel_type) if freq is not None else None]

@@ -1,4 +1,4 @@
-"""Relation (and object) classification heads (METHOD.md section 4), published parameter layout.
+"""Relation (and object) classification heads (docs/method.md section 4), published parameter layout.
 
 Every head takes ``forward(x, phase="train"|"test", unc=False, noise=None, generator=None)``:
 

@@ -1,4 +1,4 @@
-"""Building blocks of the glocal transformer (METHOD.md section 3).
+"""Building blocks of the glocal transformer (docs/method.md section 3).
 
 Every layer keeps the published parameter layout (``nn.MultiheadAttention`` with its packed
 ``in_proj_weight``, ``linear1/linear2``, ``normK``) so published state dicts load unchanged, and

@@ -1,4 +1,4 @@
-"""Object classifier of FReMuRe (TEMPURA-style), published parameter layout; AG_AND_EVAL_SPEC.md 2.7.
+"""Object classifier of FReMuRe (TEMPURA-style), published parameter layout; docs/ag_and_eval.md 2.7.
 
 PredCls passes the ground-truth labels through. SGCls/SGDet classify every box from
 ``[RoI feature 2048 | distribution @ class embeddings 200 | box position 128]``; at test time they

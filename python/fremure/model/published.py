@@ -26,7 +26,7 @@ class PublishedTransformer(GlocalTransformer):
 
     Args: those of :class:`GlocalTransformer`, plus
         zero_sum_padding: the published padding rule of the temporal decoder, where a row whose
-            features sum to exactly 0 counts as padding (no query attends to it; AG spec Q-M2).
+            features sum to exactly 0 counts as padding (no query attends to it; docs/ag_and_eval.md Q-M2).
             False: explicit padding masks, as the packed computation always uses: whether a sum
             of D rounded values is exactly 0 depends on the rounding of the computation that
             produced them, so no other computation can reproduce the rule row for row. It

@@ -1,6 +1,6 @@
-"""The FReMuRe relation model (METHOD.md sections 2-4), published parameter layout.
+"""The FReMuRe relation model (docs/method.md sections 2-4), published parameter layout.
 
-``forward(entry, phase, unc)`` takes and returns the published ``entry`` dict (AG_AND_EVAL_SPEC.md
+``forward(entry, phase, unc)`` takes and returns the published ``entry`` dict (docs/ag_and_eval.md
 2.6): object classification/pairing, relation features (subject/object RoI features, union
 branch, class embeddings; D = 1936), the glocal transformer per relation type with its frequency
 prior, and the three relation heads.

@@ -1,4 +1,4 @@
-"""Training losses of FReMuRe (AG_AND_EVAL_SPEC.md 4.1-4.2, METHOD.md 5).
+"""Training losses of FReMuRe (docs/ag_and_eval.md 4.1-4.2, docs/method.md 5).
 
 Published recipe: attention cross-entropy on the head's output (for the Bayesian head these are
 probabilities, Q-T3), spatial/contacting binary cross-entropy on the head's probabilities
@@ -23,7 +23,7 @@ def attention_labels(entry: dict[str, Any], device: torch.device) -> torch.Tenso
     """int64 ``[P]``: the single attention label of every pair (``view(-1)``, so P == 1 works, Q-T6)."""
     lists = entry["attention_gt"]
     if any(len(labels) != 1 for labels in lists):
-        raise ValueError("every pair needs exactly one attention label (spec Q-D4)")
+        raise ValueError("every pair needs exactly one attention label (docs/ag_and_eval.md Q-D4)")
     return torch.tensor([labels[0] for labels in lists], dtype=torch.int64, device=device).view(-1)
 
 

@@ -1,4 +1,4 @@
-"""TEMPURA relation memory rebuilt from streamed per-class sums (METHOD.md 3.6).
+"""TEMPURA relation memory rebuilt from streamed per-class sums (docs/method.md 3.6).
 
 The reference writes every training video's pre-memory features to an .npy file and reads them
 all back after the epoch. Here each video is folded into running sums as it is seen, so memory

@@ -1,4 +1,4 @@
-"""Training loop of FReMuRe on cached detector entries (published recipe, METHOD.md 5, spec 4.4-4.5).
+"""Training loop of FReMuRe on cached entries (published recipe, docs/method.md 5, docs/ag_and_eval.md 4.4-4.5).
 
 One optimiser step = ``videos_per_step`` videos (1 as published) of the epoch's shuffled order;
 its gradient is the mean over those videos, whatever the number of processes. Under ``torchrun``

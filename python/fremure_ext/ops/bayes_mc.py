@@ -1,4 +1,4 @@
-"""bayes_mc: the Bayesian relation head's Monte-Carlo mean over S samples (METHOD.md 4)."""
+"""bayes_mc: the Bayesian relation head's Monte-Carlo mean over S samples (docs/method.md 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""freq_gate_blend: the frequency gate's blend of a token with its LayerNorm (METHOD.md 3.3)."""
+"""freq_gate_blend: the frequency gate's blend of a token with its LayerNorm (docs/method.md 3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gated_fusion: the gated fusion of the two local branches (METHOD.md 3.4)."""
+"""gated_fusion: the gated fusion of the two local branches (docs/method.md 3.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gmm_mixture: the GMM-Plus relation head's mixture of K Gaussian components (METHOD.md 4)."""
+"""gmm_mixture: the GMM-Plus relation head's mixture of K Gaussian components (docs/method.md 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""window_pack / window_unpack: sliding windows over frame-sorted rows (METHOD.md 3.1, 3.5).
+"""window_pack / window_unpack: sliding windows over frame-sorted rows (docs/method.md 3.1, 3.5).
 
 A video's N relation rows ``x [N, D]`` are sorted by frame; ``frame_offsets [b + 1]`` (int64, CSR)
 says frame f owns rows ``frame_offsets[f] .. frame_offsets[f + 1] - 1`` (a frame may own none).

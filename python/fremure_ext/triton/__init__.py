@@ -18,7 +18,7 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-# Ops whose CUDA implementation is a Triton kernel (DESIGN.md op catalogue).
+# Ops whose CUDA implementation is a Triton kernel (op catalogue: docs/ops.md).
 TRITON_OPS = ["bayes_mc", "gated_fusion", "gmm_mixture", "segment_attention"]
 
 
