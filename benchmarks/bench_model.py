@@ -310,6 +310,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         machine = f"{torch.cuda.get_device_name(torch.device(args.device))}, torch {torch.__version__}"
     baseline = "published" if args.published else "reference"
+    if baseline not in providers:       # e.g. --providers ops: figures relative to the first provider
+        baseline = providers[0]
     medians = {p: statistics.median(t for r in runs[p] for t in r["times"]) for p in providers}
     cpu = {p: statistics.median(t for r in runs[p] for t in r["cpu_times"]) for p in providers}
     rows = []
