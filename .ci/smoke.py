@@ -23,6 +23,8 @@ def check_install(checkout: str) -> None:
         where = os.path.realpath(module.__file__)
         assert not where.startswith(os.path.realpath(checkout) + os.sep), f"{module.__name__} imported from the checkout: {where}"
         assert os.sep + "site-packages" + os.sep in where, f"{module.__name__} not from site-packages: {where}"
+        # the interpreter's own environment (the fresh venv), not a copy it inherits
+        assert where.startswith(os.path.realpath(sys.prefix) + os.sep), f"{module.__name__} not from {sys.prefix}: {where}"
     dist = importlib.metadata.distribution("fremure")
     print("installed:", dist.version, "from", os.path.dirname(fremure_ext.__file__))
     pins = [Requirement(r) for r in dist.requires or [] if Requirement(r).name == "torch"]
