@@ -30,6 +30,11 @@ pybind11::dict build_info() {
   info["openmp"] = false;
 #endif
   info["cpu_isas"] = fremure::cpu::compiled_isas();
+  pybind11::dict tables;
+  for (int level = 0; level < 3; ++level) {
+    tables[fremure::cpu::isa_name(static_cast<fremure::CpuIsa>(level))] = fremure::cpu::registered_kernels[level];
+  }
+  info["cpu_kernel_tables"] = tables;
   return info;
 }
 
@@ -43,7 +48,8 @@ PYBIND11_MODULE(_C, module) {
   module.doc() = "Compiled kernels of torch.ops.fremure";
   module.def("build_info", &build_info,
              "dict: version, torch_version, cuda (bool), cuda_archs (str), openmp (bool), "
-             "cpu_isas (list of str: the CPU kernel variants compiled, e.g. baseline, avx2, avx512)");
+             "cpu_isas (list of str: the CPU kernel variants compiled, e.g. baseline, avx2, avx512), "
+             "cpu_kernel_tables (dict: ISA -> kernel tables registered for it)");
   module.def("selected_cpu_isa", &selected_cpu_isa,
              "str: the CPU kernel variant the ops run now (baseline, avx2 or avx512): the best this CPU "
              "supports, capped by FREMURE_CPU_ISA; raises if FREMURE_CPU_ISA is not one of those");

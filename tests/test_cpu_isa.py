@@ -20,12 +20,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _expected(cap: str) -> str:
     supported = _loader._C.supported_cpu_isa()
-    return ORDER[min(ORDER.index(cap), ORDER.index(supported))]
+    widest_compiled = fremure_ext.build_info()["cpu_isas"][-1]
+    return ORDER[min(ORDER.index(cap), ORDER.index(supported), ORDER.index(widest_compiled))]
 
 
 def test_build_is_portable_with_every_variant():
     info = fremure_ext.build_info()
     assert info["cpu_isas"] == (ORDER if info["cpu_isas"] != ["baseline"] else ["baseline"])
+    # Every ISA copy registered the same kernel tables (one per op and compute dtype), so no op
+    # silently falls back to a narrower copy.
+    tables = info["cpu_kernel_tables"]
+    assert tables["baseline"] > 0
+    assert [tables[isa] for isa in info["cpu_isas"]] == [tables["baseline"]] * len(info["cpu_isas"])
+    assert all(tables[isa] == 0 for isa in ORDER if isa not in info["cpu_isas"])
 
 
 @pytest.mark.parametrize("cap", ORDER)

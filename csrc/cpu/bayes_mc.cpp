@@ -3,7 +3,7 @@
 // Chunks of whole rows are unpacked into float lanes; the S samples are visited one after the
 // other with per-sample lane buffers, so S x B x C is never materialised. In seed mode the noise
 // of a sample is drawn straight into its lane buffer (Philox, common/philox.h) and redrawn by
-// the backward.
+// the backward. The kernels are compiled once per vector ISA (cpu/cpu_isa.h); the op, once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -28,7 +28,7 @@
 #include "cpu/head_lanes.h"
 
 namespace fremure {
-namespace {
+namespace bayes_mc_detail {
 
 constexpr int64_t kLanesPerChunk = 512;
 constexpr int64_t kMinWorkPerTask = 16384;  // lane-samples per parallel task
@@ -41,30 +41,6 @@ struct BayesConfig {
   uint64_t seed;
   bool sample() const { return has_noise || has_seed; }
 };
-
-BayesConfig check_bayes(const char* op, const at::Tensor& mu, const at::Tensor& logvar,
-                        const std::optional<at::Tensor>& noise, std::optional<int64_t> seed, int64_t samples,
-                        std::string_view activation) {
-  check_floating(mu, "mu");
-  TORCH_CHECK(mu.dim() == 2, "fremure.", op, ": mu must be [B, C] (2 dimensions), got shape ", mu.sizes());
-  check_same_device(mu, logvar, "mu", "logvar");
-  check_same_dtype(mu, logvar, "mu", "logvar");
-  TORCH_CHECK(logvar.sizes() == mu.sizes(), "fremure.", op, ": logvar must have the shape of mu ", mu.sizes(),
-              ", got ", logvar.sizes());
-  TORCH_CHECK(samples >= 1, "fremure.", op, ": samples must be >= 1, got ", samples);
-  if (noise.has_value()) {
-    check_same_device(mu, *noise, "mu", "noise");
-    check_same_dtype(mu, *noise, "mu", "noise");
-    TORCH_CHECK(noise->dim() == 3 && noise->size(0) == samples && noise->size(1) == mu.size(0) &&
-                    noise->size(2) == mu.size(1),
-                "fremure.", op, ": noise must have shape [samples, B, C] = [", samples, ", ", mu.size(0), ", ",
-                mu.size(1), "], got ", noise->sizes());
-    TORCH_CHECK(!seed.has_value(), "fremure.", op, ": noise and seed are exclusive; pass one of them");
-  }
-  const HeadActivation act = lanes::parse_head_activation(activation, op);
-  return {mu.size(0), mu.size(1), samples, act, noise.has_value(), seed.has_value(),
-          static_cast<uint64_t>(seed.value_or(0))};
-}
 
 template <typename scalar_t>
 struct BayesInputs {
@@ -98,19 +74,151 @@ struct BayesScratch {
 
 enum : uint8_t { kBadMu = 1, kBadLogvar = 2, kBadNoise = 4 };
 
-// One copy of the kernels per ISA; the op runs the widest one the CPU supports.
-#define FREMURE_ISA_KERNELS "cpu/bayes_mc_kernels.inc"
-#include "cpu/isa_variants.inc"
+struct Kernels {
+  // out [B, C] = the Monte-Carlo mean; returns the kBad* flags of non-finite inputs.
+  uint8_t (*forward)(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
+                     const BayesConfig& cfg, at::Tensor& out);
+  void (*backward)(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
+                   const BayesConfig& cfg, const at::Tensor& grad_out, at::Tensor& g_mu, at::Tensor& g_lv);
+};
+inline DispatchStub<Kernels> kernels;
 
-template <typename scalar_t>
-uint8_t run_forward(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, scalar_t* out) {
-  return FREMURE_ISA_CALL(forward_cpu<scalar_t>, in, cfg, out);
+}  // namespace bayes_mc_detail
+using namespace bayes_mc_detail;
+
+FREMURE_ISA_KERNELS_BEGIN
+
+// Unpacks mu (and sd from logvar when sampling); returns kBad* flags when `check`.
+template <typename scalar_t, typename acc_t>
+uint8_t load_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, int64_t b0, int64_t rows, bool check,
+                   BayesScratch<acc_t>& s) {
+  const int64_t C = cfg.C, L = rows * C, P = lanes::padded(L);
+  uint8_t bad = 0;
+  lanes::gather_rows(in.mu, in.mu_sb, in.mu_sc, b0, rows, C, s.mu, P);
+  if (check && !lanes::all_finite(s.mu, L)) bad |= kBadMu;
+  if (cfg.sample()) {
+    lanes::gather_rows(in.logvar, in.lv_sb, in.lv_sc, b0, rows, C, s.sd, P);
+    if (check && !lanes::all_finite(s.sd, L)) bad |= kBadLogvar;
+    for (int64_t j = 0; j < P; ++j) s.sd[j] = fm::exp(s.sd[j]);
+    sqrt_lanes(s.sd, P);
+  }
+  return bad;
+}
+
+// prob = act(mu + eps_s * sd) for sample `smp` (act(mu) when not sampling); returns kBadNoise when
+// `check` finds a non-finite noise value.
+template <typename scalar_t, typename acc_t>
+uint8_t sample_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, int64_t smp, int64_t b0, int64_t rows,
+                     bool check, BayesScratch<acc_t>& s) {
+  const int64_t C = cfg.C, L = rows * C, P = lanes::padded(L);
+  uint8_t bad = 0;
+  if (cfg.sample()) {
+    if (cfg.has_noise) {
+      lanes::gather_rows(in.noise + smp * in.n_ss, in.n_sb, in.n_sc, b0, rows, C, s.eps, P);
+      if (check && !lanes::all_finite(s.eps, L)) bad |= kBadNoise;
+    } else {
+      const uint64_t offset0 = static_cast<uint64_t>((smp * cfg.B + b0) * C);
+      philox_normals<scalar_t>(cfg.seed, offset0, P, s.eps, s.philox_words.data(), s.philox.data());
+    }
+    for (int64_t j = 0; j < P; ++j) s.prob[j] = bayes_sample_logit<acc_t>(s.mu[j], s.eps[j], s.sd[j]);
+  } else {
+    for (int64_t j = 0; j < P; ++j) s.prob[j] = s.mu[j];
+  }
+  if (cfg.act == HeadActivation::kSigmoid) {
+    for (int64_t j = 0; j < P; ++j) s.prob[j] = head_sigmoid<acc_t>(s.prob[j]);
+  } else {
+    lanes::softmax_rows(s.prob, rows, C, P, s.tmp);
+  }
+  return bad;
+}
+
+int64_t task_grain(const BayesConfig& cfg, int64_t chunk_lanes) {
+  const int64_t work = (cfg.sample() ? cfg.S : 1) * chunk_lanes;
+  return std::max<int64_t>(1, kMinWorkPerTask / std::max<int64_t>(work, 1));
 }
 
 template <typename scalar_t>
-void run_backward(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, const scalar_t* grad_out, scalar_t* g_mu,
+uint8_t forward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = cfg.B, C = cfg.C;
+  const int64_t R = lanes::rows_per_chunk(C, kLanesPerChunk);
+  const int64_t chunks = (B + R - 1) / R;
+  const int64_t draws = cfg.sample() ? cfg.S : 1;
+  std::vector<uint8_t> bad(static_cast<size_t>(chunks), 0);
+  at::parallel_for(0, chunks, task_grain(cfg, R * C), [&](int64_t begin, int64_t end) {
+    BayesScratch<acc_t> s(lanes::padded(R * C));
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const int64_t b0 = ch * R;
+      const int64_t rows = std::min(R, B - b0);
+      const int64_t L = rows * C, P = lanes::padded(L);
+      uint8_t flags = load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, true, s);
+      for (int64_t j = 0; j < P; ++j) s.acc[j] = acc_t(0);
+      for (int64_t smp = 0; smp < draws; ++smp) {
+        flags |= sample_chunk<scalar_t, acc_t>(in, cfg, smp, b0, rows, true, s);
+        for (int64_t j = 0; j < P; ++j) s.acc[j] += s.prob[j];
+      }
+      bad[ch] = flags;
+      scalar_t* o = out + b0 * C;
+      const acc_t inv_count = acc_t(1) / acc_t(draws);
+      for (int64_t j = 0; j < L; ++j) o[j] = scalar_t(s.acc[j] * inv_count);
+    }
+  });
+  uint8_t all = 0;
+  for (uint8_t b : bad) all |= b;
+  return all;
+}
+
+template <typename scalar_t>
+void backward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, const scalar_t* grad_out, scalar_t* g_mu,
                   scalar_t* g_lv) {
-  FREMURE_ISA_CALL(backward_cpu<scalar_t>, in, cfg, grad_out, g_mu, g_lv);
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = cfg.B, C = cfg.C;
+  const int64_t R = lanes::rows_per_chunk(C, kLanesPerChunk);
+  const int64_t chunks = (B + R - 1) / R;
+  const int64_t draws = cfg.sample() ? cfg.S : 1;
+  at::parallel_for(0, chunks, task_grain(cfg, R * C), [&](int64_t begin, int64_t end) {
+    const int64_t Pmax = lanes::padded(R * C);
+    BayesScratch<acc_t> s(Pmax);
+    std::vector<acc_t> gbuf(static_cast<size_t>(2 * Pmax), acc_t(0));
+    acc_t* g = gbuf.data();
+    acc_t* dz = g + Pmax;
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const int64_t b0 = ch * R;
+      const int64_t rows = std::min(R, B - b0);
+      const int64_t L = rows * C, P = lanes::padded(L);
+      load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, false, s);
+      // The mean over draws hands each draw grad / S.
+      const acc_t count = acc_t(draws);
+      lanes::gather_rows(grad_out, C, 1, b0, rows, C, g, P);
+      const acc_t inv_count = acc_t(1) / count;
+      for (int64_t j = 0; j < P; ++j) g[j] = g[j] * inv_count;
+      for (int64_t j = 0; j < P; ++j) {
+        s.acc[j] = acc_t(0);   // dL/dmu
+        s.acc2[j] = acc_t(0);  // dL/dsd
+      }
+      for (int64_t smp = 0; smp < draws; ++smp) {
+        sample_chunk<scalar_t, acc_t>(in, cfg, smp, b0, rows, false, s);
+        if (cfg.act == HeadActivation::kSigmoid) {
+          for (int64_t j = 0; j < P; ++j) dz[j] = g[j] * head_sigmoid_grad<acc_t>(s.prob[j]);
+        } else {
+          for (int64_t j = 0; j < P; ++j) dz[j] = g[j];
+          lanes::softmax_rows_backward(s.prob, dz, rows, C);
+        }
+        for (int64_t j = 0; j < P; ++j) s.acc[j] += dz[j];
+        if (cfg.sample()) {
+          for (int64_t j = 0; j < P; ++j) s.acc2[j] += dz[j] * s.eps[j];
+        }
+      }
+      scalar_t* om = g_mu + b0 * C;
+      scalar_t* ol = g_lv + b0 * C;
+      for (int64_t j = 0; j < L; ++j) om[j] = scalar_t(s.acc[j]);
+      if (cfg.sample()) {
+        for (int64_t j = 0; j < L; ++j) ol[j] = scalar_t(bayes_dlogvar<acc_t>(s.acc2[j], s.sd[j]));
+      } else {
+        for (int64_t j = 0; j < L; ++j) ol[j] = scalar_t(0);
+      }
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -128,16 +236,61 @@ BayesInputs<scalar_t> make_inputs(const at::Tensor& mu, const at::Tensor& logvar
   return in;
 }
 
+uint8_t forward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
+                       const BayesConfig& cfg, at::Tensor& out) {
+  uint8_t bad = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "bayes_mc_cpu", [&] {
+    bad = forward_cpu<scalar_t>(make_inputs<scalar_t>(mu, logvar, noise), cfg, out.mutable_data_ptr<scalar_t>());
+  });
+  return bad;
+}
+
+void backward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
+                     const BayesConfig& cfg, const at::Tensor& grad_out, at::Tensor& g_mu, at::Tensor& g_lv) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "bayes_mc_backward_cpu", [&] {
+    backward_cpu<scalar_t>(make_inputs<scalar_t>(mu, logvar, noise), cfg, grad_out.const_data_ptr<scalar_t>(),
+                           g_mu.mutable_data_ptr<scalar_t>(), g_lv.mutable_data_ptr<scalar_t>());
+  });
+}
+
+constexpr Kernels kKernels{&forward_kernel, &backward_kernel};
+FREMURE_REGISTER_KERNELS(bayes_mc_detail::kernels, kKernels);
+FREMURE_ISA_KERNELS_END
+
+#if FREMURE_CPU_BASELINE
+namespace {
+
+BayesConfig check_bayes(const char* op, const at::Tensor& mu, const at::Tensor& logvar,
+                        const std::optional<at::Tensor>& noise, std::optional<int64_t> seed, int64_t samples,
+                        std::string_view activation) {
+  check_floating(mu, "mu");
+  TORCH_CHECK(mu.dim() == 2, "fremure.", op, ": mu must be [B, C] (2 dimensions), got shape ", mu.sizes());
+  check_same_device(mu, logvar, "mu", "logvar");
+  check_same_dtype(mu, logvar, "mu", "logvar");
+  TORCH_CHECK(logvar.sizes() == mu.sizes(), "fremure.", op, ": logvar must have the shape of mu ", mu.sizes(),
+              ", got ", logvar.sizes());
+  TORCH_CHECK(samples >= 1, "fremure.", op, ": samples must be >= 1, got ", samples);
+  if (noise.has_value()) {
+    check_same_device(mu, *noise, "mu", "noise");
+    check_same_dtype(mu, *noise, "mu", "noise");
+    TORCH_CHECK(noise->dim() == 3 && noise->size(0) == samples && noise->size(1) == mu.size(0) &&
+                    noise->size(2) == mu.size(1),
+                "fremure.", op, ": noise must have shape [samples, B, C] = [", samples, ", ", mu.size(0), ", ",
+                mu.size(1), "], got ", noise->sizes());
+    TORCH_CHECK(!seed.has_value(), "fremure.", op, ": noise and seed are exclusive; pass one of them");
+  }
+  const HeadActivation act = lanes::parse_head_activation(activation, op);
+  return {mu.size(0), mu.size(1), samples, act, noise.has_value(), seed.has_value(),
+          static_cast<uint64_t>(seed.value_or(0))};
+}
+
 at::Tensor bayes_mc_cpu(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
                         std::optional<int64_t> seed, int64_t samples, c10::string_view activation) {
   const BayesConfig cfg = check_bayes("bayes_mc", mu, logvar, noise, seed, samples,
                                       std::string_view(activation.data(), activation.size()));
   at::Tensor out = at::empty({cfg.B, cfg.C}, mu.options());
   if (out.numel() == 0) return out;
-  uint8_t bad = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "bayes_mc_cpu", [&] {
-    bad = run_forward<scalar_t>(make_inputs<scalar_t>(mu, logvar, noise), cfg, out.mutable_data_ptr<scalar_t>());
-  });
+  const uint8_t bad = kernels().forward(mu, logvar, noise, cfg, out);
   TORCH_CHECK(!(bad & kBadMu), "fremure.bayes_mc: mu contains NaN or inf");
   TORCH_CHECK(!(bad & kBadLogvar), "fremure.bayes_mc: logvar contains NaN or inf");
   TORCH_CHECK(!(bad & kBadNoise), "fremure.bayes_mc: noise contains NaN or inf");
@@ -160,21 +313,19 @@ std::tuple<at::Tensor, at::Tensor> bayes_mc_backward_cpu(const at::Tensor& grad_
   at::Tensor g_mu = at::empty(mu.sizes(), mu.options());
   at::Tensor g_lv = at::empty(mu.sizes(), mu.options());
   if (mu.numel() == 0) return {g_mu, g_lv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "bayes_mc_backward_cpu", [&] {
-    run_backward<scalar_t>(make_inputs<scalar_t>(mu, logvar, noise), cfg, go.const_data_ptr<scalar_t>(),
-                           g_mu.mutable_data_ptr<scalar_t>(), g_lv.mutable_data_ptr<scalar_t>());
-  });
+  kernels().backward(mu, logvar, noise, cfg, go, g_mu, g_lv);
   return {g_mu, g_lv};
 }
 
 }  // namespace
+
+TORCH_LIBRARY_IMPL(fremure, CPU, m) {
+  m.impl("bayes_mc", &bayes_mc_cpu);
+  m.impl("bayes_mc_backward", &bayes_mc_backward_cpu);
+}
+#endif  // FREMURE_CPU_BASELINE
 }  // namespace fremure
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
-
-TORCH_LIBRARY_IMPL(fremure, CPU, m) {
-  m.impl("bayes_mc", &fremure::bayes_mc_cpu);
-  m.impl("bayes_mc_backward", &fremure::bayes_mc_backward_cpu);
-}

@@ -15,8 +15,7 @@
 // and LN0 backward rows. float16/bfloat16 inputs run in float32 and are rounded at the end.
 //
 // The row loops are written to auto-vectorise (no calls, no branches in the inner loops; float
-// exp is fast_math's polynomial), and are compiled three times, for AVX-512, AVX2+FMA and the baseline
-// ISA, picked at run time by cpu_isa() (cpu/cpu_isa.h; FREMURE_CPU_ISA caps the choice).
+// exp is fast_math's polynomial), and are compiled once per vector ISA (cpu/cpu_isa.h); the op, once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -35,10 +34,6 @@
 #include "cpu/cpu_isa.h"
 #include "cpu/gated_fusion.h"
 
-#if FREMURE_X86_MULTIVERSION
-#define GF_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")))
-#define GF_TARGET_AVX2 __attribute__((target("avx2,fma,bmi2")))
-#endif
 #if defined(__GNUC__)
 #define GF_INLINE inline __attribute__((always_inline))
 #else
@@ -46,13 +41,7 @@
 #endif
 
 namespace fremure {
-namespace {
-
-// Rows per parallel task: at least ATen's elementwise grain (32k elements) of work, so that small
-// batches do not pay for a parallel region that saves less than it costs.
-int64_t row_grain(int64_t row_elements) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_elements));
-}
+namespace gated_fusion_detail {
 
 struct FusionShape {
   int64_t rows;
@@ -60,6 +49,230 @@ struct FusionShape {
   int64_t cond_dim;  // Dc
   bool per_row_cond;
 };
+
+template <typename T>
+struct NormArgs {
+  const T* x;      // [rows, n] (or [rows, n] head and tail when pair)
+  const T* x2;     // tail, or nullptr
+  T* out;          // [rows, out_stride]
+  T* rstd;         // [rows] or nullptr
+  T* rstd2;        // [rows] or nullptr (tail)
+  int64_t n;
+  int64_t out_stride;
+};
+
+template <typename T>
+struct GateArgs {
+  T* z;             // [N, D] logits without the column term; the blend replaces them if write_out
+  const T* column;  // [D] bias + shared-condition term (zeros if none)
+  const T* ht;      // [N, 2D] normalised head | tail
+  T* s;             // [N, D] pre-clamp sigmoid (out)
+  int64_t dim;
+  T temperature, lo, hi;
+  bool write_out;
+};
+
+template <typename T>
+struct DlogitArgs {
+  const T* dy;      // [N, D]
+  const T* s;       // [N, D]
+  const T* head;    // raw rows, normalised here when normalise
+  const T* tail;
+  T* ht;            // [N, 2D] normalised head | tail (in, or out when normalise)
+  T* rstd_h;        // [N] (out when normalise)
+  T* rstd_t;
+  T* dz;            // [N, D] out
+  T* column_sums;   // [chunks, D] per-chunk partial sums of dz
+  int64_t dim;
+  int64_t chunks;   // rows are split into this many contiguous chunks, one partial row each
+  int64_t rows;
+  T temperature, lo, hi;
+  bool normalise;
+};
+
+template <typename T>
+struct LnGradArgs {
+  const T* dy;      // [N, D]
+  const T* s;       // [N, D]
+  const T* dht;     // [N, 2D] dz [W_h | W_t]
+  const T* ht;      // [N, 2D]
+  const T* rstd_h;  // [N]
+  const T* rstd_t;
+  T* grad_head;     // [N, D] out
+  T* grad_tail;
+  int64_t dim;
+  T lo, hi;
+};
+
+template <typename T>
+struct RowKernels {
+  void (*normalise)(const NormArgs<T>&, int64_t, int64_t);
+  void (*gate)(const GateArgs<T>&, int64_t, int64_t);
+  void (*dlogit)(const DlogitArgs<T>&, int64_t, int64_t);
+  void (*ln_grad)(const LnGradArgs<T>&, int64_t, int64_t);
+};
+template <typename T>
+inline DispatchStub<RowKernels<T>> row_kernels;
+
+}  // namespace gated_fusion_detail
+using namespace gated_fusion_detail;
+
+FREMURE_ISA_KERNELS_BEGIN
+
+// ---------------------------------------------------------------------------------------------
+// Per-element helpers the vectoriser can see through.
+
+template <typename T>
+GF_INLINE T sigmoid_poly(T z, T temperature) {
+  return T(1) / (T(1) + fm::exp(-(z / temperature)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels over [begin, end): the entries of the stub.
+
+// xhat = LN0(x) for one row; returns rstd. Two passes: the centred second moment.
+template <typename T>
+GF_INLINE T normalise_row(const T* __restrict x, T* __restrict xhat, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += x[j];
+  const T mean = sum / T(n);
+  T sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < n; ++j) {
+    const T c = x[j] - mean;
+    sq += c * c;
+  }
+  const T rstd = ln_rstd<T>(sq / T(n), T(kLayerNormEps));
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) xhat[j] = ln_normalise<T>(x[j], mean, rstd);
+  return rstd;
+}
+
+template <typename T>
+void normalise_impl(const NormArgs<T>& a, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T rs = normalise_row(a.x + r * a.n, a.out + r * a.out_stride, a.n);
+    if (a.rstd != nullptr) a.rstd[r] = rs;
+    if (a.x2 != nullptr) {
+      const T rs2 = normalise_row(a.x2 + r * a.n, a.out + r * a.out_stride + a.n, a.n);
+      if (a.rstd2 != nullptr) a.rstd2[r] = rs2;
+    }
+  }
+}
+
+// s = sigmoid((z + c) / T); z is replaced by the blend h + (1 - clamp(s)) (t - h) if kWriteOut.
+template <typename T, bool kWriteOut>
+GF_INLINE void gate_row(T* __restrict z, const T* __restrict c, const T* __restrict h, const T* __restrict t,
+                        T* __restrict s, int64_t n, T temperature, T lo, T hi) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T sj = sigmoid_poly<T>(z[j] + c[j], temperature);
+    s[j] = sj;
+    if constexpr (kWriteOut) z[j] = gated_fusion_value<T>(h[j], t[j], gated_fusion_clamp<T>(sj, lo, hi));
+  }
+}
+
+template <typename T>
+void gate_impl(const GateArgs<T>& a, int64_t begin, int64_t end) {
+  const int64_t D = a.dim;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* h = a.ht + r * 2 * D;
+    if (a.write_out) {
+      gate_row<T, true>(a.z + r * D, a.column, h, h + D, a.s + r * D, D, a.temperature, a.lo, a.hi);
+    } else {
+      gate_row<T, false>(a.z + r * D, a.column, h, h + D, a.s + r * D, D, a.temperature, a.lo, a.hi);
+    }
+  }
+}
+
+template <typename T>
+GF_INLINE void dlogit_row(const T* __restrict dy, const T* __restrict h, const T* __restrict t,
+                          const T* __restrict s, T* __restrict dz, T* __restrict col, int64_t n, T lo, T hi,
+                          T temperature) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = gated_fusion_dlogit<T>(dy[j], h[j], t[j], s[j], lo, hi, temperature);
+    dz[j] = v;
+    col[j] += v;
+  }
+}
+
+template <typename T>
+GF_INLINE void dlogit_chunk(const DlogitArgs<T>& a, int64_t begin, int64_t end, T* col) {
+  const int64_t D = a.dim;
+  for (int64_t r = begin; r < end; ++r) {
+    T* h = a.ht + r * 2 * D;
+    if (a.normalise) {
+      a.rstd_h[r] = normalise_row(a.head + r * D, h, D);
+      a.rstd_t[r] = normalise_row(a.tail + r * D, h + D, D);
+    }
+    dlogit_row<T>(a.dy + r * D, h, h + D, a.s + r * D, a.dz + r * D, col, D, a.lo, a.hi, a.temperature);
+  }
+}
+
+// Runs over chunks [chunk_begin, chunk_end) of rows, each with its own partial column sums.
+template <typename T>
+void dlogit_impl(const DlogitArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    const int64_t rows = a.rows;
+    dlogit_chunk(a, c * rows / a.chunks, (c + 1) * rows / a.chunks, a.column_sums + c * a.dim);
+  }
+}
+
+// In-place LN0 backward of one row: g holds dL/dxhat on entry and dL/dx on exit.
+template <typename T>
+GF_INLINE void ln_backward_row(T* __restrict g, const T* __restrict xhat, T rstd, int64_t n) {
+  T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < n; ++j) {
+    s1 += g[j];
+    s2 += g[j] * xhat[j];
+  }
+  const T m1 = s1 / T(n), m2 = s2 / T(n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) g[j] = ln_backward<T>(g[j], xhat[j], rstd, m1, m2);
+}
+
+// dL/dh and dL/dt (before LN0 backward): the GEMM part plus the direct blend terms.
+template <typename T>
+GF_INLINE void blend_grad_row(const T* __restrict dy, const T* __restrict s, const T* __restrict dh,
+                              const T* __restrict dt, T* __restrict gh, T* __restrict gt, int64_t n, T lo, T hi) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = gated_fusion_clamp<T>(s[j], lo, hi);
+    gh[j] = dh[j] + gated_fusion_dh_direct<T>(dy[j], g);
+    gt[j] = dt[j] + gated_fusion_dt_direct<T>(dy[j], g);
+  }
+}
+
+template <typename T>
+void ln_grad_impl(const LnGradArgs<T>& a, int64_t begin, int64_t end) {
+  const int64_t D = a.dim;
+  for (int64_t r = begin; r < end; ++r) {
+    T* gh = a.grad_head + r * D;
+    T* gt = a.grad_tail + r * D;
+    const T* dh = a.dht + r * 2 * D;
+    blend_grad_row<T>(a.dy + r * D, a.s + r * D, dh, dh + D, gh, gt, D, a.lo, a.hi);
+    ln_backward_row(gh, a.ht + r * 2 * D, a.rstd_h[r], D);
+    ln_backward_row(gt, a.ht + r * 2 * D + D, a.rstd_t[r], D);
+  }
+}
+
+template <typename T>
+constexpr RowKernels<T> kRowKernels{&normalise_impl<T>, &gate_impl<T>, &dlogit_impl<T>, &ln_grad_impl<T>};
+FREMURE_REGISTER_KERNELS(row_kernels<float>, kRowKernels<float>);
+FREMURE_REGISTER_KERNELS(row_kernels<double>, kRowKernels<double>);
+FREMURE_ISA_KERNELS_END
+
+#if FREMURE_CPU_BASELINE
+namespace {
+
+// Rows per parallel task: at least ATen's elementwise grain (32k elements) of work, so that small
+// batches do not pay for a parallel region that saves less than it costs.
+int64_t row_grain(int64_t row_elements) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_elements));
+}
 
 FusionShape check_gated_fusion(const char* op, const at::Tensor& head, const at::Tensor& tail, const at::Tensor& cond,
                                const at::Tensor& weight, const std::optional<at::Tensor>& bias, double temperature,
@@ -109,246 +322,6 @@ at::Tensor to_float(const at::Tensor& t) {
 
 std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Per-element helpers the vectoriser can see through.
-
-template <typename T>
-GF_INLINE T sigmoid_poly(T z, T temperature) {
-  return T(1) / (T(1) + fm::exp(-(z / temperature)));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Row kernels over [begin, end), always inlined into the per-ISA entry points below.
-
-template <typename T>
-struct NormArgs {
-  const T* x;      // [rows, n] (or [rows, n] head and tail when pair)
-  const T* x2;     // tail, or nullptr
-  T* out;          // [rows, out_stride]
-  T* rstd;         // [rows] or nullptr
-  T* rstd2;        // [rows] or nullptr (tail)
-  int64_t n;
-  int64_t out_stride;
-};
-
-// xhat = LN0(x) for one row; returns rstd. Two passes: the centred second moment.
-template <typename T>
-GF_INLINE T normalise_row(const T* __restrict x, T* __restrict xhat, int64_t n) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += x[j];
-  const T mean = sum / T(n);
-  T sq = 0;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t j = 0; j < n; ++j) {
-    const T c = x[j] - mean;
-    sq += c * c;
-  }
-  const T rstd = ln_rstd<T>(sq / T(n), T(kLayerNormEps));
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) xhat[j] = ln_normalise<T>(x[j], mean, rstd);
-  return rstd;
-}
-
-template <typename T>
-GF_INLINE void normalise_impl(const NormArgs<T>& a, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    const T rs = normalise_row(a.x + r * a.n, a.out + r * a.out_stride, a.n);
-    if (a.rstd != nullptr) a.rstd[r] = rs;
-    if (a.x2 != nullptr) {
-      const T rs2 = normalise_row(a.x2 + r * a.n, a.out + r * a.out_stride + a.n, a.n);
-      if (a.rstd2 != nullptr) a.rstd2[r] = rs2;
-    }
-  }
-}
-
-template <typename T>
-struct GateArgs {
-  T* z;             // [N, D] logits without the column term; the blend replaces them if write_out
-  const T* column;  // [D] bias + shared-condition term (zeros if none)
-  const T* ht;      // [N, 2D] normalised head | tail
-  T* s;             // [N, D] pre-clamp sigmoid (out)
-  int64_t dim;
-  T temperature, lo, hi;
-  bool write_out;
-};
-
-// s = sigmoid((z + c) / T); z is replaced by the blend h + (1 - clamp(s)) (t - h) if kWriteOut.
-template <typename T, bool kWriteOut>
-GF_INLINE void gate_row(T* __restrict z, const T* __restrict c, const T* __restrict h, const T* __restrict t,
-                        T* __restrict s, int64_t n, T temperature, T lo, T hi) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const T sj = sigmoid_poly<T>(z[j] + c[j], temperature);
-    s[j] = sj;
-    if constexpr (kWriteOut) z[j] = gated_fusion_value<T>(h[j], t[j], gated_fusion_clamp<T>(sj, lo, hi));
-  }
-}
-
-template <typename T>
-GF_INLINE void gate_impl(const GateArgs<T>& a, int64_t begin, int64_t end) {
-  const int64_t D = a.dim;
-  for (int64_t r = begin; r < end; ++r) {
-    const T* h = a.ht + r * 2 * D;
-    if (a.write_out) {
-      gate_row<T, true>(a.z + r * D, a.column, h, h + D, a.s + r * D, D, a.temperature, a.lo, a.hi);
-    } else {
-      gate_row<T, false>(a.z + r * D, a.column, h, h + D, a.s + r * D, D, a.temperature, a.lo, a.hi);
-    }
-  }
-}
-
-template <typename T>
-struct DlogitArgs {
-  const T* dy;      // [N, D]
-  const T* s;       // [N, D]
-  const T* head;    // raw rows, normalised here when normalise
-  const T* tail;
-  T* ht;            // [N, 2D] normalised head | tail (in, or out when normalise)
-  T* rstd_h;        // [N] (out when normalise)
-  T* rstd_t;
-  T* dz;            // [N, D] out
-  T* column_sums;   // [chunks, D] per-chunk partial sums of dz
-  int64_t dim;
-  int64_t chunks;   // rows are split into this many contiguous chunks, one partial row each
-  int64_t rows;
-  T temperature, lo, hi;
-  bool normalise;
-};
-
-template <typename T>
-GF_INLINE void dlogit_row(const T* __restrict dy, const T* __restrict h, const T* __restrict t,
-                          const T* __restrict s, T* __restrict dz, T* __restrict col, int64_t n, T lo, T hi,
-                          T temperature) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const T v = gated_fusion_dlogit<T>(dy[j], h[j], t[j], s[j], lo, hi, temperature);
-    dz[j] = v;
-    col[j] += v;
-  }
-}
-
-template <typename T>
-GF_INLINE void dlogit_chunk(const DlogitArgs<T>& a, int64_t begin, int64_t end, T* col) {
-  const int64_t D = a.dim;
-  for (int64_t r = begin; r < end; ++r) {
-    T* h = a.ht + r * 2 * D;
-    if (a.normalise) {
-      a.rstd_h[r] = normalise_row(a.head + r * D, h, D);
-      a.rstd_t[r] = normalise_row(a.tail + r * D, h + D, D);
-    }
-    dlogit_row<T>(a.dy + r * D, h, h + D, a.s + r * D, a.dz + r * D, col, D, a.lo, a.hi, a.temperature);
-  }
-}
-
-// Runs over chunks [chunk_begin, chunk_end) of rows, each with its own partial column sums.
-template <typename T>
-GF_INLINE void dlogit_impl(const DlogitArgs<T>& a, int64_t chunk_begin, int64_t chunk_end) {
-  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-    const int64_t rows = a.rows;
-    dlogit_chunk(a, c * rows / a.chunks, (c + 1) * rows / a.chunks, a.column_sums + c * a.dim);
-  }
-}
-
-template <typename T>
-struct LnGradArgs {
-  const T* dy;      // [N, D]
-  const T* s;       // [N, D]
-  const T* dht;     // [N, 2D] dz [W_h | W_t]
-  const T* ht;      // [N, 2D]
-  const T* rstd_h;  // [N]
-  const T* rstd_t;
-  T* grad_head;     // [N, D] out
-  T* grad_tail;
-  int64_t dim;
-  T lo, hi;
-};
-
-// In-place LN0 backward of one row: g holds dL/dxhat on entry and dL/dx on exit.
-template <typename T>
-GF_INLINE void ln_backward_row(T* __restrict g, const T* __restrict xhat, T rstd, int64_t n) {
-  T s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t j = 0; j < n; ++j) {
-    s1 += g[j];
-    s2 += g[j] * xhat[j];
-  }
-  const T m1 = s1 / T(n), m2 = s2 / T(n);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) g[j] = ln_backward<T>(g[j], xhat[j], rstd, m1, m2);
-}
-
-// dL/dh and dL/dt (before LN0 backward): the GEMM part plus the direct blend terms.
-template <typename T>
-GF_INLINE void blend_grad_row(const T* __restrict dy, const T* __restrict s, const T* __restrict dh,
-                              const T* __restrict dt, T* __restrict gh, T* __restrict gt, int64_t n, T lo, T hi) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const T g = gated_fusion_clamp<T>(s[j], lo, hi);
-    gh[j] = dh[j] + gated_fusion_dh_direct<T>(dy[j], g);
-    gt[j] = dt[j] + gated_fusion_dt_direct<T>(dy[j], g);
-  }
-}
-
-template <typename T>
-GF_INLINE void ln_grad_impl(const LnGradArgs<T>& a, int64_t begin, int64_t end) {
-  const int64_t D = a.dim;
-  for (int64_t r = begin; r < end; ++r) {
-    T* gh = a.grad_head + r * D;
-    T* gt = a.grad_tail + r * D;
-    const T* dh = a.dht + r * 2 * D;
-    blend_grad_row<T>(a.dy + r * D, a.s + r * D, dh, dh + D, gh, gt, D, a.lo, a.hi);
-    ln_backward_row(gh, a.ht + r * 2 * D, a.rstd_h[r], D);
-    ln_backward_row(gt, a.ht + r * 2 * D + D, a.rstd_t[r], D);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Per-ISA entry points and the run-time choice between them.
-
-template <typename T>
-struct RowKernels {
-  void (*normalise)(const NormArgs<T>&, int64_t, int64_t);
-  void (*gate)(const GateArgs<T>&, int64_t, int64_t);
-  void (*dlogit)(const DlogitArgs<T>&, int64_t, int64_t);
-  void (*ln_grad)(const LnGradArgs<T>&, int64_t, int64_t);
-};
-
-#define GF_DEFINE_KERNELS(SUFFIX, ATTR)                                                                     \
-  template <typename T>                                                                                     \
-  ATTR void normalise_##SUFFIX(const NormArgs<T>& a, int64_t b, int64_t e) { normalise_impl<T>(a, b, e); } \
-  template <typename T>                                                                                     \
-  ATTR void gate_##SUFFIX(const GateArgs<T>& a, int64_t b, int64_t e) { gate_impl<T>(a, b, e); }           \
-  template <typename T>                                                                                     \
-  ATTR void dlogit_##SUFFIX(const DlogitArgs<T>& a, int64_t b, int64_t e) { dlogit_impl<T>(a, b, e); }     \
-  template <typename T>                                                                                     \
-  ATTR void ln_grad_##SUFFIX(const LnGradArgs<T>& a, int64_t b, int64_t e) { ln_grad_impl<T>(a, b, e); }   \
-  template <typename T>                                                                                     \
-  RowKernels<T> kernels_##SUFFIX() {                                                                        \
-    return {&normalise_##SUFFIX<T>, &gate_##SUFFIX<T>, &dlogit_##SUFFIX<T>, &ln_grad_##SUFFIX<T>};          \
-  }
-
-GF_DEFINE_KERNELS(base, )
-#if FREMURE_X86_MULTIVERSION
-GF_DEFINE_KERNELS(avx2, GF_TARGET_AVX2)
-GF_DEFINE_KERNELS(avx512, GF_TARGET_AVX512)
-#endif
-
-template <typename T>
-RowKernels<T> row_kernels() {
-#if FREMURE_X86_MULTIVERSION
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512:
-      return kernels_avx512<T>();
-    case CpuIsa::kAvx2:
-      return kernels_avx2<T>();
-    default:
-      break;
-  }
-#endif
-  return kernels_base<T>();
 }
 
 template <typename Args>
@@ -470,7 +443,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
 
   AT_DISPATCH_FLOATING_TYPES(head.scalar_type(), "gated_fusion_backward_cpu", [&] {
     using T = scalar_t;
-    const RowKernels<T> kernels = row_kernels<T>();
+    const RowKernels<T>& kernels = row_kernels<T>();
     T* rstd_h = rstd_ht.mutable_data_ptr<T>();
     T* rstd_t = rstd_h + N;
     const at::Tensor qn = normalise_cond<T>(cc, S, rstd_q.mutable_data_ptr<T>());
@@ -546,5 +519,5 @@ TORCH_LIBRARY_IMPL(fremure, CPU, m) {
   m.impl("gated_fusion", &gated_fusion_cpu);
   m.impl("gated_fusion_backward", &gated_fusion_backward_cpu);
 }
-
+#endif  // FREMURE_CPU_BASELINE
 }  // namespace fremure

@@ -13,7 +13,9 @@
 //
 // Inputs only need a unit stride in their last dimension (views such as the q/k/v slices of a
 // fused projection are read in place). float and double compute in their own type; float16 and
-// bfloat16 are converted to float32 first (at::opmath_type) and the results converted back.
+// bfloat16 are converted to float32 first (at::opmath_type) and the results converted back. The
+// kernels are compiled once per vector ISA (cpu/cpu_isa.h), which is where the dot products get
+// their speed; the op, once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -30,13 +32,6 @@
 #include "cpu/segment_attention.h"
 #include "cpu/cpu_isa.h"
 
-// The extension is compiled for baseline x86-64 (SSE2). The hot loops are compiled again for
-// AVX2+FMA and AVX-512, and the copy is picked at run time by cpu/cpu_isa.h (FREMURE_CPU_ISA cap),
-// which is where the dot products get their speed.
-#if FREMURE_X86_MULTIVERSION
-#define FREMURE_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define FREMURE_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#endif
 #if defined(__GNUC__)
 #define FREMURE_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -102,6 +97,20 @@ struct BackwardArgs {
   T scale;
   Dropout<T> drop;
 };
+
+// Per-ISA entries: a range [begin, end) of (segment, head) pairs, forward or backward.
+template <typename T>
+struct RangeKernels {
+  void (*forward)(const ForwardArgs<T>&, int64_t, int64_t);
+  void (*backward)(const BackwardArgs<T>&, int64_t, int64_t);
+};
+template <typename T>
+inline DispatchStub<RangeKernels<T>> range_kernels;
+
+}  // namespace segment_attention_detail
+using namespace segment_attention_detail;
+
+FREMURE_ISA_KERNELS_BEGIN
 
 // f[j] = keep_scale or 0: the dropout factors of query token t, head h against the keys
 // [u0, u0 + n). A plain counted loop of integer arithmetic, which the compiler may vectorise.
@@ -185,7 +194,7 @@ FREMURE_ALWAYS_INLINE void axpy_group(T* y, const T* c, const T* const* b, int64
 
 // Expands STMT (which uses the group size N and first key jj) over keys [0, count) in groups of
 // 4, then 2, then 1. A macro rather than a generic lambda: a lambda is a function of its own that
-// the compiler may keep out of line, and then it would miss the ISA of the clone that calls it.
+// the compiler may keep out of line, a call per key group in the innermost loop.
 #define FREMURE_FOR_KEY_GROUPS(count, STMT)      \
   do {                                           \
     int64_t jj = 0;                              \
@@ -389,7 +398,8 @@ FREMURE_ALWAYS_INLINE void backward_pair(const BackwardArgs<T>& a, int64_t seg, 
   }
 }
 
-// ---- ranges of (segment, head) pairs: the functions the ISA clones are made of.
+// ---- ranges of (segment, head) pairs: the entries of the stub. The dropout or the plain
+// instantiation is picked once per range.
 
 template <typename T, bool kDrop>
 FREMURE_ALWAYS_INLINE void forward_range_impl(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
@@ -407,42 +417,34 @@ FREMURE_ALWAYS_INLINE void backward_range_impl(const BackwardArgs<T>& a, int64_t
   }
 }
 
-// The dropout or the plain instantiation, picked once per range, compiled once per ISA: the
-// branch stays in each per-ISA function (a lambda would be a separate function without the
-// target attribute) so the always-inlined body gets that function's ISA.
-#define FREMURE_SEGMENT_RANGE_ISA(name, suffix, attr, Args, T)                           \
-  attr void name##_##suffix(const Args<T>& a, int64_t begin, int64_t end) {              \
-    if (a.drop.on()) {                                                                   \
-      name##_impl<T, true>(a, begin, end);                                               \
-    } else {                                                                             \
-      name##_impl<T, false>(a, begin, end);                                              \
-    }                                                                                    \
+template <typename T>
+void forward_range(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
+  if (a.drop.on()) {
+    forward_range_impl<T, true>(a, begin, end);
+  } else {
+    forward_range_impl<T, false>(a, begin, end);
   }
-#if FREMURE_X86_MULTIVERSION
-#define FREMURE_SEGMENT_RANGE(name, Args, T)                                             \
-  FREMURE_SEGMENT_RANGE_ISA(name, baseline, , Args, T)                                   \
-  FREMURE_SEGMENT_RANGE_ISA(name, avx2, FREMURE_TARGET_AVX2, Args, T)                    \
-  FREMURE_SEGMENT_RANGE_ISA(name, avx512, FREMURE_TARGET_AVX512, Args, T)                \
-  void name(CpuIsa isa, const Args<T>& a, int64_t begin, int64_t end) {                  \
-    if (isa == CpuIsa::kAvx512) {                                                        \
-      name##_avx512(a, begin, end);                                                      \
-    } else if (isa == CpuIsa::kAvx2) {                                                   \
-      name##_avx2(a, begin, end);                                                        \
-    } else {                                                                             \
-      name##_baseline(a, begin, end);                                                    \
-    }                                                                                    \
+}
+
+template <typename T>
+void backward_range(const BackwardArgs<T>& a, int64_t begin, int64_t end) {
+  if (a.drop.on()) {
+    backward_range_impl<T, true>(a, begin, end);
+  } else {
+    backward_range_impl<T, false>(a, begin, end);
   }
-#else
-#define FREMURE_SEGMENT_RANGE(name, Args, T)                                             \
-  FREMURE_SEGMENT_RANGE_ISA(name, baseline, , Args, T)                                   \
-  void name(CpuIsa, const Args<T>& a, int64_t begin, int64_t end) { name##_baseline(a, begin, end); }
-#endif
-FREMURE_SEGMENT_RANGE(forward_range, ForwardArgs, float)
-FREMURE_SEGMENT_RANGE(forward_range, ForwardArgs, double)
-FREMURE_SEGMENT_RANGE(backward_range, BackwardArgs, float)
-FREMURE_SEGMENT_RANGE(backward_range, BackwardArgs, double)
-#undef FREMURE_SEGMENT_RANGE
-#undef FREMURE_SEGMENT_RANGE_ISA
+}
+
+template <typename T>
+constexpr RangeKernels<T> kRangeKernels{&forward_range<T>, &backward_range<T>};
+FREMURE_REGISTER_KERNELS(range_kernels<float>, kRangeKernels<float>);
+FREMURE_REGISTER_KERNELS(range_kernels<double>, kRangeKernels<double>);
+
+#undef FREMURE_FOR_KEY_GROUPS
+FREMURE_ISA_KERNELS_END
+
+#if FREMURE_CPU_BASELINE
+namespace {
 
 // ---- checks and host functions
 
@@ -555,9 +557,9 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_cpu(const at::Tensor& q, co
                                   p.dh,
                                   static_cast<acc_t>(scale),
                                   check_dropout<acc_t>("segment_attention", dropout_p, seed, p.tokens)};
-    const CpuIsa isa = cpu_isa();
+    const RangeKernels<acc_t>& kernels = range_kernels<acc_t>();
     at::parallel_for(0, p.segments * p.heads, grain_of(p),
-                     [&](int64_t begin, int64_t end) { forward_range(isa, args, begin, end); });
+                     [&](int64_t begin, int64_t end) { kernels.forward(args, begin, end); });
     out = std::is_same_v<scalar_t, acc_t> ? out_acc : out_acc.to(q.scalar_type());
   });
   return {out, lse};
@@ -610,9 +612,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
                                    static_cast<acc_t>(scale),
                                    check_dropout<acc_t>(op, dropout_p, seed, p.tokens)};
     // Backward does about 2.5x the multiply-adds of one score pass per pair.
-    const CpuIsa isa = cpu_isa();
+    const RangeKernels<acc_t>& kernels = range_kernels<acc_t>();
     at::parallel_for(0, p.segments * p.heads, std::max<int64_t>(1, grain_of(p) / 2),
-                     [&](int64_t begin, int64_t end) { backward_range(isa, args, begin, end); });
+                     [&](int64_t begin, int64_t end) { kernels.backward(args, begin, end); });
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       dq = dq_acc;
       dk = dk_acc;
@@ -626,13 +628,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
   return {dq, dk, dv};
 }
 
-#undef FREMURE_FOR_KEY_GROUPS
-
-}  // namespace segment_attention_detail
+}  // namespace
 
 TORCH_LIBRARY_IMPL(fremure, CPU, m) {
-  m.impl("segment_attention", &segment_attention_detail::segment_attention_cpu);
-  m.impl("segment_attention_backward", &segment_attention_detail::segment_attention_backward_cpu);
+  m.impl("segment_attention", &segment_attention_cpu);
+  m.impl("segment_attention_backward", &segment_attention_backward_cpu);
 }
-
+#endif  // FREMURE_CPU_BASELINE
 }  // namespace fremure

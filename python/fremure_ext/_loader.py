@@ -98,7 +98,7 @@ def build_info() -> dict:
     Returns a dict with ``version`` (str), ``torch_version`` (str, the torch it was built
     against), ``cuda`` (bool, CUDA kernels compiled), ``cuda_archs`` (str, e.g. ``"80,90"``),
     ``openmp`` (bool, CPU kernels parallel), ``cpu_isas`` (list of str, the CPU kernel variants
-    compiled), plus from the build config ``torch_cuda_version`` (str), ``cxx11_abi`` (bool),
+    compiled), ``cpu_kernel_tables`` (dict, ISA -> kernel tables registered for it), plus from the build config ``torch_cuda_version`` (str), ``cxx11_abi`` (bool),
     ``nvcc_version`` (str) and ``native_cpu`` (bool, built with -march=native).
     """
     info = dict(_C.build_info())
