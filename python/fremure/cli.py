@@ -172,6 +172,11 @@ def _device_option(p: argparse.ArgumentParser, text: str = "") -> None:
 
 # ------------------------------------------------------------------ frames and data checks
 def cmd_frames(args: argparse.Namespace) -> int:
+    """Writes <data-path>/frames/<VIDEO>.mp4/<NNNNNN>.png for every frame listed in annotations/frame_list.txt
+    (else the person_bbox.pkl keys), decoding <videos>/<VIDEO>.mp4 with PyAV. NNNNNN is the 1-based decode
+    position, as AG's dump_frames.py (ffmpeg %06d.png) numbers frames. Resumable: existing frames are kept,
+    finished videos (done marker) are not decoded again. Exit 1 when a video fails (each is named), 2 on bad
+    input; --verify only checks."""
     from .data.frames import annotated_frames, dump_frames, frame_name, missing_frames, summarize
     _need_dir(args.data_path, "--data-path")
     if args.verify:
@@ -201,6 +206,8 @@ def cmd_frames(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    """Lists the annotation files each task needs (the filtersmall pickle for sgcls/sgdet) and how many
+    annotated frames exist under frames/; exit 2 when something the given modes need is missing."""
     from .data.check import check_data
     _need_dir(args.data_path, "--data-path")
     items = check_data(args.data_path, args.mode)
@@ -274,7 +281,10 @@ def _run_folder(config, argv: Sequence[str] | None) -> logging.Handler:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Trains; under ``torchrun`` every process joins the group first and leaves it at the end."""
+    """Trains FReMuRe. Defaults follow the published recipe: AdamW lr 1e-5, 10 epochs, ReduceLROnPlateau on
+    mR@20, clipping 5, one video per step. The run folder (--save-path) gets config.yaml (the resolved
+    configuration), train.log, history.jsonl (one line per epoch) and checkpoints/."""
+    # Under torchrun every process joins the group first and leaves it at the end.
     from .train.config import config_to_yaml
     config = _config(args)
     if args.print_config:
@@ -475,6 +485,11 @@ def _demo_caches(args, config, data_path: str, started: float) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Runs the whole pipeline on the bundled synthetic AG sample (12 train / 6 test videos, or --generate N):
+    feature extraction with the detector (random weights unless --detector-checkpoint; skipped with
+    --train-cache/--test-cache), the untrained model's recall, training, evaluation with/semi/no constraint;
+    writes results.json and results_untrained.json to --work-dir. The defaults shown are the demo's own; any
+    flag or --config overrides them."""
     import torch
     from .data.synthetic import generate_synthetic_ag, sample_path
     from .eval import format_table, write_json
@@ -601,6 +616,14 @@ def _progress_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", type=_bool, default=True, metavar="true|false", help="tqdm progress bar (default true)")
 
 
+def _add_command(sub, common, name: str, func, help_text: str) -> argparse.ArgumentParser:
+    """Subcommand ``name`` running ``func``, described in its --help by func's docstring (none without one;
+    argparse rewraps the docstring's lines)."""
+    p = sub.add_parser(name, parents=[common], help=help_text, description=func.__doc__)
+    p.set_defaults(func=func)
+    return p
+
+
 def _add_eval_commands(sub, common) -> None:
     for name, func, text in (("eval", cmd_eval, "R@K/mR@K with/semi/no constraint: JSON, table, per-predicate plot, "
                                                 "HTML report"),
@@ -640,13 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fremure {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("frames", parents=[common], help="dump the annotated AG frames from the Charades videos (PyAV)",
-                       description="Writes <data-path>/frames/<VIDEO>.mp4/<NNNNNN>.png for every frame listed in "
-                                   "annotations/frame_list.txt (else the person_bbox.pkl keys), decoding "
-                                   "<videos>/<VIDEO>.mp4 with PyAV. NNNNNN is the 1-based decode position, as AG's "
-                                   "dump_frames.py (ffmpeg %%06d.png) numbers frames. Resumable: existing frames are "
-                                   "kept, finished videos (done marker) are not decoded again. Exit 1 when a "
-                                   "video fails (each is named), 2 on bad input; --verify only checks.")
+    p = _add_command(sub, common, "frames", cmd_frames, "dump the annotated AG frames from the Charades videos (PyAV)")
     p.add_argument("--videos", default=None, help="folder of the Charades videos (Charades_v1_480/)")
     p.add_argument("--data-path", required=True, help="AG root holding annotations/; frames/ is written there")
     p.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1),
@@ -655,18 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="decode nothing: list annotated frames missing on disk (exit 2 when some are)")
     _progress_option(p)
-    p.set_defaults(func=cmd_frames)
 
-    p = sub.add_parser("check-data", parents=[common], help="check an AG folder: annotation files and frame coverage",
-                       description="Lists the annotation files each task needs (the filtersmall pickle for "
-                                   "sgcls/sgdet) and how many annotated frames exist under frames/; exit 2 when "
-                                   "something the given modes need is missing.")
+    p = _add_command(sub, common, "check-data", cmd_check_data,
+                     "check an AG folder: annotation files and frame coverage")
     p.add_argument("--data-path", required=True, help="AG root")
     p.add_argument("--mode", nargs="+", choices=["predcls", "sgcls", "sgdet"], default=["predcls", "sgcls", "sgdet"],
                    help="tasks to check for (default all three)")
-    p.set_defaults(func=cmd_check_data)
 
-    p = sub.add_parser("extract", parents=[common], help="run the detector once per video into a feature cache")
+    p = _add_command(sub, common, "extract", cmd_extract, "run the detector once per video into a feature cache")
     p.add_argument("--data-path", required=True, help="AG root")
     p.add_argument("--out", required=True, help="cache root; writes <out>/<mode>_<split>/")
     p.add_argument("--mode", choices=["predcls", "sgcls", "sgdet"], default="predcls", help="task (default predcls)")
@@ -676,28 +689,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random detector (without a checkpoint)")
     _progress_option(p)
     _detector_options(p)
-    p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("train", parents=[common], help="train on cached features (published recipe by default)",
-                       description="Trains FReMuRe. Defaults follow the published recipe: AdamW lr 1e-5, 10 epochs, "
-                                   "ReduceLROnPlateau on mR@20, clipping 5, one video per step. The run folder "
-                                   "(--save-path) gets config.yaml (the resolved configuration), train.log, "
-                                   "history.jsonl (one line per epoch) and checkpoints/.")
+    p = _add_command(sub, common, "train", cmd_train, "train on cached features (published recipe by default)")
     p.add_argument("--config", default=None, help="YAML file of training options (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue from <save-path>/checkpoints/last.json")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")
     _add_config_options(p, ("model", "train"))
-    p.set_defaults(func=cmd_train)
 
     _add_eval_commands(sub, common)
 
-    p = sub.add_parser("demo", parents=[common], help="synthetic AG end to end: extract, train, evaluate (CPU, minutes)",
-                       description="Runs the whole pipeline on the bundled synthetic AG sample (12 train / 6 test "
-                                   "videos, or --generate N): feature extraction with the detector (random weights "
-                                   "unless --detector-checkpoint; skipped with --train-cache/--test-cache), the "
-                                   "untrained model's recall, training, evaluation with/semi/no constraint; writes "
-                                   "results.json and results_untrained.json to --work-dir. The defaults shown are "
-                                   "the demo's own; any flag or --config overrides them.")
+    p = _add_command(sub, common, "demo", cmd_demo, "synthetic AG end to end: extract, train, evaluate (CPU, minutes)")
     p.add_argument("--work-dir", default=DEFAULT_WORK, help=f"output folder (default {DEFAULT_WORK})")
     p.add_argument("--generate", type=_positive_int, default=None, metavar="N",
                    help="generate a synthetic AG with N videos instead of using the bundled sample")
@@ -705,25 +706,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")
     _detector_options(p, target_size=96, proposals=10)     # the sample's own frame height: no resizing
     _add_config_options(p, ("model", "train"), shown=DEMO_SHOWN, exclude=("data_path",))
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("freq", parents=[common], help="predicate frequency table, priors file and long-tail plot")
+    p = _add_command(sub, common, "freq", cmd_freq, "predicate frequency table, priors file and long-tail plot")
     p.add_argument("--data-path", required=True, help="AG root")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", choices=["predcls", "sgcls", "sgdet"], default="predcls",
                    help="sgcls/sgdet count the filtersmall annotations, as training does")
     p.add_argument("--train-only", action="store_true", help="count train labels only (non-reference)")
-    p.set_defaults(func=cmd_freq)
 
-    p = sub.add_parser("bench", parents=[common], help="training throughput: cached features vs the detector every epoch")
+    p = _add_command(sub, common, "bench", cmd_bench,
+                     "training throughput: cached features vs the detector every epoch")
     p.add_argument("--data-path", default=None, help="AG root (default: the bundled synthetic sample)")
     p.add_argument("--work-dir", default="fremure-bench")
     p.add_argument("--videos", type=_positive_int, default=4)
     p.add_argument("--epochs", type=_positive_int, default=1)
     _device_option(p, ": where the detector and the model run")
     _detector_options(p, target_size=96)
-    p.set_defaults(func=cmd_bench)
 
+    # Not _add_command: cmd_info's docstring is not meant as a --help description.
     p = sub.add_parser("info", parents=[common], help="versions, build and devices (python -m fremure_ext.info)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to python -m fremure_ext.info")
     p.set_defaults(func=cmd_info)

@@ -10,52 +10,25 @@ import triton
 import triton.language as tl
 
 from . import next_power_of_2
+from .class_tiles import activation, activation_backward, class_tile, sample_noise
 
 MODE_EVAL, MODE_NOISE, MODE_SEED = 0, 1, 2
-ACT_SIGMOID, ACT_SOFTMAX = 0, 1
-
-
-@triton.jit
-def _activation(z, col_ok, ACT: tl.constexpr):
-    if ACT == 0:
-        return tl.sigmoid(z)
-    z = tl.where(col_ok, z, float("-inf"))
-    e = tl.exp(z - tl.max(z, axis=1)[:, None])
-    e = tl.where(col_ok, e, 0.0)
-    return e / tl.sum(e, axis=1)[:, None]
-
-
-@triton.jit
-def _activation_backward(dy, a, ACT: tl.constexpr):
-    if ACT == 0:
-        return dy * a * (1.0 - a)
-    return a * (dy - tl.sum(dy * a, axis=1)[:, None])
-
-
-@triton.jit
-def _eps(noise_ptr, seed, s, offs, mask, BC, MODE: tl.constexpr):
-    if MODE == 1:
-        return tl.load(noise_ptr + s * BC + offs, mask=mask, other=0.0).to(tl.float32)
-    return tl.randn(seed, s * BC + offs)
+ACT_SIGMOID, ACT_SOFTMAX = 0, 1  # ACT doubles as class_tiles' SOFTMAX flag
 
 
 @triton.jit
 def _bayes_mc_fwd(mu_ptr, logvar_ptr, noise_ptr, out_ptr, seed, B, C, S,
                   MODE: tl.constexpr, ACT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_C)
-    col_ok = (cols < C)[None, :]
-    mask = (rows < B)[:, None] & col_ok
-    offs = rows[:, None] * C + cols[None, :]
+    offs, mask, col_ok = class_tile(B, C, BLOCK_B, BLOCK_C)
     mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if MODE == 0:
-        acc = _activation(mu, col_ok, ACT)
+        acc = activation(mu, col_ok, ACT)
     else:
         std = tl.sqrt(tl.exp(tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)))
         acc = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
         for s in range(S):
-            eps = _eps(noise_ptr, seed, s, offs, mask, B * C, MODE)
-            acc += _activation(mu + eps * std, col_ok, ACT)
+            eps = sample_noise(noise_ptr, seed, s, offs, mask, B * C, MODE)
+            acc += activation(mu + eps * std, col_ok, ACT)
         acc = acc / S
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -63,23 +36,19 @@ def _bayes_mc_fwd(mu_ptr, logvar_ptr, noise_ptr, out_ptr, seed, B, C, S,
 @triton.jit
 def _bayes_mc_bwd(dout_ptr, mu_ptr, logvar_ptr, noise_ptr, dmu_ptr, dlogvar_ptr, seed, B, C, S,
                   MODE: tl.constexpr, ACT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_C)
-    col_ok = (cols < C)[None, :]
-    mask = (rows < B)[:, None] & col_ok
-    offs = rows[:, None] * C + cols[None, :]
+    offs, mask, col_ok = class_tile(B, C, BLOCK_B, BLOCK_C)
     mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dmu = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     dlogvar = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     if MODE == 0:
-        dmu = _activation_backward(dout, _activation(mu, col_ok, ACT), ACT)
+        dmu = activation_backward(dout, activation(mu, col_ok, ACT), ACT)
     else:
         std = tl.sqrt(tl.exp(tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)))
         da = dout / S
         for s in range(S):
-            eps = _eps(noise_ptr, seed, s, offs, mask, B * C, MODE)
-            dz = _activation_backward(da, _activation(mu + eps * std, col_ok, ACT), ACT)
+            eps = sample_noise(noise_ptr, seed, s, offs, mask, B * C, MODE)
+            dz = activation_backward(da, activation(mu + eps * std, col_ok, ACT), ACT)
             dmu += dz
             # d sqrt(exp(l)) / dl = 0.5 * sqrt(exp(l))
             dlogvar += dz * eps * 0.5 * std

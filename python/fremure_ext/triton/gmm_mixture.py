@@ -14,20 +14,11 @@ import triton
 import triton.language as tl
 
 from . import next_power_of_2
+from .class_tiles import activation, activation_backward, class_tile, sample_noise
 
 TAU_MIN = 1e-3
 LOG_EPS = 1e-9
 MODE_EVAL, MODE_NOISE, MODE_SEED = 0, 1, 2
-
-
-@triton.jit
-def _act(u, col_ok, SOFTMAX: tl.constexpr):
-    if SOFTMAX:
-        u = tl.where(col_ok, u, float("-inf"))
-        e = tl.exp(u - tl.max(u, axis=1)[:, None])
-        e = tl.where(col_ok, e, 0.0)
-        return e / tl.sum(e, axis=1)[:, None]
-    return tl.sigmoid(u)
 
 
 @triton.jit
@@ -37,20 +28,17 @@ def _softplus(x):
 
 
 @triton.jit
-def _component(mu_ptr, raw_ptr, noise_ptr, seed, k, offs, mask, BC, var_eps, var_floor, var_ceiling,
-               MODE: tl.constexpr):
-    """(z_k, var_k, eps_k, softplus_k + var_eps) of component k on the tile."""
+def _component(mu_ptr, raw_ptr, pi_ptr, noise_ptr, seed, k, offs, mask, BC, m, den, var_eps, var_floor,
+               var_ceiling, MODE: tl.constexpr):
+    """(z_k, var_k, eps_k, softplus_k + var_eps, p_k) of component k on the tile; p_k is the softmax
+    over k of pi_logit given its maximum m and denominator den (``_pi_max``)."""
     mu = tl.load(mu_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32)
     raw = tl.load(raw_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32)
     sp = _softplus(raw) + var_eps
     var = tl.minimum(tl.maximum(sp, var_floor), var_ceiling)
-    if MODE == 1:
-        eps = tl.load(noise_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32)
-    elif MODE == 2:
-        eps = tl.randn(seed, k * BC + offs)
-    else:
-        eps = tl.zeros_like(mu)
-    return mu + eps * tl.sqrt(var), var, eps, sp
+    eps = sample_noise(noise_ptr, seed, k, offs, mask, BC, MODE)
+    p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
+    return mu + eps * tl.sqrt(var), var, eps, sp, p
 
 
 @triton.jit
@@ -69,21 +57,16 @@ def _fwd_kernel(mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_ptr, pred_ptr, alea_ptr,
                 var_eps, var_floor, var_ceiling,
                 MODE: tl.constexpr, SOFTMAX: tl.constexpr, UNCERTAINTY: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_C)
-    col_ok = (cols < C)[None, :]
-    mask = (rows < B)[:, None] & col_ok
-    offs = rows[:, None] * C + cols[None, :]
+    offs, mask, col_ok = class_tile(B, C, BLOCK_B, BLOCK_C)
     BC = B * C
     inv_tau = 1.0 / tl.maximum(tl.load(tau_ptr).to(tl.float32), 1e-3)
     m, den = _pi_max(pi_ptr, offs, mask, BC, K, BLOCK_B, BLOCK_C)
     pred = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     alea = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     for k in range(K):
-        z, var, eps, sp = _component(mu_ptr, raw_ptr, noise_ptr, seed, k, offs, mask, BC, var_eps, var_floor,
-                                     var_ceiling, MODE)
-        p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
-        pred += p * _act(z * inv_tau, col_ok, SOFTMAX)
+        z, var, eps, sp, p = _component(mu_ptr, raw_ptr, pi_ptr, noise_ptr, seed, k, offs, mask, BC, m, den,
+                                        var_eps, var_floor, var_ceiling, MODE)
+        pred += p * activation(z * inv_tau, col_ok, SOFTMAX)
         if UNCERTAINTY:
             alea += p / (1.0 + var) - p * tl.log(tl.maximum(p, 1e-9))
     tl.store(pred_ptr + offs, pred.to(pred_ptr.dtype.element_ty), mask=mask)
@@ -106,11 +89,7 @@ def _bwd_kernel(gpred_ptr, galea_ptr, mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_pt
                 dmu_ptr, draw_ptr, dpi_ptr, dtau_ptr, seed, B, C, K, var_eps, var_floor, var_ceiling,
                 MODE: tl.constexpr, SOFTMAX: tl.constexpr, HAS_GALEA: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_C)
-    col_ok = (cols < C)[None, :]
-    mask = (rows < B)[:, None] & col_ok
-    offs = rows[:, None] * C + cols[None, :]
+    offs, mask, col_ok = class_tile(B, C, BLOCK_B, BLOCK_C)
     BC = B * C
     tau = tl.load(tau_ptr).to(tl.float32)
     tau_c = tl.maximum(tau, 1e-3)
@@ -123,24 +102,17 @@ def _bwd_kernel(gpred_ptr, galea_ptr, mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_pt
     # Pass 1: sum_j p_j * dL/dp_j, needed by the softmax-over-k backward.
     weighted = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     for k in range(K):
-        z, var, eps, sp = _component(mu_ptr, raw_ptr, noise_ptr, seed, k, offs, mask, BC, var_eps, var_floor,
-                                     var_ceiling, MODE)
-        p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
-        weighted += p * _grad_pi(gpred, galea, _act(z * inv_tau, col_ok, SOFTMAX), p, var, HAS_GALEA)
+        z, var, eps, sp, p = _component(mu_ptr, raw_ptr, pi_ptr, noise_ptr, seed, k, offs, mask, BC, m, den,
+                                        var_eps, var_floor, var_ceiling, MODE)
+        weighted += p * _grad_pi(gpred, galea, activation(z * inv_tau, col_ok, SOFTMAX), p, var, HAS_GALEA)
     # Pass 2: every gradient.
     dtau = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     for k in range(K):
-        z, var, eps, sp = _component(mu_ptr, raw_ptr, noise_ptr, seed, k, offs, mask, BC, var_eps, var_floor,
-                                     var_ceiling, MODE)
-        p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
-        a = _act(z * inv_tau, col_ok, SOFTMAX)
+        z, var, eps, sp, p = _component(mu_ptr, raw_ptr, pi_ptr, noise_ptr, seed, k, offs, mask, BC, m, den,
+                                        var_eps, var_floor, var_ceiling, MODE)
+        a = activation(z * inv_tau, col_ok, SOFTMAX)
         gp = _grad_pi(gpred, galea, a, p, var, HAS_GALEA)
-        ga = gpred * p
-        if SOFTMAX:
-            du = a * (ga - tl.sum(ga * a, axis=1)[:, None])
-        else:
-            du = ga * a * (1.0 - a)
-        du = tl.where(mask, du, 0.0)
+        du = tl.where(mask, activation_backward(gpred * p, a, SOFTMAX), 0.0)
         dz = du * inv_tau
         dtau += du * (-z * inv_tau * inv_tau)
         dvar = dz * eps * 0.5 / tl.sqrt(var)

@@ -28,9 +28,35 @@ def _tile(ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h):
 
 
 @triton.jit
+def _store_tile(ptr, x, rows, row_ok, h, d, d_ok, stride_t, stride_h):
+    tl.store(ptr + rows[:, None] * stride_t + h * stride_h + d[None, :], x.to(ptr.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
 def _keep(seed, dropout_p, rows, cols, h, H, T):
     """Dropout keep-mask [rows, cols] of head h (rows and cols are int64 packed token indices)."""
     return tl.rand(seed, (rows[:, None] * H + h) * T + cols[None, :]) >= dropout_p
+
+
+@triton.jit
+def _program(offsets_ptr, Dh, BLOCK_D: tl.constexpr):
+    """(h, start, end, d, d_ok): this program's head, token range [start, end) and head-dim lanes."""
+    seg = tl.program_id(0)
+    start = tl.load(offsets_ptr + seg)
+    end = tl.load(offsets_ptr + seg + 1)
+    d = tl.arange(0, BLOCK_D)
+    return tl.program_id(1), start, end, d, d < Dh
+
+
+@triton.jit
+def _kv_tiles(k_ptr, v_ptr, n0, end, h, d, d_ok, stride_t, stride_h, BLOCK_N: tl.constexpr):
+    """(cols, col_ok, k, v) of the key tile starting at token n0."""
+    cols = n0 + tl.arange(0, BLOCK_N)
+    col_ok = cols < end
+    k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+    v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+    return cols, col_ok, k, v
 
 
 @triton.jit
@@ -38,12 +64,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, offsets_ptr, out_ptr, lse_ptr, scale, Dh, s
                 seed, dropout_p, keep_scale, T,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
                 DROPOUT: tl.constexpr):
-    seg = tl.program_id(0)
-    h = tl.program_id(1)
-    start = tl.load(offsets_ptr + seg)
-    end = tl.load(offsets_ptr + seg + 1)
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < Dh
+    h, start, end, d, d_ok = _program(offsets_ptr, Dh, BLOCK_D)
     for m0 in range(start, end, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < end
@@ -52,10 +73,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, offsets_ptr, out_ptr, lse_ptr, scale, Dh, s
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         for n0 in range(start, end, BLOCK_N):
-            cols = n0 + tl.arange(0, BLOCK_N)
-            col_ok = cols < end
-            k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
-            v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+            cols, col_ok, k, v = _kv_tiles(k_ptr, v_ptr, n0, end, h, d, d_ok, stride_t, stride_h, BLOCK_N)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -69,8 +87,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, offsets_ptr, out_ptr, lse_ptr, scale, Dh, s
         out = acc / l_i[:, None]
         if DROPOUT:
             out = out * keep_scale
-        tl.store(out_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        _store_tile(out_ptr, out, rows, row_ok, h, d, d_ok, stride_t, stride_h)
         tl.store(lse_ptr + rows * tl.num_programs(1) + h,
                  (m_i + tl.log(l_i)).to(lse_ptr.dtype.element_ty), mask=row_ok)
 
@@ -84,6 +101,19 @@ def _delta_kernel(out_ptr, dout_ptr, delta_ptr, n_rows, Dh, BLOCK_R: tl.constexp
     o = tl.load(out_ptr + rows[:, None] * Dh + d[None, :], mask=mask, other=0.0).to(tl.float32)
     do = tl.load(dout_ptr + rows[:, None] * Dh + d[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=rows < n_rows)
+
+
+@triton.jit
+def _query_tiles(q_ptr, dout_ptr, lse_ptr, delta_ptr, m0, end, h, H, d, d_ok, stride_t, stride_h,
+                 BLOCK_M: tl.constexpr):
+    """(rows, row_ok, q, dO, lse, delta) of the query tile starting at token m0."""
+    rows = m0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < end
+    q = _tile(q_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+    do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
+    lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
+    delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
+    return rows, row_ok, q, do, lse, delta
 
 
 @triton.jit
@@ -112,54 +142,32 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, offsets_ptr, 
                 scale, Dh, H, stride_t, stride_h, seed, dropout_p, keep_scale, T,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
                 DROPOUT: tl.constexpr):
-    seg = tl.program_id(0)
-    h = tl.program_id(1)
-    start = tl.load(offsets_ptr + seg)
-    end = tl.load(offsets_ptr + seg + 1)
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < Dh
+    h, start, end, d, d_ok = _program(offsets_ptr, Dh, BLOCK_D)
     # Pass 1: dK and dV, one key tile at a time, over every query tile of the segment.
     for n0 in range(start, end, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < end
-        k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
-        v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+        cols, col_ok, k, v = _kv_tiles(k_ptr, v_ptr, n0, end, h, d, d_ok, stride_t, stride_h, BLOCK_N)
         dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         for m0 in range(start, end, BLOCK_M):
-            rows = m0 + tl.arange(0, BLOCK_M)
-            row_ok = rows < end
-            q = _tile(q_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
-            do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
-            lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
-            delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
+            rows, row_ok, q, do, lse, delta = _query_tiles(q_ptr, dout_ptr, lse_ptr, delta_ptr, m0, end, h, H, d,
+                                                           d_ok, stride_t, stride_h, BLOCK_M)
             p, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, rows, cols, h, H, T,
                                seed, dropout_p, keep_scale, PRECISION, DROPOUT)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION).to(tl.float32)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION).to(tl.float32)
-        mask = col_ok[:, None] & d_ok[None, :]
-        ptrs = cols[:, None] * stride_t + h * stride_h + d[None, :]
-        tl.store(dk_ptr + ptrs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-        tl.store(dv_ptr + ptrs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+        _store_tile(dk_ptr, dk, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+        _store_tile(dv_ptr, dv, cols, col_ok, h, d, d_ok, stride_t, stride_h)
     # Pass 2: dQ, one query tile at a time.
     for m0 in range(start, end, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < end
-        q = _tile(q_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
-        do = _tile(dout_ptr, rows, row_ok, h, d, d_ok, stride_t, stride_h)
-        lse = tl.load(lse_ptr + rows * H + h, mask=row_ok, other=0.0).to(tl.float32)
-        delta = tl.load(delta_ptr + rows * H + h, mask=row_ok, other=0.0)
+        rows, row_ok, q, do, lse, delta = _query_tiles(q_ptr, dout_ptr, lse_ptr, delta_ptr, m0, end, h, H, d, d_ok,
+                                                       stride_t, stride_h, BLOCK_M)
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         for n0 in range(start, end, BLOCK_N):
-            cols = n0 + tl.arange(0, BLOCK_N)
-            col_ok = cols < end
-            k = _tile(k_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
-            v = _tile(v_ptr, cols, col_ok, h, d, d_ok, stride_t, stride_h)
+            cols, col_ok, k, v = _kv_tiles(k_ptr, v_ptr, n0, end, h, d, d_ok, stride_t, stride_h, BLOCK_N)
             _, ds = _p_ds_tile(q, k, v, do, lse, delta, row_ok, col_ok, scale, rows, cols, h, H, T,
                                seed, dropout_p, keep_scale, PRECISION, DROPOUT)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION).to(tl.float32)
-        tl.store(dq_ptr + rows[:, None] * stride_t + h * stride_h + d[None, :], dq.to(dq_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & d_ok[None, :])
+        _store_tile(dq_ptr, dq, rows, row_ok, h, d, d_ok, stride_t, stride_h)
 
 
 def _config(dtype: torch.dtype, dh: int) -> dict:
