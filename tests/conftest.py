@@ -46,3 +46,40 @@ def triton_device() -> str:
 
 requires_triton = pytest.mark.skipif(
     __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def on_meta(value):
+    """``value`` with every tensor in it (itself, or the items of a tuple, list or dict) moved to the
+    meta device: the op then runs its fake kernel, the path with no C++ in front of it."""
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if isinstance(value, dict):
+        return {k: on_meta(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(on_meta(v) for v in value)
+    return value
+
+
+def kernel_only(*values) -> bool:
+    """Whether a bad-input case (its args tuples / kwargs dicts) is one that only the compiled
+    kernel can reject: it holds a meta tensor (a device mismatch that :func:`on_meta` would turn
+    into a good call) or a NaN/inf (found by reading the data, which the Python checks never do)."""
+    items = [v for value in values for v in (value.values() if isinstance(value, dict) else value)]
+    tensors = [v for v in items if isinstance(v, torch.Tensor)]
+    return any(t.is_meta or (t.is_floating_point() and not bool(torch.isfinite(t).all())) for t in tensors)
+
+
+# Where the public wrappers go without the compiled C++ kernel: the reference fallback, and the
+# fake kernel (meta tensors). Both must reject bad shapes and values as the kernel does.
+NO_KERNEL_PATHS = ["reference", "meta"]
+
+
+def call_without_kernel(path: str, fn, args=(), kwargs=None):
+    """Calls the public wrapper ``fn`` on ``path`` (one of :data:`NO_KERNEL_PATHS`)."""
+    import fremure_ext
+
+    kwargs = kwargs or {}
+    if path == "meta":
+        return fn(*on_meta(args), **on_meta(kwargs))
+    with fremure_ext.dispatch.use_kernels("reference"):
+        return fn(*args, **kwargs)

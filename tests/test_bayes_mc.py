@@ -12,7 +12,7 @@ import fremure_ext
 from fremure_ext import reference
 from fremure_ext.reference.philox import philox_normal
 
-from conftest import FWD_TOL, GRAD_TOL, load_fixture
+from conftest import FWD_TOL, GRAD_TOL, NO_KERNEL_PATHS, call_without_kernel, kernel_only, load_fixture
 
 BAYES_FIXTURES = [f"bayesian_{rel}_s6.pt" for rel in ("attention", "spatial", "contacting")]
 MODES = ["eval", "noise", "seed"]
@@ -254,26 +254,33 @@ def _good(**overrides):
     return args
 
 
-@pytest.mark.parametrize(
-    "overrides, exc, match",
-    [
-        (dict(logvar=torch.randn(4, 5, dtype=torch.float64)), TypeError, "logvar"),
-        (dict(mu=torch.randn(4, 5).long()), TypeError, "mu"),
-        (dict(logvar=torch.randn(4, 6)), ValueError, "logvar"),
-        (dict(mu=torch.randn(2, 4, 5), logvar=torch.randn(2, 4, 5)), ValueError, "mu"),
-        (dict(logvar=torch.randn(4, 5, device="meta")), ValueError, "logvar"),
-        (dict(noise=torch.randn(5, 4, 5)), ValueError, "noise"),
-        (dict(noise=torch.randn(6, 4, 5, dtype=torch.float64)), TypeError, "noise"),
-        (dict(noise=torch.randn(6, 4, 5), seed=1), ValueError, "exclusive"),
-        (dict(samples=0), ValueError, "samples"),
-        (dict(samples=2.0), TypeError, "samples"),
-        (dict(seed="7"), TypeError, "seed"),
-        (dict(activation="identity"), ValueError, "activation"),
-    ],
-)
+_BAD_INPUTS = [
+    (dict(logvar=torch.randn(4, 5, dtype=torch.float64)), TypeError, "logvar"),
+    (dict(mu=torch.randn(4, 5).long()), TypeError, "mu"),
+    (dict(logvar=torch.randn(4, 6)), ValueError, "logvar"),
+    (dict(mu=torch.randn(2, 4, 5), logvar=torch.randn(2, 4, 5)), ValueError, "mu"),
+    (dict(logvar=torch.randn(4, 5, device="meta")), ValueError, "logvar"),
+    (dict(noise=torch.randn(5, 4, 5)), ValueError, "noise"),
+    (dict(noise=torch.randn(6, 4, 5, dtype=torch.float64)), TypeError, "noise"),
+    (dict(noise=torch.randn(6, 4, 5), seed=1), ValueError, "exclusive"),
+    (dict(samples=0), ValueError, "samples"),
+    (dict(samples=2.0), TypeError, "samples"),
+    (dict(seed="7"), TypeError, "seed"),
+    (dict(activation="identity"), ValueError, "activation"),
+]
+
+
+@pytest.mark.parametrize("overrides, exc, match", _BAD_INPUTS)
 def test_bad_inputs_name_the_argument(overrides, exc, match):
     with pytest.raises(exc, match=match):
         fremure_ext.bayes_mc(**_good(**overrides))
+
+
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("overrides, exc, match", [c for c in _BAD_INPUTS if not kernel_only(c[0])])
+def test_bad_inputs_without_the_compiled_kernel(path, overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        call_without_kernel(path, fremure_ext.bayes_mc, kwargs=_good(**overrides))
 
 
 @pytest.mark.parametrize("name", ["mu", "logvar", "noise"])
@@ -283,30 +290,32 @@ def test_nan_rejected_by_kernel(name):
     t = args[name].clone()
     t.view(-1)[2] = float("inf") if name == "logvar" else float("nan")
     args[name] = t
-    with pytest.raises(RuntimeError, match=f"{name} "):
+    with pytest.raises(ValueError, match=f"{name} "):
         fremure_ext.bayes_mc(**args)
-    with pytest.raises(RuntimeError, match=f"{name} "):
+    with pytest.raises(ValueError, match=f"{name} "):
         torch.ops.fremure.bayes_mc(args["mu"], args["logvar"], args["noise"], None, 6, "sigmoid")
 
 
 @pytest.mark.parametrize(
-    "call, match",
+    "call, exc, match",
     [
-        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"].double(), None, None, 6, "sigmoid"), "logvar"),
-        (lambda a: torch.ops.fremure.bayes_mc(a["mu"][0], a["logvar"][0], None, None, 6, "sigmoid"), "mu"),
-        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"].to("meta"), None, None, 6, "sigmoid"), "logvar"),
-        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"], None, None, 0, "sigmoid"), "samples"),
+        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"].double(), None, None, 6, "sigmoid"),
+         TypeError, "logvar"),
+        (lambda a: torch.ops.fremure.bayes_mc(a["mu"][0], a["logvar"][0], None, None, 6, "sigmoid"), ValueError, "mu"),
+        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"].to("meta"), None, None, 6, "sigmoid"),
+         ValueError, "logvar"),
+        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"], None, None, 0, "sigmoid"), ValueError, "samples"),
         (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"], torch.randn(5, 4, 5), None, 6, "sigmoid"),
-         "noise"),
+         ValueError, "noise"),
         (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"], torch.randn(6, 4, 5), 3, 6, "sigmoid"),
-         "exclusive"),
-        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"], None, None, 6, "gelu"), "activation"),
+         ValueError, "exclusive"),
+        (lambda a: torch.ops.fremure.bayes_mc(a["mu"], a["logvar"], None, None, 6, "gelu"), ValueError, "activation"),
         (lambda a: torch.ops.fremure.bayes_mc_backward(torch.randn(4, 6), a["mu"], a["logvar"], None, None, 6,
-                                                       "sigmoid"), "grad_out"),
+                                                       "sigmoid"), ValueError, "grad_out"),
         (lambda a: torch.ops.fremure.bayes_mc_backward(torch.randn(4, 5).half(), a["mu"], a["logvar"], None, None, 6,
-                                                       "sigmoid"), "grad_out"),
+                                                       "sigmoid"), TypeError, "grad_out"),
     ],
 )
-def test_bad_inputs_direct_op_calls(call, match):
-    with pytest.raises(RuntimeError, match=match):
+def test_bad_inputs_direct_op_calls(call, exc, match):
+    with pytest.raises(exc, match=match):
         call(_good())

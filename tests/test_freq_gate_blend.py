@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import fremure_ext
 from fremure_ext import reference
 
-from conftest import FWD_TOL, GRAD_TOL, load_fixture
+from conftest import FWD_TOL, GRAD_TOL, NO_KERNEL_PATHS, call_without_kernel, load_fixture
 
 
 def _inputs(shape, dtype=torch.float32, per_row=False, with_valid=False, seed=0):
@@ -117,28 +117,35 @@ def test_fixture_gate_then_blend():
                                    reference.freq_gate_blend(x, g.detach()), **FWD_TOL)
 
 
-@pytest.mark.parametrize(
-    "args, exc, match",
-    [
-        ((torch.randn(3, 4, dtype=torch.float64), torch.rand(4)), TypeError, "gate"),
-        ((torch.randn(3, 4).int(), torch.rand(4)), TypeError, "x"),
-        ((torch.randn(3, 4), torch.rand(5)), ValueError, "gate"),
-        ((torch.randn(3, 4), torch.rand(4), torch.ones(2, dtype=torch.bool)), ValueError, "valid"),
-        ((torch.randn(3, 4), torch.rand(4), torch.ones(3)), TypeError, "valid"),
-        ((torch.tensor(1.0), torch.rand(1)), ValueError, "x"),
-    ],
-)
+_BAD_INPUTS = [
+    ((torch.randn(3, 4, dtype=torch.float64), torch.rand(4)), TypeError, "gate"),
+    ((torch.randn(3, 4).int(), torch.rand(4)), TypeError, "x"),
+    ((torch.randn(3, 4), torch.rand(5)), ValueError, "gate"),
+    ((torch.randn(3, 4), torch.rand(4), torch.ones(2, dtype=torch.bool)), ValueError, "valid"),
+    ((torch.randn(3, 4), torch.rand(4), torch.ones(3)), TypeError, "valid"),
+    ((torch.tensor(1.0), torch.rand(1)), ValueError, "x"),
+]
+
+
+@pytest.mark.parametrize("args, exc, match", _BAD_INPUTS)
 def test_bad_inputs_name_the_argument(args, exc, match):
     with pytest.raises(exc, match=match):
         fremure_ext.freq_gate_blend(*args)
 
 
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("args, exc, match", _BAD_INPUTS)
+def test_bad_inputs_without_the_compiled_kernel(path, args, exc, match):
+    with pytest.raises(exc, match=match):
+        call_without_kernel(path, fremure_ext.freq_gate_blend, args)
+
+
 def test_nan_gate_rejected_by_kernel():
     gate = torch.rand(4)
     gate[2] = float("nan")
-    with pytest.raises(RuntimeError, match="gate"):
+    with pytest.raises(ValueError, match="gate"):
         torch.ops.fremure.freq_gate_blend(torch.randn(3, 4), gate, None)
-    with pytest.raises(RuntimeError, match="gate must have shape"):
+    with pytest.raises(ValueError, match="gate must have shape"):
         torch.ops.fremure.freq_gate_blend(torch.randn(3, 4), torch.rand(5), None)
 
 

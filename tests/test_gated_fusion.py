@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import fremure_ext
 from fremure_ext import reference
 
-from conftest import FWD_TOL, GRAD_TOL, load_fixture
+from conftest import FWD_TOL, GRAD_TOL, NO_KERNEL_PATHS, call_without_kernel, kernel_only, load_fixture
 
 PUBLISHED = (1.5, 0.02, 0.98)  # temperature, lo, hi
 
@@ -216,66 +216,73 @@ _c = torch.randn(2)
 _w = torch.randn(4, 10)
 
 
-@pytest.mark.parametrize(
-    "args, kwargs, exc, match",
-    [
-        ((_x.double(), _x, _c, _w), {}, TypeError, "tail"),
-        ((_x.int(), _x, _c, _w), {}, TypeError, "head"),
-        ((_x, _x, _c.double(), _w), {}, TypeError, "cond"),
-        ((_x, _x, _c, _w, torch.randn(4).double()), {}, TypeError, "bias"),
-        ((_x, _x, _c, _w.to("meta")), {}, ValueError, "weight"),
-        ((_x[0], _x[0], _c, _w), {}, ValueError, "head"),
-        ((_x, _x[:2], _c, _w), {}, ValueError, "tail"),
-        ((_x, _x, torch.randn(2, 2), _w), {}, ValueError, "cond"),
-        ((_x, _x, torch.randn(3, 2, 1), _w), {}, ValueError, "cond"),
-        ((_x, _x, _c, torch.randn(4, 11)), {}, ValueError, "weight"),
-        ((_x, _x, _c, torch.randn(5, 10)), {}, ValueError, "weight"),
-        ((_x, _x, _c, _w, torch.randn(3)), {}, ValueError, "bias"),
-        ((_x, _x, _c, _w), {"temperature": 0.0}, ValueError, "temperature"),
-        ((_x, _x, _c, _w), {"temperature": float("nan")}, ValueError, "temperature"),
-        ((_x, _x, _c, _w), {"lo": -0.1}, ValueError, "lo"),
-        ((_x, _x, _c, _w), {"lo": 0.6, "hi": 0.5}, ValueError, "lo and hi"),
-        ((_x, _x, _c, _w), {"hi": 1.5}, ValueError, "hi"),
-        ((_x, _x, _c, _w), {"hi": float("inf")}, ValueError, "hi"),
-        ((_x, _x, torch.tensor([1.0, float("nan")]), _w), {}, ValueError, "cond"),
-        ((_x, _x, _c, _w), {"temperature": "1.5"}, TypeError, "temperature"),
-    ],
-)
+_BAD_INPUTS = [
+    ((_x.double(), _x, _c, _w), {}, TypeError, "tail"),
+    ((_x.int(), _x, _c, _w), {}, TypeError, "head"),
+    ((_x, _x, _c.double(), _w), {}, TypeError, "cond"),
+    ((_x, _x, _c, _w, torch.randn(4).double()), {}, TypeError, "bias"),
+    ((_x, _x, _c, _w.to("meta")), {}, ValueError, "weight"),
+    ((_x[0], _x[0], _c, _w), {}, ValueError, "head"),
+    ((_x, _x[:2], _c, _w), {}, ValueError, "tail"),
+    ((_x, _x, torch.randn(2, 2), _w), {}, ValueError, "cond"),
+    ((_x, _x, torch.randn(3, 2, 1), _w), {}, ValueError, "cond"),
+    ((_x, _x, _c, torch.randn(4, 11)), {}, ValueError, "weight"),
+    ((_x, _x, _c, torch.randn(5, 10)), {}, ValueError, "weight"),
+    ((_x, _x, _c, _w, torch.randn(3)), {}, ValueError, "bias"),
+    ((_x, _x, _c, _w), {"temperature": 0.0}, ValueError, "temperature"),
+    ((_x, _x, _c, _w), {"temperature": float("nan")}, ValueError, "temperature"),
+    ((_x, _x, _c, _w), {"lo": -0.1}, ValueError, "lo"),
+    ((_x, _x, _c, _w), {"lo": 0.6, "hi": 0.5}, ValueError, "lo and hi"),
+    ((_x, _x, _c, _w), {"hi": 1.5}, ValueError, "hi"),
+    ((_x, _x, _c, _w), {"hi": float("inf")}, ValueError, "hi"),
+    ((_x, _x, torch.tensor([1.0, float("nan")]), _w), {}, ValueError, "cond"),
+    ((_x, _x, _c, _w), {"temperature": "1.5"}, TypeError, "temperature"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, exc, match", _BAD_INPUTS)
 def test_bad_inputs_name_the_argument(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fremure_ext.gated_fusion(*args, **kwargs)
 
 
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("args, kwargs, exc, match", [c for c in _BAD_INPUTS if not kernel_only(c[0], c[1])])
+def test_bad_inputs_without_the_compiled_kernel(path, args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        call_without_kernel(path, fremure_ext.gated_fusion, args, kwargs)
+
+
 @pytest.mark.parametrize(
-    "args, match",
+    "args, exc, match",
     [
-        ((_x.double(), _x, _c, _w, None, *PUBLISHED), "tail"),
-        ((_x, _x, _c, _w.to("meta"), None, *PUBLISHED), "weight"),
-        ((_x, _x[:2], _c, _w, None, *PUBLISHED), "tail"),
-        ((_x, _x, torch.randn(2, 2), _w, None, *PUBLISHED), "cond"),
-        ((_x, _x, _c, torch.randn(4, 11), None, *PUBLISHED), "weight"),
-        ((_x, _x, _c, _w, torch.randn(5), *PUBLISHED), "bias"),
-        ((_x, _x, _c, _w, None, -1.0, 0.02, 0.98), "temperature"),
-        ((_x, _x, _c, _w, None, 1.5, 0.7, 0.3), "lo and hi"),
-        ((_x, _x, _c, _w, None, 1.5, 0.02, float("nan")), "lo and hi"),
-        ((_x.int(), _x.int(), _c, _w, None, *PUBLISHED), "head"),
+        ((_x.double(), _x, _c, _w, None, *PUBLISHED), TypeError, "tail"),
+        ((_x, _x, _c, _w.to("meta"), None, *PUBLISHED), ValueError, "weight"),
+        ((_x, _x[:2], _c, _w, None, *PUBLISHED), ValueError, "tail"),
+        ((_x, _x, torch.randn(2, 2), _w, None, *PUBLISHED), ValueError, "cond"),
+        ((_x, _x, _c, torch.randn(4, 11), None, *PUBLISHED), ValueError, "weight"),
+        ((_x, _x, _c, _w, torch.randn(5), *PUBLISHED), ValueError, "bias"),
+        ((_x, _x, _c, _w, None, -1.0, 0.02, 0.98), ValueError, "temperature"),
+        ((_x, _x, _c, _w, None, 1.5, 0.7, 0.3), ValueError, "lo and hi"),
+        ((_x, _x, _c, _w, None, 1.5, 0.02, float("nan")), ValueError, "lo and hi"),
+        ((_x.int(), _x.int(), _c, _w, None, *PUBLISHED), TypeError, "head"),
     ],
 )
-def test_bad_inputs_raw_op(args, match):
-    with pytest.raises(RuntimeError, match=match):
+def test_bad_inputs_raw_op(args, exc, match):
+    with pytest.raises(exc, match=match):
         torch.ops.fremure.gated_fusion(*args)
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(exc, match=match):
         torch.ops.fremure.gated_fusion_backward(torch.randn(3, 4), *args[:5], None, *args[5:])
 
 
 def test_bad_backward_only_arguments():
     head, tail, cond, weight, bias = _inputs(3, 4, 2)
-    with pytest.raises(RuntimeError, match="grad_out"):
+    with pytest.raises(ValueError, match="grad_out"):
         torch.ops.fremure.gated_fusion_backward(torch.randn(2, 4), head, tail, cond, weight, bias, None, *PUBLISHED)
-    with pytest.raises(RuntimeError, match="gate_sigmoid"):
+    with pytest.raises(ValueError, match="gate_sigmoid"):
         torch.ops.fremure.gated_fusion_backward(torch.randn(3, 4), head, tail, cond, weight, bias,
                                                 torch.rand(3, 5), *PUBLISHED)
-    with pytest.raises(RuntimeError, match="gate_sigmoid"):
+    with pytest.raises(TypeError, match="gate_sigmoid"):
         torch.ops.fremure.gated_fusion_backward(torch.randn(3, 4), head, tail, cond, weight, bias,
                                                 torch.rand(3, 4).double(), *PUBLISHED)
 

@@ -13,7 +13,7 @@ import fremure_ext
 from fremure_ext import reference
 from fremure_ext.reference.philox import philox_normal
 
-from conftest import FWD_TOL, GRAD_TOL, load_fixture
+from conftest import FWD_TOL, GRAD_TOL, NO_KERNEL_PATHS, call_without_kernel, kernel_only, load_fixture
 
 GMM_FIXTURES = [f"gmm_plus_{rel}_k{k}.pt" for rel in ("attention", "spatial", "contacting") for k in (1, 4, 6)]
 MODES = ["eval", "noise", "seed"]
@@ -333,34 +333,41 @@ def _nan_at(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-@pytest.mark.parametrize(
-    "overrides, exc, match",
-    [
-        (dict(mu=torch.randn(3, 4, 5, dtype=torch.float64)), TypeError, "var_raw"),
-        (dict(mu=torch.randn(3, 4, 5).int()), TypeError, "mu"),
-        (dict(var_raw=torch.randn(3, 4, 6)), ValueError, "var_raw"),
-        (dict(pi_logit=torch.randn(2, 4, 5)), ValueError, "pi_logit"),
-        (dict(mu=torch.randn(4, 5), var_raw=torch.randn(4, 5), pi_logit=torch.randn(4, 5)), ValueError, "mu"),
-        (dict(mu=torch.randn(0, 4, 5), var_raw=torch.randn(0, 4, 5), pi_logit=torch.randn(0, 4, 5)), ValueError,
-         "K >= 1"),
-        (dict(tau=torch.ones(2)), ValueError, "tau"),
-        (dict(tau=torch.tensor(1)), TypeError, "tau"),
-        (dict(tau=torch.tensor(1.0, device="meta")), ValueError, "tau"),
-        (dict(pi_logit=torch.randn(3, 4, 5, device="meta")), ValueError, "pi_logit"),
-        (dict(noise=torch.randn(3, 4, 4)), ValueError, "noise"),
-        (dict(noise=torch.randn(3, 4, 5, dtype=torch.float64)), TypeError, "noise"),
-        (dict(noise=torch.randn(3, 4, 5), seed=3), ValueError, "exclusive"),
-        (dict(seed=1.5), TypeError, "seed"),
-        (dict(seed=2**64), ValueError, "seed"),
-        (dict(activation="relu"), ValueError, "activation"),
-        (dict(var_floor=0.0), ValueError, "var_floor"),
-        (dict(var_floor=2.0, var_ceiling=1.0), ValueError, "var_floor"),
-        (dict(var_eps=-1.0), ValueError, "var_eps"),
-    ],
-)
+_BAD_INPUTS = [
+    (dict(mu=torch.randn(3, 4, 5, dtype=torch.float64)), TypeError, "var_raw"),
+    (dict(mu=torch.randn(3, 4, 5).int()), TypeError, "mu"),
+    (dict(var_raw=torch.randn(3, 4, 6)), ValueError, "var_raw"),
+    (dict(pi_logit=torch.randn(2, 4, 5)), ValueError, "pi_logit"),
+    (dict(mu=torch.randn(4, 5), var_raw=torch.randn(4, 5), pi_logit=torch.randn(4, 5)), ValueError, "mu"),
+    (dict(mu=torch.randn(0, 4, 5), var_raw=torch.randn(0, 4, 5), pi_logit=torch.randn(0, 4, 5)), ValueError,
+     "K >= 1"),
+    (dict(tau=torch.ones(2)), ValueError, "tau"),
+    (dict(tau=torch.tensor(1)), TypeError, "tau"),
+    (dict(tau=torch.tensor(1.0, device="meta")), ValueError, "tau"),
+    (dict(pi_logit=torch.randn(3, 4, 5, device="meta")), ValueError, "pi_logit"),
+    (dict(noise=torch.randn(3, 4, 4)), ValueError, "noise"),
+    (dict(noise=torch.randn(3, 4, 5, dtype=torch.float64)), TypeError, "noise"),
+    (dict(noise=torch.randn(3, 4, 5), seed=3), ValueError, "exclusive"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed=2**64), ValueError, "seed"),
+    (dict(activation="relu"), ValueError, "activation"),
+    (dict(var_floor=0.0), ValueError, "var_floor"),
+    (dict(var_floor=2.0, var_ceiling=1.0), ValueError, "var_floor"),
+    (dict(var_eps=-1.0), ValueError, "var_eps"),
+]
+
+
+@pytest.mark.parametrize("overrides, exc, match", _BAD_INPUTS)
 def test_bad_inputs_name_the_argument(overrides, exc, match):
     with pytest.raises(exc, match=match):
         fremure_ext.gmm_mixture(**_good(**overrides))
+
+
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("overrides, exc, match", [c for c in _BAD_INPUTS if not kernel_only(c[0])])
+def test_bad_inputs_without_the_compiled_kernel(path, overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        call_without_kernel(path, fremure_ext.gmm_mixture, kwargs=_good(**overrides))
 
 
 @pytest.mark.parametrize("name", ["mu", "var_raw", "pi_logit", "noise", "tau"])
@@ -368,46 +375,46 @@ def test_nan_rejected_by_kernel(name):
     args = _good()
     args["noise"] = torch.randn(3, 4, 5)
     args[name] = _nan_at(args[name]) if name != "tau" else torch.tensor(float("nan"))
-    with pytest.raises(RuntimeError, match=f"{name} "):
+    with pytest.raises(ValueError, match=f"{name} "):
         fremure_ext.gmm_mixture(**args)
-    with pytest.raises(RuntimeError, match=f"{name} "):
+    with pytest.raises(ValueError, match=f"{name} "):
         torch.ops.fremure.gmm_mixture(args["mu"], args["var_raw"], args["pi_logit"], args["tau"], args["noise"], None,
                                       1e-6, 1e-3, 5.0, "sigmoid", False)
 
 
 @pytest.mark.parametrize(
-    "call, match",
+    "call, exc, match",
     [
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"].double(), a["var_raw"], a["pi_logit"], a["tau"], None, None,
-                                                 1e-6, 1e-3, 5.0, "sigmoid", False), "var_raw"),
+                                                 1e-6, 1e-3, 5.0, "sigmoid", False), TypeError, "var_raw"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"][0], a["var_raw"][0], a["pi_logit"][0], a["tau"], None, None,
-                                                 1e-6, 1e-3, 5.0, "sigmoid", False), "mu"),
+                                                 1e-6, 1e-3, 5.0, "sigmoid", False), ValueError, "mu"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"][:2], a["tau"], None, None,
-                                                 1e-6, 1e-3, 5.0, "sigmoid", False), "pi_logit"),
+                                                 1e-6, 1e-3, 5.0, "sigmoid", False), ValueError, "pi_logit"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"], a["tau"].to("meta"), None,
-                                                 None, 1e-6, 1e-3, 5.0, "sigmoid", False), "tau"),
+                                                 None, 1e-6, 1e-3, 5.0, "sigmoid", False), ValueError, "tau"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"], torch.ones(3), None, None,
-                                                 1e-6, 1e-3, 5.0, "sigmoid", False), "tau"),
+                                                 1e-6, 1e-3, 5.0, "sigmoid", False), ValueError, "tau"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"], a["tau"],
                                                  torch.randn(3, 4, 5), 1, 1e-6, 1e-3, 5.0, "sigmoid", False),
-         "exclusive"),
+         ValueError, "exclusive"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"], a["tau"], torch.randn(3, 5, 4),
-                                                 None, 1e-6, 1e-3, 5.0, "sigmoid", False), "noise"),
+                                                 None, 1e-6, 1e-3, 5.0, "sigmoid", False), ValueError, "noise"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"], a["tau"], None, None,
-                                                 1e-6, 1e-3, 5.0, "tanh", False), "activation"),
+                                                 1e-6, 1e-3, 5.0, "tanh", False), ValueError, "activation"),
         (lambda a: torch.ops.fremure.gmm_mixture(a["mu"], a["var_raw"], a["pi_logit"], a["tau"], None, None,
-                                                 1e-6, 0.0, 5.0, "sigmoid", False), "var_floor"),
+                                                 1e-6, 0.0, 5.0, "sigmoid", False), ValueError, "var_floor"),
         (lambda a: torch.ops.fremure.gmm_mixture_backward(torch.randn(4, 6), None, a["mu"], a["var_raw"],
                                                           a["pi_logit"], a["tau"], None, None, 1e-6, 1e-3, 5.0,
-                                                          "sigmoid"), "grad_pred"),
+                                                          "sigmoid"), ValueError, "grad_pred"),
         (lambda a: torch.ops.fremure.gmm_mixture_backward(torch.randn(4, 5), torch.randn(5, 4), a["mu"], a["var_raw"],
                                                           a["pi_logit"], a["tau"], None, None, 1e-6, 1e-3, 5.0,
-                                                          "sigmoid"), "grad_aleatoric"),
+                                                          "sigmoid"), ValueError, "grad_aleatoric"),
         (lambda a: torch.ops.fremure.gmm_mixture_backward(torch.randn(4, 5).double(), None, a["mu"], a["var_raw"],
                                                           a["pi_logit"], a["tau"], None, None, 1e-6, 1e-3, 5.0,
-                                                          "sigmoid"), "grad_pred"),
+                                                          "sigmoid"), TypeError, "grad_pred"),
     ],
 )
-def test_bad_inputs_direct_op_calls(call, match):
-    with pytest.raises(RuntimeError, match=match):
+def test_bad_inputs_direct_op_calls(call, exc, match):
+    with pytest.raises(exc, match=match):
         call(_good())

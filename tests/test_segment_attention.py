@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import fremure_ext
 from fremure_ext import reference
 
-from conftest import FWD_TOL, GRAD_TOL, load_fixture
+from conftest import FWD_TOL, GRAD_TOL, NO_KERNEL_PATHS, call_without_kernel, kernel_only, load_fixture
 
 OP = torch.ops.fremure.segment_attention
 OP_BWD = torch.ops.fremure.segment_attention_backward
@@ -337,8 +337,15 @@ def _bad_cases():
 def test_bad_inputs_name_the_argument(name, exc, args):
     with pytest.raises(exc, match=name):
         fremure_ext.segment_attention(*args)
-    with pytest.raises(RuntimeError, match=name):
+    with pytest.raises(exc, match=name):
         OP(*args, 0.5)
+
+
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("name, exc, args", [c for c in _bad_cases() if not kernel_only(c[2])])
+def test_bad_inputs_without_the_compiled_kernel(path, name, exc, args):
+    with pytest.raises(exc, match=name):
+        call_without_kernel(path, fremure_ext.segment_attention, args)
 
 
 @pytest.mark.parametrize("offsets, what", [
@@ -351,12 +358,12 @@ def test_bad_inputs_name_the_argument(name, exc, args):
 def test_bad_offset_values(offsets, what):
     q, k, v, _ = _good()
     off = torch.tensor(offsets)
-    with pytest.raises(RuntimeError, match=f"segment_offsets must {what}"):
+    with pytest.raises(ValueError, match=f"segment_offsets must {what}"):
         fremure_ext.segment_attention(q, k, v, off)
-    with pytest.raises(RuntimeError, match=f"segment_offsets must {what}"):
+    with pytest.raises(ValueError, match=f"segment_offsets must {what}"):
         OP(q, k, v, off, 0.5)
     out, lse = OP(q, k, v, _offsets([2, 3]), 0.5)
-    with pytest.raises(RuntimeError, match=f"segment_offsets must {what}"):
+    with pytest.raises(ValueError, match=f"segment_offsets must {what}"):
         OP_BWD(out, q, k, v, out, lse, off, 0.5)
 
 
@@ -365,8 +372,10 @@ def test_bad_scale(scale):
     q, k, v, off = _good()
     with pytest.raises(ValueError, match="scale"):
         fremure_ext.segment_attention(q, k, v, off, scale)
-    with pytest.raises(RuntimeError, match="scale"):
+    with pytest.raises(ValueError, match="scale"):
         OP(q, k, v, off, scale)
+    with pytest.raises(ValueError, match="scale"):
+        call_without_kernel("reference", fremure_ext.segment_attention, (q, k, v, off, scale))
     with pytest.raises(TypeError, match="scale"):
         fremure_ext.segment_attention(q, k, v, off, "0.5")
 
@@ -375,15 +384,15 @@ def test_bad_backward_inputs():
     q, k, v, off = _good()
     out, lse = OP(q, k, v, off, 0.5)
     cases = [
-        ("grad_out", (out[:3], q, k, v, out, lse)),
-        ("grad_out", (out.double(), q, k, v, out, lse)),
-        ("out", (out, q, k, v, out[:, :1], lse)),
-        ("lse", (out, q, k, v, out, lse.double())),
-        ("lse", (out, q, k, v, out, lse[:, :1])),
-        ("lse", (out, q, k, v, out, lse.to("meta"))),
+        ("grad_out", ValueError, (out[:3], q, k, v, out, lse)),
+        ("grad_out", TypeError, (out.double(), q, k, v, out, lse)),
+        ("out", ValueError, (out, q, k, v, out[:, :1], lse)),
+        ("lse", TypeError, (out, q, k, v, out, lse.double())),
+        ("lse", ValueError, (out, q, k, v, out, lse[:, :1])),
+        ("lse", ValueError, (out, q, k, v, out, lse.to("meta"))),
     ]
-    for name, args in cases:
-        with pytest.raises(RuntimeError, match=name):
+    for name, exc, args in cases:
+        with pytest.raises(exc, match=name):
             OP_BWD(*args, off, 0.5)
 
 
@@ -570,6 +579,9 @@ def test_bad_dropout_arguments(kwargs, exc, name):
     q, k, v, off = _good()
     with pytest.raises(exc, match=name):
         fremure_ext.segment_attention(q, k, v, off, **kwargs)
+    for path in NO_KERNEL_PATHS:
+        with pytest.raises(exc, match=name):
+            call_without_kernel(path, fremure_ext.segment_attention, (q, k, v, off), kwargs)
 
 
 @pytest.mark.parametrize("p, seed, name", [(1.0, 1, "dropout_p"), (-0.5, 1, "dropout_p"),
@@ -577,11 +589,11 @@ def test_bad_dropout_arguments(kwargs, exc, name):
 def test_bad_dropout_arguments_of_the_ops(p, seed, name):
     q, k, v, off = _good()
     out, lse = OP(q, k, v, off, 0.5)
-    with pytest.raises(RuntimeError, match=name):
+    with pytest.raises(ValueError, match=name):
         OP(q, k, v, off, 0.5, p, seed)
-    with pytest.raises(RuntimeError, match=name):
+    with pytest.raises(ValueError, match=name):
         OP_BWD(out, q, k, v, out, lse, off, 0.5, p, seed)
-    with pytest.raises(RuntimeError, match=name):  # the fake kernels reject the same
+    with pytest.raises(ValueError, match=name):  # the fake kernels reject the same
         OP(q.to("meta"), k.to("meta"), v.to("meta"), off.to("meta"), 0.5, p, seed)
 
 

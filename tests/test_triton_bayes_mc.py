@@ -62,3 +62,20 @@ def test_philox_noise_is_standard_normal():
 
     z = philox_randn(7, (64, 256), triton_device())
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    ((torch.randn(4, 5), torch.randn(4, 6), None, None, 6, "sigmoid"), ValueError, "logvar"),
+    ((torch.randn(4, 5), torch.randn(4, 5).double(), None, None, 6, "sigmoid"), TypeError, "logvar"),
+    ((torch.randn(4, 5), torch.randn(4, 5), None, None, 0, "sigmoid"), ValueError, "samples"),
+    ((torch.randn(4, 5), torch.randn(4, 5), None, None, 6, "gelu"), ValueError, "activation"),
+])
+def test_launcher_checks_its_inputs(args, exc, match):
+    """The launcher has no C++ in front of it: it runs the op's Python check (check_bayes_mc)."""
+    from fremure_ext.triton.bayes_mc import bayes_mc_backward, bayes_mc_forward
+
+    args = tuple(a.to(triton_device()) if isinstance(a, torch.Tensor) else a for a in args)
+    with pytest.raises(exc, match=match):
+        bayes_mc_forward(*args)
+    with pytest.raises(exc, match=match):
+        bayes_mc_backward(torch.ones_like(args[0]), *args)

@@ -12,7 +12,7 @@ import fremure_ext
 from fremure_ext import reference
 
 import published_layouts as published
-from conftest import FWD_TOL, GRAD_TOL, load_fixture
+from conftest import FWD_TOL, GRAD_TOL, NO_KERNEL_PATHS, call_without_kernel, kernel_only, load_fixture
 
 MODES = ("latter", "mean", "weighted", "sum")
 
@@ -431,57 +431,63 @@ def test_fuzz(counts, window, stride, padded, mode):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad inputs: the wrapper raises TypeError/ValueError, the op itself RuntimeError; both name the
+# Bad inputs: the wrapper, the op itself and its fake kernel raise TypeError/ValueError naming the
 # argument.
 
 _X = torch.randn(6, 4)
 _OFF = _offsets([2, 3, 1])
 
 
-@pytest.mark.parametrize(
-    "args, exc, match",
-    [
-        ((_X, _OFF, 0, 1, False), ValueError, "window"),
-        ((_X, _OFF, -2, 1, False), ValueError, "window"),
-        ((_X, _OFF, 2, 0, False), ValueError, "stride"),
-        ((_X, _OFF, 2, -1, True), ValueError, "stride"),
-        ((_X, _OFF.int(), 2, 1, False), TypeError, "frame_offsets"),
-        ((_X, _OFF.float(), 2, 1, False), TypeError, "frame_offsets"),
-        ((_X, torch.tensor([0, 3, 2, 6]), 2, 1, False), ValueError, "frame_offsets"),
-        ((_X, torch.tensor([1, 3, 4, 6]), 2, 1, False), ValueError, "frame_offsets"),
-        ((_X, torch.tensor([0, 3, 4, 7]), 2, 1, False), ValueError, "frame_offsets"),
-        ((_X, torch.tensor([0, 3, 4, 5]), 2, 1, False), ValueError, "frame_offsets"),
-        ((_X, _OFF[None], 2, 1, False), ValueError, "frame_offsets"),
-        ((_X, torch.zeros(0, dtype=torch.long), 2, 1, False), ValueError, "frame_offsets"),
-        ((_X, _OFF.to("meta"), 2, 1, False), ValueError, "frame_offsets"),
-        ((_X.int(), _OFF, 2, 1, False), TypeError, "x"),
-        ((_X[None], _OFF, 2, 1, False), ValueError, "x"),
-        ((_X, _OFF, 2.0, 1, False), TypeError, "window"),
-        ((_X, _OFF, 2, 1, 1), TypeError, "padded"),
-    ],
-)
+_BAD_PACK = [
+    ((_X, _OFF, 0, 1, False), ValueError, "window"),
+    ((_X, _OFF, -2, 1, False), ValueError, "window"),
+    ((_X, _OFF, 2, 0, False), ValueError, "stride"),
+    ((_X, _OFF, 2, -1, True), ValueError, "stride"),
+    ((_X, _OFF.int(), 2, 1, False), TypeError, "frame_offsets"),
+    ((_X, _OFF.float(), 2, 1, False), TypeError, "frame_offsets"),
+    ((_X, _OFF[None], 2, 1, False), ValueError, "frame_offsets"),
+    ((_X, torch.zeros(0, dtype=torch.long), 2, 1, False), ValueError, "frame_offsets"),
+    ((_X, _OFF.to("meta"), 2, 1, False), ValueError, "frame_offsets"),
+    ((_X.int(), _OFF, 2, 1, False), TypeError, "x"),
+    ((_X[None], _OFF, 2, 1, False), ValueError, "x"),
+    ((_X, _OFF, 2.0, 1, False), TypeError, "window"),
+    ((_X, _OFF, 2, 1, 1), TypeError, "padded"),
+]
+# Bad offset values: read by the compiled kernels alone.
+_BAD_PACK_VALUES = [((_X, torch.tensor(o), 2, 1, False), ValueError, "frame_offsets")
+                    for o in ([0, 3, 2, 6], [1, 3, 4, 6], [0, 3, 4, 7], [0, 3, 4, 5])]
+
+
+@pytest.mark.parametrize("args, exc, match", _BAD_PACK + _BAD_PACK_VALUES)
 def test_pack_bad_inputs(args, exc, match):
     with pytest.raises(exc, match=match):
         fremure_ext.window_pack(*args)
 
 
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("args, exc, match", [c for c in _BAD_PACK if not kernel_only(c[0])])
+def test_pack_bad_inputs_without_the_compiled_kernel(path, args, exc, match):
+    with pytest.raises(exc, match=match):
+        call_without_kernel(path, fremure_ext.window_pack, args)
+
+
 @pytest.mark.parametrize(
-    "args, match",
+    "args, exc, match",
     [
-        ((_X, _OFF, 0, 1, False), "window must be >= 1"),
-        ((_X, _OFF, 2, -1, False), "stride must be >= 1"),
-        ((_X, _OFF.int(), 2, 1, False), "frame_offsets must be an int64"),
-        ((_X, torch.tensor([0, 3, 2, 6]), 2, 1, False), "frame_offsets must be nondecreasing"),
-        ((_X, torch.tensor([1, 3, 4, 6]), 2, 1, False), r"frame_offsets\[0\] must be 0"),
-        ((_X, torch.tensor([0, 3, 4, 7]), 2, 1, False), r"frame_offsets\[-1\] must equal"),
-        ((_X, _OFF[None], 2, 1, False), "frame_offsets must be a 1-D"),
-        ((_X, _OFF.to("meta"), 2, 1, False), "frame_offsets must be on the same device"),
-        ((_X.int(), _OFF, 2, 1, False), "x must be a floating"),
-        ((_X[None], _OFF, 2, 1, False), "x must be"),
+        ((_X, _OFF, 0, 1, False), ValueError, "window must be >= 1"),
+        ((_X, _OFF, 2, -1, False), ValueError, "stride must be >= 1"),
+        ((_X, _OFF.int(), 2, 1, False), TypeError, "frame_offsets must be an int64"),
+        ((_X, torch.tensor([0, 3, 2, 6]), 2, 1, False), ValueError, "frame_offsets must be nondecreasing"),
+        ((_X, torch.tensor([1, 3, 4, 6]), 2, 1, False), ValueError, r"frame_offsets\[0\] must be 0"),
+        ((_X, torch.tensor([0, 3, 4, 7]), 2, 1, False), ValueError, r"frame_offsets\[-1\] must equal"),
+        ((_X, _OFF[None], 2, 1, False), ValueError, "frame_offsets must be a 1-D"),
+        ((_X, _OFF.to("meta"), 2, 1, False), ValueError, "frame_offsets must be on the same device"),
+        ((_X.int(), _OFF, 2, 1, False), TypeError, "x must be a floating"),
+        ((_X[None], _OFF, 2, 1, False), ValueError, "x must be"),
     ],
 )
-def test_pack_bad_inputs_direct(args, match):
-    with pytest.raises(RuntimeError, match=match):
+def test_pack_bad_inputs_direct(args, exc, match):
+    with pytest.raises(exc, match=match):
         torch.ops.fremure.window_pack(*args)
 
 
@@ -489,61 +495,75 @@ _P = fremure_ext.window_pack(_X, _OFF, 2, 1, True)
 _W = torch.rand(_P.src_index.shape)
 
 
-@pytest.mark.parametrize(
-    "args, exc, match",
-    [
-        ((_P.out, _P.src_index, None, 6, "weighted"), ValueError, "weights"),
-        ((_P.out, _P.src_index, _W, 6, "both"), ValueError, "mode.*'latter', 'mean', 'weighted', 'sum'"),
-        ((_P.out, _P.src_index, _W, 6, "Latter"), ValueError, "mode"),
-        ((_P.out, _P.src_index, -_W - 1, 6, "weighted"), ValueError, "weights"),
-        ((_P.out, _P.src_index, _W.double(), 6, "weighted"), TypeError, "weights"),
-        ((_P.out, _P.src_index, _W[:, :1], 6, "weighted"), ValueError, "weights"),
-        ((_P.out, _P.src_index, torch.full_like(_W, float("nan")), 6, "weighted"), ValueError, "weights"),
-        ((_P.out, _P.src_index, None, 5, "latter"), ValueError, "src_index"),
-        ((_P.out, _P.src_index - 2, None, 6, "latter"), ValueError, "src_index"),
-        ((_P.out, _P.src_index.int(), None, 6, "latter"), TypeError, "src_index"),
-        ((_P.out, _P.src_index[:, :2], None, 6, "latter"), ValueError, "src_index"),
-        ((_P.out, _P.src_index.to("meta"), None, 6, "latter"), ValueError, "src_index"),
-        ((_P.out.long(), _P.src_index, None, 6, "latter"), TypeError, "y"),
-        ((_P.out[0, 0], _P.src_index[0, 0], None, 6, "latter"), ValueError, "y"),
-        ((_P.out, _P.src_index, None, -1, "latter"), ValueError, "num_rows"),
-    ],
-)
+_BAD_UNPACK = [
+    ((_P.out, _P.src_index, None, 6, "weighted"), ValueError, "weights"),
+    ((_P.out, _P.src_index, _W, 6, "both"), ValueError, "mode.*'latter', 'mean', 'weighted', 'sum'"),
+    ((_P.out, _P.src_index, _W, 6, "Latter"), ValueError, "mode"),
+    ((_P.out, _P.src_index, _W.double(), 6, "weighted"), TypeError, "weights"),
+    ((_P.out, _P.src_index, _W[:, :1], 6, "weighted"), ValueError, "weights"),
+    ((_P.out, _P.src_index.int(), None, 6, "latter"), TypeError, "src_index"),
+    ((_P.out, _P.src_index[:, :2], None, 6, "latter"), ValueError, "src_index"),
+    ((_P.out, _P.src_index.to("meta"), None, 6, "latter"), ValueError, "src_index"),
+    ((_P.out.long(), _P.src_index, None, 6, "latter"), TypeError, "y"),
+    ((_P.out[0, 0], _P.src_index[0, 0], None, 6, "latter"), ValueError, "y"),
+    ((_P.out, _P.src_index, None, -1, "latter"), ValueError, "num_rows"),
+]
+# Bad weight and index values: read by the compiled kernels alone.
+_BAD_UNPACK_VALUES = [
+    ((_P.out, _P.src_index, -_W - 1, 6, "weighted"), ValueError, "weights"),
+    ((_P.out, _P.src_index, torch.full_like(_W, float("nan")), 6, "weighted"), ValueError, "weights"),
+    ((_P.out, _P.src_index, None, 5, "latter"), ValueError, "src_index"),
+    ((_P.out, _P.src_index - 2, None, 6, "latter"), ValueError, "src_index"),
+]
+
+
+@pytest.mark.parametrize("args, exc, match", _BAD_UNPACK + _BAD_UNPACK_VALUES)
 def test_unpack_bad_inputs(args, exc, match):
     with pytest.raises(exc, match=match):
         fremure_ext.window_unpack(*args)
 
 
+@pytest.mark.parametrize("path", NO_KERNEL_PATHS)
+@pytest.mark.parametrize("args, exc, match", [c for c in _BAD_UNPACK if not kernel_only(c[0])])
+def test_unpack_bad_inputs_without_the_compiled_kernel(path, args, exc, match):
+    with pytest.raises(exc, match=match):
+        call_without_kernel(path, fremure_ext.window_unpack, args)
+
+
 @pytest.mark.parametrize(
-    "op, args, match",
+    "op, args, exc, match",
     [
-        ("window_unpack", (_P.out, _P.src_index, None, 6, "weighted"), "weights must be given"),
-        ("window_unpack", (_P.out, _P.src_index, _W, 6, "both"), "mode must be one of 'latter', 'mean'"),
-        ("window_unpack", (_P.out, _P.src_index, -_W, 6, "weighted"), "weights must be >= 0"),
+        ("window_unpack", (_P.out, _P.src_index, None, 6, "weighted"), ValueError, "weights must be given"),
+        ("window_unpack", (_P.out, _P.src_index, _W, 6, "both"), ValueError, "mode must be one of 'latter', 'mean'"),
+        ("window_unpack", (_P.out, _P.src_index, -_W, 6, "weighted"), ValueError, "weights must be >= 0"),
         ("window_unpack", (_P.out, _P.src_index, torch.full_like(_W, float("nan")), 6, "weighted"),
-         "weights contains NaN"),
-        ("window_unpack", (_P.out, _P.src_index, _W.double(), 6, "weighted"), "weights must have the dtype"),
-        ("window_unpack", (_P.out, _P.src_index, None, 5, "latter"), "src_index values must be in"),
-        ("window_unpack", (_P.out, _P.src_index - 2, None, 6, "mean"), "src_index values must be in"),
-        ("window_unpack", (_P.out, _P.src_index.int(), None, 6, "latter"), "src_index must be an int64"),
-        ("window_unpack", (_P.out, _P.src_index[:, :2], None, 6, "latter"), "src_index must have shape"),
-        ("window_unpack", (_P.out, _P.src_index, None, -1, "latter"), "num_rows must be >= 0"),
-        ("window_unpack", (_P.out.long(), _P.src_index, None, 6, "latter"), "y must be a floating"),
-        ("window_unpack", (_P.out, _P.src_index.to("meta"), None, 6, "latter"), "src_index must be on the same device"),
-        ("window_pack_backward", (_P.out, _P.src_index.to("meta"), 6), "src_index must be on the same device"),
-        ("window_unpack_backward", (torch.randn(6, 4), _P.out, _P.src_index, None, "max"), "mode must be one of"),
-        ("window_unpack_backward", (torch.randn(6, 5), _P.out, _P.src_index, None, "sum"), "grad_out must have 4"),
+         ValueError, "weights contains NaN"),
+        ("window_unpack", (_P.out, _P.src_index, _W.double(), 6, "weighted"), TypeError, "weights must have the dtype"),
+        ("window_unpack", (_P.out, _P.src_index, None, 5, "latter"), ValueError, "src_index values must be in"),
+        ("window_unpack", (_P.out, _P.src_index - 2, None, 6, "mean"), ValueError, "src_index values must be in"),
+        ("window_unpack", (_P.out, _P.src_index.int(), None, 6, "latter"), TypeError, "src_index must be an int64"),
+        ("window_unpack", (_P.out, _P.src_index[:, :2], None, 6, "latter"), ValueError, "src_index must have shape"),
+        ("window_unpack", (_P.out, _P.src_index, None, -1, "latter"), ValueError, "num_rows must be >= 0"),
+        ("window_unpack", (_P.out.long(), _P.src_index, None, 6, "latter"), TypeError, "y must be a floating"),
+        ("window_unpack", (_P.out, _P.src_index.to("meta"), None, 6, "latter"),
+         ValueError, "src_index must be on the same device"),
+        ("window_pack_backward", (_P.out, _P.src_index.to("meta"), 6),
+         ValueError, "src_index must be on the same device"),
+        ("window_unpack_backward", (torch.randn(6, 4), _P.out, _P.src_index, None, "max"),
+         ValueError, "mode must be one of"),
+        ("window_unpack_backward", (torch.randn(6, 5), _P.out, _P.src_index, None, "sum"),
+         ValueError, "grad_out must have 4"),
         ("window_unpack_backward", (torch.randn(6, 4).double(), _P.out, _P.src_index, None, "sum"),
-         "grad_out must have the dtype"),
+         TypeError, "grad_out must have the dtype"),
         ("window_unpack_backward", (torch.randn(6, 4), _P.out, _P.src_index, None, "weighted"),
-         "weights must be given"),
-        ("window_pack_backward", (_P.out, _P.src_index, 5), "src_index values must be in"),
-        ("window_pack_backward", (_P.out, _P.src_index[0], 6), "src_index must have shape"),
-        ("window_pack_backward", (_P.out.long(), _P.src_index, 6), "grad_out must be a floating"),
+         ValueError, "weights must be given"),
+        ("window_pack_backward", (_P.out, _P.src_index, 5), ValueError, "src_index values must be in"),
+        ("window_pack_backward", (_P.out, _P.src_index[0], 6), ValueError, "src_index must have shape"),
+        ("window_pack_backward", (_P.out.long(), _P.src_index, 6), TypeError, "grad_out must be a floating"),
     ],
 )
-def test_unpack_bad_inputs_direct(op, args, match):
-    with pytest.raises(RuntimeError, match=match):
+def test_unpack_bad_inputs_direct(op, args, exc, match):
+    with pytest.raises(exc, match=match):
         getattr(torch.ops.fremure, op)(*args)
 
 
@@ -552,8 +572,8 @@ def test_fake_kernels_check_mode_and_weights():
 
     with FakeTensorMode() as fake_mode:
         y, src = fake_mode.from_tensor(_P.out), fake_mode.from_tensor(_P.src_index)
-        with pytest.raises(RuntimeError, match="weights must be given"):
+        with pytest.raises(ValueError, match="weights must be given"):
             torch.ops.fremure.window_unpack(y, src, None, 6, "weighted")
-        with pytest.raises(RuntimeError, match="mode must be one of"):
+        with pytest.raises(ValueError, match="mode must be one of"):
             torch.ops.fremure.window_unpack_backward(torch.empty(6, 4), y, src, None, "both")
         assert torch.ops.fremure.window_unpack(y, src, None, 6, "mean").shape == (6, 4)

@@ -264,20 +264,18 @@ BayesConfig check_bayes(const char* op, const at::Tensor& mu, const at::Tensor& 
                         const std::optional<at::Tensor>& noise, std::optional<int64_t> seed, int64_t samples,
                         std::string_view activation) {
   check_floating(mu, "mu");
-  TORCH_CHECK(mu.dim() == 2, "fremure.", op, ": mu must be [B, C] (2 dimensions), got shape ", mu.sizes());
-  check_same_device(mu, logvar, "mu", "logvar");
-  check_same_dtype(mu, logvar, "mu", "logvar");
-  TORCH_CHECK(logvar.sizes() == mu.sizes(), "fremure.", op, ": logvar must have the shape of mu ", mu.sizes(),
-              ", got ", logvar.sizes());
-  TORCH_CHECK(samples >= 1, "fremure.", op, ": samples must be >= 1, got ", samples);
+  TORCH_CHECK_VALUE(mu.dim() == 2, "fremure.", op, ": mu must be [B, C] (2 dimensions), got shape ", mu.sizes());
+  check_like(mu, logvar, "mu", "logvar");
+  TORCH_CHECK_VALUE(logvar.sizes() == mu.sizes(), "fremure.", op, ": logvar must have the shape of mu ", mu.sizes(),
+                    ", got ", logvar.sizes());
+  TORCH_CHECK_VALUE(samples >= 1, "fremure.", op, ": samples must be >= 1, got ", samples);
   if (noise.has_value()) {
-    check_same_device(mu, *noise, "mu", "noise");
-    check_same_dtype(mu, *noise, "mu", "noise");
-    TORCH_CHECK(noise->dim() == 3 && noise->size(0) == samples && noise->size(1) == mu.size(0) &&
-                    noise->size(2) == mu.size(1),
-                "fremure.", op, ": noise must have shape [samples, B, C] = [", samples, ", ", mu.size(0), ", ",
-                mu.size(1), "], got ", noise->sizes());
-    TORCH_CHECK(!seed.has_value(), "fremure.", op, ": noise and seed are exclusive; pass one of them");
+    check_like(mu, *noise, "mu", "noise");
+    TORCH_CHECK_VALUE(noise->dim() == 3 && noise->size(0) == samples && noise->size(1) == mu.size(0) &&
+                          noise->size(2) == mu.size(1),
+                      "fremure.", op, ": noise must have shape [samples, B, C] = [", samples, ", ", mu.size(0), ", ",
+                      mu.size(1), "], got ", noise->sizes());
+    TORCH_CHECK_VALUE(!seed.has_value(), "fremure.", op, ": noise and seed are exclusive; pass one of them");
   }
   const HeadActivation act = lanes::parse_head_activation(activation, op);
   return {mu.size(0), mu.size(1), samples, act, noise.has_value(), seed.has_value(),
@@ -291,9 +289,9 @@ at::Tensor bayes_mc_cpu(const at::Tensor& mu, const at::Tensor& logvar, const st
   at::Tensor out = at::empty({cfg.B, cfg.C}, mu.options());
   if (out.numel() == 0) return out;
   const uint8_t bad = kernels().forward(mu, logvar, noise, cfg, out);
-  TORCH_CHECK(!(bad & kBadMu), "fremure.bayes_mc: mu contains NaN or inf");
-  TORCH_CHECK(!(bad & kBadLogvar), "fremure.bayes_mc: logvar contains NaN or inf");
-  TORCH_CHECK(!(bad & kBadNoise), "fremure.bayes_mc: noise contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadMu), "fremure.bayes_mc: mu contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadLogvar), "fremure.bayes_mc: logvar contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadNoise), "fremure.bayes_mc: noise contains NaN or inf");
   return out;
 }
 
@@ -305,10 +303,9 @@ std::tuple<at::Tensor, at::Tensor> bayes_mc_backward_cpu(const at::Tensor& grad_
   const char* op = "bayes_mc_backward";
   const BayesConfig cfg =
       check_bayes(op, mu, logvar, noise, seed, samples, std::string_view(activation.data(), activation.size()));
-  check_same_device(mu, grad_out, "mu", "grad_out");
-  check_same_dtype(mu, grad_out, "mu", "grad_out");
-  TORCH_CHECK(grad_out.sizes() == mu.sizes(), "fremure.", op, ": grad_out must have the shape of mu ", mu.sizes(),
-              ", got ", grad_out.sizes());
+  check_like(mu, grad_out, "mu", "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == mu.sizes(), "fremure.", op, ": grad_out must have the shape of mu ", mu.sizes(),
+                    ", got ", grad_out.sizes());
   const at::Tensor go = grad_out.contiguous();
   at::Tensor g_mu = at::empty(mu.sizes(), mu.options());
   at::Tensor g_lv = at::empty(mu.sizes(), mu.options());

@@ -9,46 +9,11 @@
 
 #include <vector>
 
-#include "common/checks.h"
 #include "common/freq_gate_blend.h"
 #include "cpu/row_reduce.h"
 
 namespace fremure {
 namespace {
-
-struct GateLayout {
-  int64_t rows;
-  int64_t dim;
-  bool per_row_gate;  // gate is [..., D] like x rather than one [D] vector
-};
-
-GateLayout check_freq_gate_blend(const at::Tensor& x, const at::Tensor& gate, const std::optional<at::Tensor>& valid) {
-  check_floating(x, "x");
-  TORCH_CHECK(x.dim() >= 1, "fremure.freq_gate_blend: x must have at least 1 dimension, got a scalar");
-  check_same_device(x, gate, "x", "gate");
-  check_same_dtype(x, gate, "x", "gate");
-  const int64_t dim = x.size(-1);
-  const bool per_row = gate.dim() > 1;
-  TORCH_CHECK(gate.sizes() == x.sizes() || (gate.dim() == 1 && gate.size(0) == dim),
-              "fremure.freq_gate_blend: gate must have shape [", dim, "] or the shape of x ", x.sizes(),
-              ", got ", gate.sizes());
-  if (valid.has_value()) {
-    check_same_device(x, *valid, "x", "valid");
-    TORCH_CHECK(valid->scalar_type() == at::kBool, "fremure.freq_gate_blend: valid must be a bool tensor, got ",
-                valid->scalar_type());
-    TORCH_CHECK(valid->sizes() == x.sizes().slice(0, x.dim() - 1),
-                "fremure.freq_gate_blend: valid must have shape ", x.sizes().slice(0, x.dim() - 1),
-                " (x without its last dimension), got ", valid->sizes());
-  }
-  const int64_t rows = dim == 0 ? 0 : x.numel() / dim;
-  return {rows, dim, per_row};
-}
-
-void check_gate_values_cpu(const at::Tensor& gate) {
-  // Cheap next to the blend itself, and a NaN gate would silently poison every row.
-  TORCH_CHECK(gate.numel() == 0 || at::isfinite(gate).all().item<bool>(),
-              "fremure.freq_gate_blend: gate contains NaN or inf");
-}
 
 // Mean and 1/std (biased variance, LN0's eps) of one row, two passes for accuracy.
 template <typename scalar_t, typename acc_t>
@@ -149,7 +114,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
 
 at::Tensor freq_gate_blend_cpu(const at::Tensor& x, const at::Tensor& gate, const std::optional<at::Tensor>& valid) {
   const GateLayout L = check_freq_gate_blend(x, gate, valid);
-  check_gate_values_cpu(gate);
+  // Cheap next to the blend itself, and a NaN gate would silently poison every row.
+  check_finite(gate, "freq_gate_blend", "gate");
   const at::Tensor xc = x.contiguous();
   const at::Tensor gc = gate.contiguous();
   const at::Tensor vc = valid.has_value() ? valid->contiguous() : at::Tensor();
@@ -165,9 +131,7 @@ std::tuple<at::Tensor, at::Tensor> freq_gate_blend_backward_cpu(const at::Tensor
                                                                 const at::Tensor& gate,
                                                                 const std::optional<at::Tensor>& valid) {
   const GateLayout L = check_freq_gate_blend(x, gate, valid);
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "fremure.freq_gate_blend_backward: grad_out must have the shape of x ",
-              x.sizes(), ", got ", grad_out.sizes());
-  check_same_dtype(x, grad_out, "x", "grad_out");
+  check_freq_gate_blend_grad(grad_out, x);
   const at::Tensor dyc = grad_out.contiguous();
   const at::Tensor xc = x.contiguous();
   const at::Tensor gc = gate.contiguous();

@@ -278,37 +278,34 @@ FusionShape check_gated_fusion(const char* op, const at::Tensor& head, const at:
                                const at::Tensor& weight, const std::optional<at::Tensor>& bias, double temperature,
                                double lo, double hi) {
   check_floating(head, "head");
-  TORCH_CHECK(head.dim() == 2, op, ": head must have shape [N, D], got ", head.sizes());
-  check_same_device(head, tail, "head", "tail");
-  check_same_device(head, cond, "head", "cond");
-  check_same_device(head, weight, "head", "weight");
-  check_same_dtype(head, tail, "head", "tail");
-  check_same_dtype(head, cond, "head", "cond");
-  check_same_dtype(head, weight, "head", "weight");
+  TORCH_CHECK_VALUE(head.dim() == 2, op, ": head must have shape [N, D], got ", head.sizes());
+  check_like(head, tail, "head", "tail");
+  check_like(head, cond, "head", "cond");
+  check_like(head, weight, "head", "weight");
   const int64_t rows = head.size(0);
   const int64_t dim = head.size(1);
-  TORCH_CHECK(dim >= 1, op, ": head must have at least one column (D >= 1), got ", head.sizes());
-  TORCH_CHECK(tail.sizes() == head.sizes(), op, ": tail must have the shape of head ", head.sizes(), ", got ",
-              tail.sizes());
-  TORCH_CHECK(cond.dim() == 1 || cond.dim() == 2, op, ": cond must have shape [Dc] or [N, Dc], got ", cond.sizes());
+  TORCH_CHECK_VALUE(dim >= 1, op, ": head must have at least one column (D >= 1), got ", head.sizes());
+  TORCH_CHECK_VALUE(tail.sizes() == head.sizes(), op, ": tail must have the shape of head ", head.sizes(), ", got ",
+                    tail.sizes());
+  TORCH_CHECK_VALUE(cond.dim() == 1 || cond.dim() == 2, op, ": cond must have shape [Dc] or [N, Dc], got ",
+                    cond.sizes());
   const bool per_row = cond.dim() == 2;
-  TORCH_CHECK(!per_row || cond.size(0) == rows, op, ": cond must have ", rows, " rows like head, got ",
-              cond.sizes());
+  TORCH_CHECK_VALUE(!per_row || cond.size(0) == rows, op, ": cond must have ", rows, " rows like head, got ",
+                    cond.sizes());
   const int64_t cond_dim = cond.size(-1);
-  TORCH_CHECK(cond_dim >= 1, op, ": cond must have at least one column (Dc >= 1), got ", cond.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) == 2 * dim + cond_dim, op,
-              ": weight must have shape [D, 2D + Dc] = [", dim, ", ", 2 * dim + cond_dim, "], got ",
-              weight.sizes());
+  TORCH_CHECK_VALUE(cond_dim >= 1, op, ": cond must have at least one column (Dc >= 1), got ", cond.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == dim && weight.size(1) == 2 * dim + cond_dim, op,
+                    ": weight must have shape [D, 2D + Dc] = [", dim, ", ", 2 * dim + cond_dim, "], got ",
+                    weight.sizes());
   if (bias.has_value()) {
-    check_same_device(head, *bias, "head", "bias");
-    check_same_dtype(head, *bias, "head", "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == dim, op, ": bias must have shape [D] = [", dim, "], got ",
-                bias->sizes());
+    check_like(head, *bias, "head", "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == dim, op, ": bias must have shape [D] = [", dim, "], got ",
+                      bias->sizes());
   }
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
-              temperature);
-  TORCH_CHECK(std::isfinite(lo) && std::isfinite(hi) && lo >= 0 && lo <= hi && hi <= 1, op,
-              ": lo and hi must satisfy 0 <= lo <= hi <= 1, got lo=", lo, ", hi=", hi);
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
+                    temperature);
+  TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo >= 0 && lo <= hi && hi <= 1, op,
+                    ": lo and hi must satisfy 0 <= lo <= hi <= 1, got lo=", lo, ", hi=", hi);
   return {rows, dim, cond_dim, per_row};
 }
 
@@ -384,6 +381,7 @@ std::tuple<at::Tensor, at::Tensor> gated_fusion_cpu(const at::Tensor& head, cons
                                                     double lo, double hi) {
   const FusionShape S =
       check_gated_fusion("fremure.gated_fusion", head, tail, cond, weight, bias, temperature, lo, hi);
+  check_finite(cond, "gated_fusion", "cond");
   if (is_half(head)) {
     auto [out, s] = gated_fusion_cpu(to_float(head), to_float(tail), to_float(cond), to_float(weight),
                                      to_float(bias), temperature, lo, hi);
@@ -409,15 +407,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_fus
     double temperature, double lo, double hi) {
   const char* op = "fremure.gated_fusion_backward";
   const FusionShape S = check_gated_fusion(op, head, tail, cond, weight, bias, temperature, lo, hi);
-  check_same_device(head, grad_out, "head", "grad_out");
-  check_same_dtype(head, grad_out, "head", "grad_out");
-  TORCH_CHECK(grad_out.sizes() == head.sizes(), op, ": grad_out must have the shape of head ", head.sizes(),
-              ", got ", grad_out.sizes());
+  check_like(head, grad_out, "head", "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == head.sizes(), op, ": grad_out must have the shape of head ", head.sizes(),
+                    ", got ", grad_out.sizes());
   if (gate_sigmoid.has_value()) {
-    check_same_device(head, *gate_sigmoid, "head", "gate_sigmoid");
-    check_same_dtype(head, *gate_sigmoid, "head", "gate_sigmoid");
-    TORCH_CHECK(gate_sigmoid->sizes() == head.sizes(), op, ": gate_sigmoid must have the shape of head ",
-                head.sizes(), ", got ", gate_sigmoid->sizes());
+    check_like(head, *gate_sigmoid, "head", "gate_sigmoid");
+    TORCH_CHECK_VALUE(gate_sigmoid->sizes() == head.sizes(), op, ": gate_sigmoid must have the shape of head ",
+                      head.sizes(), ", got ", gate_sigmoid->sizes());
   }
   if (is_half(head)) {
     auto grads = gated_fusion_backward_cpu(to_float(grad_out), to_float(head), to_float(tail), to_float(cond),

@@ -407,32 +407,30 @@ GmmConfig check_gmm(const char* op, const at::Tensor& mu, const at::Tensor& var_
                     const at::Tensor& tau, const std::optional<at::Tensor>& noise, std::optional<int64_t> seed,
                     double var_eps, double var_floor, double var_ceiling, std::string_view activation) {
   check_floating(mu, "mu");
-  TORCH_CHECK(mu.dim() == 3, "fremure.", op, ": mu must be [K, B, C] (3 dimensions), got shape ", mu.sizes());
-  TORCH_CHECK(mu.size(0) >= 1, "fremure.", op, ": mu must have at least one component (K >= 1), got shape ",
-              mu.sizes());
+  TORCH_CHECK_VALUE(mu.dim() == 3, "fremure.", op, ": mu must be [K, B, C] (3 dimensions), got shape ", mu.sizes());
+  TORCH_CHECK_VALUE(mu.size(0) >= 1, "fremure.", op, ": mu must have at least one component (K >= 1), got shape ",
+                    mu.sizes());
   const std::pair<const at::Tensor*, const char*> same[] = {{&var_raw, "var_raw"}, {&pi_logit, "pi_logit"}};
   for (const auto& [t, name] : same) {
-    check_same_device(mu, *t, "mu", name);
-    check_same_dtype(mu, *t, "mu", name);
-    TORCH_CHECK(t->sizes() == mu.sizes(), "fremure.", op, ": ", name, " must have the shape of mu ", mu.sizes(),
-                ", got ", t->sizes());
+    check_like(mu, *t, "mu", name);
+    TORCH_CHECK_VALUE(t->sizes() == mu.sizes(), "fremure.", op, ": ", name, " must have the shape of mu ", mu.sizes(),
+                      ", got ", t->sizes());
   }
   check_floating(tau, "tau");
   check_same_device(mu, tau, "mu", "tau");
-  TORCH_CHECK(tau.numel() == 1 && tau.dim() <= 1, "fremure.", op,
-              ": tau must be a scalar tensor (0-dim or [1]), got shape ", tau.sizes());
+  TORCH_CHECK_VALUE(tau.numel() == 1 && tau.dim() <= 1, "fremure.", op,
+                    ": tau must be a scalar tensor (0-dim or [1]), got shape ", tau.sizes());
   if (noise.has_value()) {
-    check_same_device(mu, *noise, "mu", "noise");
-    check_same_dtype(mu, *noise, "mu", "noise");
-    TORCH_CHECK(noise->sizes() == mu.sizes(), "fremure.", op, ": noise must have the shape of mu ", mu.sizes(),
-                " ([K, B, C]), got ", noise->sizes());
-    TORCH_CHECK(!seed.has_value(), "fremure.", op, ": noise and seed are exclusive; pass one of them");
+    check_like(mu, *noise, "mu", "noise");
+    TORCH_CHECK_VALUE(noise->sizes() == mu.sizes(), "fremure.", op, ": noise must have the shape of mu ", mu.sizes(),
+                      " ([K, B, C]), got ", noise->sizes());
+    TORCH_CHECK_VALUE(!seed.has_value(), "fremure.", op, ": noise and seed are exclusive; pass one of them");
   }
-  TORCH_CHECK(std::isfinite(var_eps) && var_eps >= 0, "fremure.", op, ": var_eps must be finite and >= 0, got ",
-              var_eps);
-  TORCH_CHECK(std::isfinite(var_floor) && std::isfinite(var_ceiling) && var_floor > 0 && var_floor <= var_ceiling,
-              "fremure.", op, ": var_floor and var_ceiling must satisfy 0 < var_floor <= var_ceiling, got ",
-              var_floor, " and ", var_ceiling);
+  TORCH_CHECK_VALUE(std::isfinite(var_eps) && var_eps >= 0, "fremure.", op, ": var_eps must be finite and >= 0, got ",
+                    var_eps);
+  TORCH_CHECK_VALUE(std::isfinite(var_floor) && std::isfinite(var_ceiling) && var_floor > 0 && var_floor <= var_ceiling,
+                    "fremure.", op, ": var_floor and var_ceiling must satisfy 0 < var_floor <= var_ceiling, got ",
+                    var_floor, " and ", var_ceiling);
   const HeadActivation act = lanes::parse_head_activation(activation, op);
   return {mu.size(0),        mu.size(1),   mu.size(2), act, noise.has_value(), seed.has_value(),
           static_cast<uint64_t>(seed.value_or(0)), var_eps, var_floor, var_ceiling};
@@ -440,7 +438,7 @@ GmmConfig check_gmm(const char* op, const at::Tensor& mu, const at::Tensor& var_
 
 double read_tau(const at::Tensor& tau, const char* op) {
   const double v = tau.item().toDouble();
-  TORCH_CHECK(std::isfinite(v), "fremure.", op, ": tau must be finite, got ", v);
+  TORCH_CHECK_VALUE(std::isfinite(v), "fremure.", op, ": tau must be finite, got ", v);
   return v;
 }
 
@@ -456,10 +454,10 @@ std::tuple<at::Tensor, at::Tensor> gmm_mixture_cpu(const at::Tensor& mu, const a
   at::Tensor aleatoric = uncertainty ? at::empty({cfg.B, cfg.C}, mu.options()) : at::empty({0}, mu.options());
   if (pred.numel() == 0) return {pred, aleatoric};
   const uint8_t bad = kernels().forward(mu, var_raw, pi_logit, noise, cfg, tau_v, uncertainty, pred, aleatoric);
-  TORCH_CHECK(!(bad & kBadMu), "fremure.gmm_mixture: mu contains NaN or inf");
-  TORCH_CHECK(!(bad & kBadVarRaw), "fremure.gmm_mixture: var_raw contains NaN or inf");
-  TORCH_CHECK(!(bad & kBadPiLogit), "fremure.gmm_mixture: pi_logit contains NaN or inf");
-  TORCH_CHECK(!(bad & kBadNoise), "fremure.gmm_mixture: noise contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadMu), "fremure.gmm_mixture: mu contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadVarRaw), "fremure.gmm_mixture: var_raw contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadPiLogit), "fremure.gmm_mixture: pi_logit contains NaN or inf");
+  TORCH_CHECK_VALUE(!(bad & kBadNoise), "fremure.gmm_mixture: noise contains NaN or inf");
   return {pred, aleatoric};
 }
 
@@ -471,17 +469,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_mixture_backward_
   const char* op = "gmm_mixture_backward";
   const GmmConfig cfg = check_gmm(op, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling,
                                   std::string_view(activation.data(), activation.size()));
-  check_same_device(mu, grad_pred, "mu", "grad_pred");
-  check_same_dtype(mu, grad_pred, "mu", "grad_pred");
-  TORCH_CHECK(grad_pred.dim() == 2 && grad_pred.size(0) == cfg.B && grad_pred.size(1) == cfg.C, "fremure.", op,
-              ": grad_pred must have shape [B, C] = [", cfg.B, ", ", cfg.C, "], got ", grad_pred.sizes());
+  check_like(mu, grad_pred, "mu", "grad_pred");
+  TORCH_CHECK_VALUE(grad_pred.dim() == 2 && grad_pred.size(0) == cfg.B && grad_pred.size(1) == cfg.C, "fremure.", op,
+                    ": grad_pred must have shape [B, C] = [", cfg.B, ", ", cfg.C, "], got ", grad_pred.sizes());
   const bool has_ga = grad_aleatoric.has_value() && grad_aleatoric->numel() > 0;
   if (grad_aleatoric.has_value()) {
-    check_same_device(mu, *grad_aleatoric, "mu", "grad_aleatoric");
-    check_same_dtype(mu, *grad_aleatoric, "mu", "grad_aleatoric");
-    TORCH_CHECK(grad_aleatoric->sizes() == grad_pred.sizes() || grad_aleatoric->numel() == 0, "fremure.", op,
-                ": grad_aleatoric must have shape [B, C] = [", cfg.B, ", ", cfg.C, "] (or be empty), got ",
-                grad_aleatoric->sizes());
+    check_like(mu, *grad_aleatoric, "mu", "grad_aleatoric");
+    TORCH_CHECK_VALUE(grad_aleatoric->sizes() == grad_pred.sizes() || grad_aleatoric->numel() == 0, "fremure.", op,
+                      ": grad_aleatoric must have shape [B, C] = [", cfg.B, ", ", cfg.C, "] (or be empty), got ",
+                      grad_aleatoric->sizes());
   }
   const double tau_v = read_tau(tau, op);
   const at::Tensor gp = grad_pred.contiguous();

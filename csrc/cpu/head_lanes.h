@@ -30,7 +30,8 @@ namespace lanes {
 inline HeadActivation parse_head_activation(std::string_view name, const char* op) {
   if (name == "sigmoid") return HeadActivation::kSigmoid;
   if (name == "softmax") return HeadActivation::kSoftmax;
-  TORCH_CHECK(false, "fremure.", op, ": activation must be 'sigmoid' or 'softmax', got '", std::string(name), "'");
+  TORCH_CHECK_VALUE(false, "fremure.", op, ": activation must be 'sigmoid' or 'softmax', got '", std::string(name),
+                    "'");
 }
 
 // True when no lane is NaN or inf (an integer OR over exponent bits for float, so it vectorises).

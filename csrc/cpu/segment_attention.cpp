@@ -458,39 +458,37 @@ struct Problem {
 
 void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   check_floating(q, "q");
-  TORCH_CHECK(q.dim() == 3, "fremure.", op, ": q must be [T, H, Dh] (3 dimensions), got shape ", q.sizes());
-  TORCH_CHECK(q.size(1) >= 1 && q.size(2) >= 1, "fremure.", op,
-              ": q must have at least one head and a head dimension >= 1, got shape ", q.sizes());
-  check_same_device(q, k, "q", "k");
-  check_same_device(q, v, "q", "v");
-  check_same_dtype(q, k, "q", "k");
-  check_same_dtype(q, v, "q", "v");
-  TORCH_CHECK(k.sizes() == q.sizes(), "fremure.", op, ": k must have the shape of q ", q.sizes(), ", got ",
-              k.sizes());
-  TORCH_CHECK(v.sizes() == q.sizes(), "fremure.", op, ": v must have the shape of q ", q.sizes(), ", got ",
-              v.sizes());
+  TORCH_CHECK_VALUE(q.dim() == 3, "fremure.", op, ": q must be [T, H, Dh] (3 dimensions), got shape ", q.sizes());
+  TORCH_CHECK_VALUE(q.size(1) >= 1 && q.size(2) >= 1, "fremure.", op,
+                    ": q must have at least one head and a head dimension >= 1, got shape ", q.sizes());
+  check_like(q, k, "q", "k");
+  check_like(q, v, "q", "v");
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes(), "fremure.", op, ": k must have the shape of q ", q.sizes(), ", got ",
+                    k.sizes());
+  TORCH_CHECK_VALUE(v.sizes() == q.sizes(), "fremure.", op, ": v must have the shape of q ", q.sizes(), ", got ",
+                    v.sizes());
 }
 
 // Validates segment_offsets (device, dtype, shape and values) and returns it as contiguous int64.
 at::Tensor checked_offsets(const char* op, const at::Tensor& q, const at::Tensor& offsets, Problem& p) {
   check_same_device(q, offsets, "q", "segment_offsets");
   check_index(offsets, "segment_offsets");
-  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1, "fremure.", op,
-              ": segment_offsets must be a 1-D tensor [S + 1] with at least one element, got shape ",
-              offsets.sizes());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 1, "fremure.", op,
+                    ": segment_offsets must be a 1-D tensor [S + 1] with at least one element, got shape ",
+                    offsets.sizes());
   at::Tensor off = offsets.to(at::kLong).contiguous();
   const int64_t* o = off.const_data_ptr<int64_t>();
   const int64_t segments = off.size(0) - 1;
-  TORCH_CHECK(o[0] == 0, "fremure.", op, ": segment_offsets must start at 0, got ", o[0]);
+  TORCH_CHECK_VALUE(o[0] == 0, "fremure.", op, ": segment_offsets must start at 0, got ", o[0]);
   int64_t sq = 0;
   for (int64_t s = 0; s < segments; ++s) {
-    TORCH_CHECK(o[s + 1] >= o[s], "fremure.", op, ": segment_offsets must be nondecreasing, got ", o[s], " then ",
-                o[s + 1], " at index ", s);
+    TORCH_CHECK_VALUE(o[s + 1] >= o[s], "fremure.", op, ": segment_offsets must be nondecreasing, got ", o[s], " then ",
+                      o[s + 1], " at index ", s);
     const int64_t len = o[s + 1] - o[s];
     sq += len * len;
   }
-  TORCH_CHECK(o[segments] == p.tokens, "fremure.", op, ": segment_offsets must end at the number of tokens T = ",
-              p.tokens, " (the size of q's first dimension), got ", o[segments]);
+  TORCH_CHECK_VALUE(o[segments] == p.tokens, "fremure.", op, ": segment_offsets must end at the number of tokens T = ",
+                    p.tokens, " (the size of q's first dimension), got ", o[segments]);
   p.segments = segments;
   p.work = sq * p.heads * p.dh;
   return off;
@@ -498,16 +496,17 @@ at::Tensor checked_offsets(const char* op, const at::Tensor& q, const at::Tensor
 
 Problem check_problem(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   check_qkv(op, q, k, v);
-  TORCH_CHECK(std::isfinite(scale), "fremure.", op, ": scale must be finite, got ", scale);
+  TORCH_CHECK_VALUE(std::isfinite(scale), "fremure.", op, ": scale must be finite, got ", scale);
   return {q.size(0), q.size(1), q.size(2), 0, 0};
 }
 
 template <typename T>
 Dropout<T> check_dropout(const char* op, double dropout_p, const std::optional<int64_t>& seed, int64_t tokens) {
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fremure.", op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "fremure.", op, ": dropout_p must be in [0, 1), got ",
+                    dropout_p);
   Dropout<T> drop;
   if (dropout_p == 0.0) return drop;
-  TORCH_CHECK(seed.has_value(), "fremure.", op, ": seed must be given when dropout_p > 0 (got None)");
+  TORCH_CHECK_VALUE(seed.has_value(), "fremure.", op, ": seed must be given when dropout_p > 0 (got None)");
   drop.p = static_cast<float>(dropout_p);
   drop.keep_scale = static_cast<T>(1.0 / (1.0 - dropout_p));
   drop.seed = static_cast<uint64_t>(*seed);
@@ -572,21 +571,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
   const char* op = "segment_attention_backward";
   Problem p = check_problem(op, q, k, v, scale);
   check_dropout<double>(op, dropout_p, seed, p.tokens);
-  check_same_device(q, grad_out, "q", "grad_out");
-  check_same_dtype(q, grad_out, "q", "grad_out");
-  TORCH_CHECK(grad_out.sizes() == q.sizes(), "fremure.", op, ": grad_out must have the shape of q ", q.sizes(),
-              ", got ", grad_out.sizes());
-  check_same_device(q, out, "q", "out");
-  check_same_dtype(q, out, "q", "out");
-  TORCH_CHECK(out.sizes() == q.sizes(), "fremure.", op, ": out must have the shape of q ", q.sizes(), ", got ",
-              out.sizes());
+  check_like(q, grad_out, "q", "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes(), "fremure.", op, ": grad_out must have the shape of q ", q.sizes(),
+                    ", got ", grad_out.sizes());
+  check_like(q, out, "q", "out");
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "fremure.", op, ": out must have the shape of q ", q.sizes(), ", got ",
+                    out.sizes());
   check_same_device(q, lse, "q", "lse");
   const at::ScalarType lse_dtype = at::toOpMathType(q.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == lse_dtype, "fremure.", op, ": lse must have dtype ", lse_dtype, " for ",
-              q.scalar_type(), " inputs, got ", lse.scalar_type());
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == p.tokens && lse.size(1) == p.heads, "fremure.", op,
-              ": lse must have shape [", p.tokens, ", ", p.heads, "] (q without its last dimension), got ",
-              lse.sizes());
+  TORCH_CHECK_TYPE(lse.scalar_type() == lse_dtype, "fremure.", op, ": lse must have dtype ", lse_dtype, " for ",
+                   q.scalar_type(), " inputs, got ", lse.scalar_type());
+  TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == p.tokens && lse.size(1) == p.heads, "fremure.", op,
+                    ": lse must have shape [", p.tokens, ", ", p.heads, "] (q without its last dimension), got ",
+                    lse.sizes());
   const at::Tensor off = checked_offsets(op, q, segment_offsets, p);
   at::Tensor dq, dk, dv;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "segment_attention_backward_cpu", [&] {

@@ -7,7 +7,6 @@
 
 #include <vector>
 
-#include "common/checks.h"
 #include "common/window.h"
 #include "cpu/window_rows.h"
 
@@ -16,38 +15,15 @@ namespace {
 
 using window_cpu::InverseIndex;
 
-// Checks frame_offsets (CSR over the rows of x) and returns a contiguous copy.
-at::Tensor checked_offsets(const at::Tensor& x, const at::Tensor& frame_offsets) {
-  check_same_device(x, frame_offsets, "x", "frame_offsets");
-  TORCH_CHECK(frame_offsets.scalar_type() == at::kLong,
-              "fremure.window_pack: frame_offsets must be an int64 tensor, got ", frame_offsets.scalar_type());
-  TORCH_CHECK(frame_offsets.dim() == 1 && frame_offsets.size(0) >= 1,
-              "fremure.window_pack: frame_offsets must be a 1-D tensor [num_frames + 1], got shape ",
-              frame_offsets.sizes());
-  at::Tensor off = frame_offsets.contiguous();
-  const int64_t* o = off.const_data_ptr<int64_t>();
-  const int64_t frames = off.size(0) - 1;
-  TORCH_CHECK(o[0] == 0, "fremure.window_pack: frame_offsets[0] must be 0, got ", o[0]);
-  for (int64_t f = 0; f < frames; ++f) {
-    TORCH_CHECK(o[f + 1] >= o[f], "fremure.window_pack: frame_offsets must be nondecreasing, got frame_offsets[",
-                f + 1, "] = ", o[f + 1], " < frame_offsets[", f, "] = ", o[f]);
-  }
-  TORCH_CHECK(o[frames] == x.size(0), "fremure.window_pack: frame_offsets[-1] must equal the number of rows of x (",
-              x.size(0), "), got ", o[frames]);
-  return off;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cpu(const at::Tensor& x,
                                                                            const at::Tensor& frame_offsets,
                                                                            int64_t window, int64_t stride,
                                                                            bool padded) {
-  check_floating(x, "x");
-  TORCH_CHECK(x.dim() == 2, "fremure.window_pack: x must be [N, D] (2 dimensions), got shape ", x.sizes());
-  TORCH_CHECK(window >= 1, "fremure.window_pack: window must be >= 1, got ", window);
-  TORCH_CHECK(stride >= 1, "fremure.window_pack: stride must be >= 1, got ", stride);
-  const at::Tensor off_t = checked_offsets(x, frame_offsets);
+  window_cpu::check_window_pack(x, frame_offsets, window, stride);
+  const at::Tensor off_t = frame_offsets.contiguous();
   const int64_t* off = off_t.const_data_ptr<int64_t>();
   const int64_t frames = off_t.size(0) - 1;
+  window_cpu::check_frame_offsets(off, frames, x.size(0));
   const int64_t dim = x.size(1);
 
   std::vector<int64_t> wo;

@@ -8,7 +8,6 @@
 
 #include <vector>
 
-#include "common/checks.h"
 #include "common/window.h"
 #include "cpu/window_rows.h"
 
@@ -22,7 +21,10 @@ at::Tensor window_unpack_cpu(const at::Tensor& y, const at::Tensor& src_index, c
   const UnpackMode mode = window_cpu::parse_mode(mode_name, "window_unpack");
   window_cpu::check_packed(y, src_index, num_rows, "window_unpack", "y");
   const bool weighted = mode == UnpackMode::kWeighted;
-  if (weighted) window_cpu::check_weights(y, src_index, weights, "window_unpack");
+  if (weighted) {
+    window_cpu::check_weights(y, src_index, weights, "window_unpack");
+    window_cpu::check_weight_values(*weights, "window_unpack");
+  }
   const at::Tensor sc = src_index.contiguous();
   const int64_t* src = sc.const_data_ptr<int64_t>();
   const int64_t count = sc.numel();
@@ -69,17 +71,11 @@ std::tuple<at::Tensor, at::Tensor> window_unpack_backward_cpu(const at::Tensor& 
                                                               const std::optional<at::Tensor>& weights,
                                                               c10::string_view mode_name) {
   const UnpackMode mode = window_cpu::parse_mode(mode_name, "window_unpack_backward");
-  TORCH_CHECK(grad_out.dim() == 2, "fremure.window_unpack_backward: grad_out must be [num_rows, D] (2 dimensions), ",
-              "got shape ", grad_out.sizes());
+  window_cpu::check_unpack_backward(grad_out, y, src_index, weights, mode);
   const int64_t num_rows = grad_out.size(0);
-  window_cpu::check_packed(y, src_index, num_rows, "window_unpack_backward", "y");
-  check_same_device(y, grad_out, "y", "grad_out");
-  check_same_dtype(y, grad_out, "y", "grad_out");
   const int64_t dim = y.size(-1);
-  TORCH_CHECK(grad_out.size(1) == dim, "fremure.window_unpack_backward: grad_out must have ", dim,
-              " columns (the last dimension of y), got shape ", grad_out.sizes());
   const bool weighted = mode == UnpackMode::kWeighted;
-  if (weighted) window_cpu::check_weights(y, src_index, weights, "window_unpack_backward");
+  if (weighted) window_cpu::check_weight_values(*weights, "window_unpack_backward");
   const at::Tensor sc = src_index.contiguous();
   const int64_t* src = sc.const_data_ptr<int64_t>();
   const int64_t count = sc.numel();

@@ -8,7 +8,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common/checks.h"
 #include "common/freq_gate_blend.h"
 #include "cuda/block_reduce.cuh"
 
@@ -114,24 +113,8 @@ __global__ void gate_grad_kernel(const scalar_t* __restrict__ dy, const scalar_t
   dgate[j] = scalar_t(total);
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& gate, const std::optional<at::Tensor>& valid) {
-  check_floating(x, "x");
-  check_same_device(x, gate, "x", "gate");
-  check_same_dtype(x, gate, "x", "gate");
-  TORCH_CHECK(x.dim() >= 1, "fremure.freq_gate_blend: x must have at least 1 dimension");
-  TORCH_CHECK(gate.sizes() == x.sizes() || (gate.dim() == 1 && gate.size(0) == x.size(-1)),
-              "fremure.freq_gate_blend: gate must have shape [", x.size(-1), "] or the shape of x ", x.sizes(),
-              ", got ", gate.sizes());
-  if (valid.has_value()) {
-    check_same_device(x, *valid, "x", "valid");
-    TORCH_CHECK(valid->scalar_type() == at::kBool, "fremure.freq_gate_blend: valid must be a bool tensor");
-    TORCH_CHECK(valid->sizes() == x.sizes().slice(0, x.dim() - 1),
-                "fremure.freq_gate_blend: valid must have shape ", x.sizes().slice(0, x.dim() - 1));
-  }
-}
-
 at::Tensor freq_gate_blend_cuda(const at::Tensor& x, const at::Tensor& gate, const std::optional<at::Tensor>& valid) {
-  check_inputs(x, gate, valid);
+  check_freq_gate_blend(x, gate, valid);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), gc = gate.contiguous();
   const at::Tensor vc = valid.has_value() ? valid->contiguous() : at::Tensor();
@@ -152,8 +135,8 @@ at::Tensor freq_gate_blend_cuda(const at::Tensor& x, const at::Tensor& gate, con
 std::tuple<at::Tensor, at::Tensor> freq_gate_blend_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                                  const at::Tensor& gate,
                                                                  const std::optional<at::Tensor>& valid) {
-  check_inputs(x, gate, valid);
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "fremure.freq_gate_blend_backward: grad_out must have the shape of x");
+  check_freq_gate_blend(x, gate, valid);
+  check_freq_gate_blend_grad(grad_out, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor dyc = grad_out.contiguous(), xc = x.contiguous(), gc = gate.contiguous();
   const at::Tensor vc = valid.has_value() ? valid->contiguous() : at::Tensor();

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/window.h"
 #include "common/window_host.h"
 #include "cuda/window_index.cuh"
@@ -55,24 +54,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_pack_cuda(cons
                                                                             const at::Tensor& frame_offsets,
                                                                             int64_t window, int64_t stride,
                                                                             bool padded) {
-  check_floating(x, "x");
-  TORCH_CHECK(x.dim() == 2, "fremure.window_pack: x must be [N, D] (2 dimensions), got shape ", x.sizes());
-  TORCH_CHECK(window >= 1, "fremure.window_pack: window must be >= 1, got ", window);
-  TORCH_CHECK(stride >= 1, "fremure.window_pack: stride must be >= 1, got ", stride);
-  check_same_device(x, frame_offsets, "x", "frame_offsets");
-  TORCH_CHECK(frame_offsets.scalar_type() == at::kLong && frame_offsets.dim() == 1 && frame_offsets.size(0) >= 1,
-              "fremure.window_pack: frame_offsets must be a 1-D int64 tensor [num_frames + 1], got ",
-              frame_offsets.scalar_type(), " of shape ", frame_offsets.sizes());
+  window_host::check_window_pack(x, frame_offsets, window, stride);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor off_host = frame_offsets.to(at::kCPU).contiguous();
   const int64_t* off = off_host.const_data_ptr<int64_t>();
   const int64_t frames = off_host.size(0) - 1;
-  TORCH_CHECK(off[0] == 0, "fremure.window_pack: frame_offsets[0] must be 0, got ", off[0]);
-  for (int64_t f = 0; f < frames; ++f) {
-    TORCH_CHECK(off[f + 1] >= off[f], "fremure.window_pack: frame_offsets must be nondecreasing at index ", f + 1);
-  }
-  TORCH_CHECK(off[frames] == x.size(0), "fremure.window_pack: frame_offsets[-1] must equal the number of rows of x (",
-              x.size(0), "), got ", off[frames]);
+  window_host::check_frame_offsets(off, frames, x.size(0));
 
   std::vector<int64_t> wo;
   const int64_t rows_max = window_host::window_row_offsets(off, frames, window, stride, wo);

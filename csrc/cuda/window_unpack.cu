@@ -9,7 +9,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common/checks.h"
 #include "common/window.h"
 #include "common/window_host.h"
 #include "cuda/block_reduce.cuh"
@@ -119,12 +118,7 @@ at::Tensor window_unpack_cuda(const at::Tensor& y, const at::Tensor& src_index, 
   const UnpackMode mode = window_host::parse_mode(mode_name, "window_unpack");
   window_host::check_packed(y, src_index, num_rows, "window_unpack", "y");
   const bool weighted = mode == UnpackMode::kWeighted;
-  if (weighted) {
-    TORCH_CHECK(weights.has_value(), "fremure.window_unpack: weights must be given in mode 'weighted'");
-    check_same_device(y, *weights, "y", "weights");
-    check_same_dtype(y, *weights, "y", "weights");
-    TORCH_CHECK(weights->sizes() == src_index.sizes(), "fremure.window_unpack: weights must have the shape of src_index");
-  }
+  if (weighted) window_host::check_weights(y, src_index, weights, "window_unpack");
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t dim = y.size(-1);
   at::Tensor out = at::zeros({num_rows, dim}, y.options());
@@ -148,14 +142,9 @@ std::tuple<at::Tensor, at::Tensor> window_unpack_backward_cuda(const at::Tensor&
                                                                const std::optional<at::Tensor>& weights,
                                                                c10::string_view mode_name) {
   const UnpackMode mode = window_host::parse_mode(mode_name, "window_unpack_backward");
-  TORCH_CHECK(grad_out.dim() == 2, "fremure.window_unpack_backward: grad_out must be [num_rows, D], got shape ",
-              grad_out.sizes());
+  window_host::check_unpack_backward(grad_out, y, src_index, weights, mode);
   const int64_t num_rows = grad_out.size(0);
-  window_host::check_packed(y, src_index, num_rows, "window_unpack_backward", "y");
-  check_same_device(y, grad_out, "y", "grad_out");
-  check_same_dtype(y, grad_out, "y", "grad_out");
   const bool weighted = mode == UnpackMode::kWeighted;
-  TORCH_CHECK(!weighted || weights.has_value(), "fremure.window_unpack_backward: weights must be given in mode 'weighted'");
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t dim = y.size(-1);
   const int64_t count = src_index.numel();

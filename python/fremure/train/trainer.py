@@ -289,7 +289,7 @@ class Trainer:
                 pred = self.forward(entry, phase="train")
             losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
             return sum(losses.values())
-        except RuntimeError as err:      # the fused kernels refuse NaN/inf inputs outright
+        except (RuntimeError, ValueError) as err:  # the fused kernels refuse NaN/inf inputs (ValueError)
             if "nan" not in str(err).lower():
                 raise
             return torch.tensor(float("nan"))

@@ -6,8 +6,8 @@ import torch
 
 from .. import reference as _reference
 from ..dispatch import compiled
-from ._common import check_float, check_ndim, check_same
-from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
+from ._common import check_float, check_like, check_number, check_shape
+from ._heads_common import check_head_args, check_head_types
 
 __all__ = ["bayes_mc"]
 
@@ -33,31 +33,40 @@ def bayes_mc(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None 
         the kernel).
     """
     check_float(mu, "mu")
-    check_ndim(mu, 2, "mu", "[B, C]")
     check_float(logvar, "logvar")
-    check_same(mu, "mu", logvar, "logvar")
-    if logvar.shape != mu.shape:
-        raise ValueError(f"logvar must have mu's shape [B, C] = {tuple(mu.shape)}, got {tuple(logvar.shape)}")
-    if isinstance(samples, bool) or not isinstance(samples, (int, torch.SymInt)):
-        raise TypeError(f"samples must be an int, got {type(samples).__name__}")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    seed = check_noise_or_seed(noise, seed, mu, "mu", (samples, *mu.shape), "[samples, B, C]")
-    check_activation(activation)
+    check_number(samples, "samples", (int, torch.SymInt))
+    seed = check_head_types(noise, seed, activation)
     if not compiled("bayes_mc", mu.device):
+        check_bayes_mc(mu, logvar, noise, seed, samples, activation)
         return _reference.bayes_mc(mu, logvar, noise, seed, samples, activation)
     return torch.ops.fremure.bayes_mc(mu, logvar, noise, seed, samples, activation)
 
 
+def check_bayes_mc(mu, logvar, noise, seed, samples, activation) -> None:
+    """What the C++ kernel checks, for the paths without one: the fake kernel, the Triton launcher
+    and the reference fallback (device, dtype, shape and argument values; no tensor data read)."""
+    check_float(mu, "mu")
+    check_shape(mu.dim() == 2, "mu", "[B, C] (2 dimensions)", mu)
+    check_like(mu, "mu", logvar, "logvar", shape=True)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    check_head_args(mu, noise, seed, (samples, *mu.shape), "[samples, B, C]", activation)
+
+
+def check_bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation) -> None:
+    check_bayes_mc(mu, logvar, noise, seed, samples, activation)
+    check_like(mu, "mu", grad_out, "grad_out", shape=True)
+
+
 @torch.library.register_fake("fremure::bayes_mc")
 def _fake(mu, logvar, noise, seed, samples, activation):
-    fake_check_devices("bayes_mc", mu, "mu", logvar=logvar, noise=noise)
+    check_bayes_mc(mu, logvar, noise, seed, samples, activation)
     return mu.new_empty(mu.shape)
 
 
 @torch.library.register_fake("fremure::bayes_mc_backward")
 def _fake_backward(grad_out, mu, logvar, noise, seed, samples, activation):
-    fake_check_devices("bayes_mc_backward", mu, "mu", grad_out=grad_out, logvar=logvar, noise=noise)
+    check_bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation)
     return mu.new_empty(mu.shape), mu.new_empty(mu.shape)
 
 

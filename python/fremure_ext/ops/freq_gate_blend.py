@@ -6,7 +6,7 @@ import torch
 
 from .. import reference as _reference
 from ..dispatch import compiled
-from ._common import check_float, check_same, check_tensor
+from ._common import check_float, check_like, check_shape, check_tensor
 
 __all__ = ["freq_gate_blend"]
 
@@ -26,30 +26,40 @@ def freq_gate_blend(x: torch.Tensor, gate: torch.Tensor, valid: torch.Tensor | N
     """
     check_float(x, "x")
     check_float(gate, "gate")
-    check_same(x, "x", gate, "gate")
-    if x.dim() < 1:
-        raise ValueError("x must have at least one dimension [..., D], got a scalar")
-    if not (gate.shape == x.shape or (gate.dim() == 1 and gate.shape[0] == x.shape[-1])):
-        raise ValueError(f"gate must have shape [{x.shape[-1]}] or {tuple(x.shape)}, got {tuple(gate.shape)}")
     if valid is not None:
         check_tensor(valid, "valid")
-        check_same(x, "x", valid, "valid", dtype=False)
-        if valid.dtype != torch.bool:
-            raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
-        if valid.shape != x.shape[:-1]:
-            raise ValueError(f"valid must have shape {tuple(x.shape[:-1])}, got {tuple(valid.shape)}")
     if not compiled("freq_gate_blend", x.device):
+        check_freq_gate_blend(x, gate, valid)
         return _reference.freq_gate_blend(x, gate, valid)
     return torch.ops.fremure.freq_gate_blend(x, gate, valid)
 
 
+def check_freq_gate_blend(x, gate, valid) -> None:
+    """What the C++ kernel checks, for the paths without one: the fake kernel and the reference
+    fallback (device, dtype and shape; no tensor data read)."""
+    check_float(x, "x")
+    check_shape(x.dim() >= 1, "x", "[..., D] (at least 1 dimension)", x)
+    check_like(x, "x", gate, "gate")
+    check_shape(gate.shape == x.shape or (gate.dim() == 1 and gate.shape[0] == x.shape[-1]), "gate",
+                f"[{x.shape[-1]}] or the shape of x {tuple(x.shape)}", gate)
+    if valid is not None:
+        check_like(x, "x", valid, "valid", dtype=False)
+        if valid.dtype != torch.bool:
+            raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
+        check_shape(valid.shape == x.shape[:-1], "valid", f"{tuple(x.shape[:-1])} (x without its last dimension)",
+                    valid)
+
+
 @torch.library.register_fake("fremure::freq_gate_blend")
 def _fake(x, gate, valid):
+    check_freq_gate_blend(x, gate, valid)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("fremure::freq_gate_blend_backward")
 def _fake_backward(grad_out, x, gate, valid):
+    check_freq_gate_blend(x, gate, valid)
+    check_like(x, "x", grad_out, "grad_out", shape=True)
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
         torch.empty_like(gate, memory_format=torch.contiguous_format),

@@ -8,21 +8,14 @@ import torch
 
 from .. import reference as _reference
 from ..dispatch import compiled
-from ._common import check_finite, check_float, check_ndim, check_same
+from ._common import check_float, check_like, check_number, check_shape
 
 __all__ = ["gated_fusion"]
 
 
-def gated_fusion(
-    head: torch.Tensor,
-    tail: torch.Tensor,
-    cond: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    temperature: float = 1.5,
-    lo: float = 0.02,
-    hi: float = 0.98,
-) -> torch.Tensor:
+def gated_fusion(head: torch.Tensor, tail: torch.Tensor, cond: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None, temperature: float = 1.5, lo: float = 0.02,
+                 hi: float = 0.98) -> torch.Tensor:
     """Fuse two branches with a clamped, tempered sigmoid gate conditioned on both and on ``cond``.
 
     With ``h, t, q = LN0(head), LN0(tail), LN0(cond)`` (LayerNorm without affine, eps 1e-5)::
@@ -50,70 +43,54 @@ def gated_fusion(
     ``sigmoid(logits / temperature)`` before clamping: autograd keeps it (one ``[N, D]`` tensor) so
     the backward needs no second forward GEMM; LayerNorm statistics are recomputed instead.
     """
-    check_float(head, "head")
-    for t, name in ((tail, "tail"), (cond, "cond"), (weight, "weight")):
-        check_float(t, name)
-        check_same(head, "head", t, name)
-    check_ndim(head, 2, "head", "[N, D]")
-    n, d = head.shape
-    if d < 1:
-        raise ValueError(f"head must have at least one column (D >= 1), got shape {tuple(head.shape)}")
-    if tail.shape != head.shape:
-        raise ValueError(f"tail must have head's shape {tuple(head.shape)}, got {tuple(tail.shape)}")
-    if cond.dim() not in (1, 2) or (cond.dim() == 2 and cond.shape[0] != n) or cond.shape[-1] < 1:
-        raise ValueError(f"cond must have shape [Dc] or [{n}, Dc] with Dc >= 1, got {tuple(cond.shape)}")
-    dc = cond.shape[-1]
-    if weight.shape != (d, 2 * d + dc):
-        raise ValueError(f"weight must have shape [D, 2D + Dc] = [{d}, {2 * d + dc}], got {tuple(weight.shape)}")
-    if bias is not None:
-        check_float(bias, "bias")
-        check_same(head, "head", bias, "bias")
-        if bias.shape != (d,):
-            raise ValueError(f"bias must have shape [D] = [{d}], got {tuple(bias.shape)}")
-    _check_scalars(temperature, lo, hi)
-    check_finite(cond, "cond")
-    if not compiled("gated_fusion", head.device):
-        return _reference.gated_fusion(head, tail, cond, weight, bias, temperature, lo, hi)
-    out, _ = torch.ops.fremure.gated_fusion(head, tail, cond, weight, bias, float(temperature), float(lo), float(hi))
-    return out
-
-
-def _check_scalars(temperature: float, lo: float, hi: float) -> None:
+    for t, name in ((head, "head"), (tail, "tail"), (cond, "cond"), (weight, "weight"), (bias, "bias")):
+        if t is not None:
+            check_float(t, name)
     for value, name in ((temperature, "temperature"), (lo, "lo"), (hi, "hi")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0 <= lo <= hi <= 1:
+        check_number(value, name)
+    args = (head, tail, cond, weight, bias, float(temperature), float(lo), float(hi))
+    if not compiled("gated_fusion", head.device):
+        check_gated_fusion(*args)
+        return _reference.gated_fusion(*args)
+    return torch.ops.fremure.gated_fusion(*args)[0]
+
+
+def check_gated_fusion(head, tail, cond, weight, bias, temperature, lo, hi) -> None:
+    """What the C++ kernel checks, for the paths without one: the fake kernel, the Triton launcher
+    and the reference fallback (device, dtype, shape and argument values; no tensor data read)."""
+    check_float(head, "head")
+    check_shape(head.dim() == 2 and head.shape[1] >= 1, "head", "[N, D] with D >= 1", head)
+    n, d = head.shape
+    check_like(head, "head", tail, "tail", shape=True)
+    check_like(head, "head", cond, "cond")
+    check_shape(cond.dim() in (1, 2) and cond.shape[-1] >= 1 and (cond.dim() == 1 or cond.shape[0] == n), "cond",
+                f"[Dc] or [{n}, Dc] with Dc >= 1", cond)
+    dc = cond.shape[-1]
+    check_like(head, "head", weight, "weight")
+    check_shape(weight.shape == (d, 2 * d + dc), "weight", f"[D, 2D + Dc] = [{d}, {2 * d + dc}]", weight)
+    check_like(head, "head", bias, "bias")
+    check_shape(bias is None or bias.shape == (d,), "bias", f"[D] = [{d}]", bias)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi <= 1):
         raise ValueError(f"lo and hi must satisfy 0 <= lo <= hi <= 1, got lo={lo}, hi={hi}")
 
 
-def _check_op_args(op: str, head, others) -> None:
-    """The kernels' device/dtype/shape checks, for fake tensors (and mixed meta/CPU calls that the
-    dispatcher routes here): a RuntimeError naming the argument, as TORCH_CHECK raises."""
-    for t, name in others:
-        if t is None:
-            continue
-        if t.device != head.device:
-            raise RuntimeError(f"{op}: {name} must be on the same device as head ({head.device}), got {t.device}")
-        if t.dtype != head.dtype:
-            raise RuntimeError(f"{op}: {name} must have the dtype of head ({head.dtype}), got {t.dtype}")
+def check_gated_fusion_backward(grad_out, head, tail, cond, weight, bias, gate_sigmoid, temperature, lo, hi) -> None:
+    check_gated_fusion(head, tail, cond, weight, bias, temperature, lo, hi)
+    check_like(head, "head", grad_out, "grad_out", shape=True)
+    check_like(head, "head", gate_sigmoid, "gate_sigmoid", shape=True)
 
 
 @torch.library.register_fake("fremure::gated_fusion")
 def _fake(head, tail, cond, weight, bias, temperature, lo, hi):
-    _check_op_args("fremure.gated_fusion", head,
-                   ((tail, "tail"), (cond, "cond"), (weight, "weight"), (bias, "bias")))
+    check_gated_fusion(head, tail, cond, weight, bias, temperature, lo, hi)
     return head.new_empty(head.shape), head.new_empty(head.shape)
 
 
 @torch.library.register_fake("fremure::gated_fusion_backward")
 def _fake_backward(grad_out, head, tail, cond, weight, bias, gate_sigmoid, temperature, lo, hi):
-    _check_op_args("fremure.gated_fusion_backward", head,
-                   ((grad_out, "grad_out"), (tail, "tail"), (cond, "cond"), (weight, "weight"), (bias, "bias"),
-                    (gate_sigmoid, "gate_sigmoid")))
+    check_gated_fusion_backward(grad_out, head, tail, cond, weight, bias, gate_sigmoid, temperature, lo, hi)
     grad_bias = head.new_empty(bias.shape if bias is not None else (0,))
     return (head.new_empty(head.shape), head.new_empty(head.shape), cond.new_empty(cond.shape),
             weight.new_empty(weight.shape), grad_bias)

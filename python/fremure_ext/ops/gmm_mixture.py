@@ -8,8 +8,8 @@ import torch
 
 from .. import reference as _reference
 from ..dispatch import compiled
-from ._common import check_float, check_ndim, check_same
-from ._heads_common import check_activation, check_noise_or_seed, fake_check_devices
+from ._common import check_float, check_like, check_shape
+from ._heads_common import check_head_args, check_head_types
 
 __all__ = ["gmm_mixture"]
 
@@ -48,40 +48,54 @@ def gmm_mixture(mu: torch.Tensor, var_raw: torch.Tensor, pi_logit: torch.Tensor,
         Differentiable in mu, var_raw, pi_logit and tau (aleatoric too; detach it for the
         published head's no-grad uncertainty). NaN/inf inputs raise (checked in the kernel).
     """
-    check_float(mu, "mu")
-    check_ndim(mu, 3, "mu", "[K, B, C]")
-    for t, name in ((var_raw, "var_raw"), (pi_logit, "pi_logit")):
+    for t, name in ((mu, "mu"), (var_raw, "var_raw"), (pi_logit, "pi_logit")):
         check_float(t, name)
-        check_same(mu, "mu", t, name)
-        if t.shape != mu.shape:
-            raise ValueError(f"{name} must have mu's shape [K, B, C] = {tuple(mu.shape)}, got {tuple(t.shape)}")
-    if mu.shape[0] < 1:
-        raise ValueError(f"mu must have at least one component (K >= 1), got shape {tuple(mu.shape)}")
     if isinstance(tau, (int, float)) and not isinstance(tau, bool):
         tau = torch.tensor(float(tau), dtype=mu.dtype, device=mu.device)
     check_float(tau, "tau")
-    check_same(mu, "mu", tau, "tau", dtype=False)
-    if tau.numel() != 1 or tau.dim() > 1:
-        raise ValueError(f"tau must be a scalar tensor (0-dim or [1]), got shape {tuple(tau.shape)}")
-    seed = check_noise_or_seed(noise, seed, mu, "mu", tuple(mu.shape), "[K, B, C]")
-    check_activation(activation)
-    var_eps, var_floor, var_ceiling = float(var_eps), float(var_floor), float(var_ceiling)
+    seed = check_head_types(noise, seed, activation)
+    args = (mu, var_raw, pi_logit, tau, noise, seed, float(var_eps), float(var_floor), float(var_ceiling), activation,
+            bool(uncertainty))
+    if not compiled("gmm_mixture", mu.device):
+        check_gmm_mixture(*args)
+        return _reference.gmm_mixture(*args)
+    pred, aleatoric = torch.ops.fremure.gmm_mixture(*args)
+    return (pred, aleatoric) if uncertainty else pred
+
+
+def check_gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation,
+                      uncertainty=False) -> None:
+    """What the C++ kernel checks, for the paths without one: the fake kernel, the Triton launcher
+    and the reference fallback (device, dtype, shape and argument values; no tensor data read)."""
+    check_float(mu, "mu")
+    check_shape(mu.dim() == 3 and mu.shape[0] >= 1, "mu", "[K, B, C] with K >= 1", mu)
+    check_like(mu, "mu", var_raw, "var_raw", shape=True)
+    check_like(mu, "mu", pi_logit, "pi_logit", shape=True)
+    check_float(tau, "tau")
+    check_like(mu, "mu", tau, "tau", dtype=False)
+    check_shape(tau.numel() == 1 and tau.dim() <= 1, "tau", "a scalar tensor (0-dim or [1])", tau)
+    check_head_args(mu, noise, seed, mu.shape, "[K, B, C]", activation)
     if not (math.isfinite(var_eps) and var_eps >= 0):
         raise ValueError(f"var_eps must be finite and >= 0, got {var_eps}")
     if not (math.isfinite(var_floor) and math.isfinite(var_ceiling) and 0 < var_floor <= var_ceiling):
         raise ValueError(f"var_floor and var_ceiling must satisfy 0 < var_floor <= var_ceiling, "
                          f"got {var_floor} and {var_ceiling}")
-    if not compiled("gmm_mixture", mu.device):
-        return _reference.gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling,
-                                      activation, bool(uncertainty))
-    pred, aleatoric = torch.ops.fremure.gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
-                                                    var_ceiling, activation, bool(uncertainty))
-    return (pred, aleatoric) if uncertainty else pred
+
+
+def check_gmm_mixture_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps,
+                               var_floor, var_ceiling, activation) -> None:
+    check_gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation)
+    check_like(mu, "mu", grad_pred, "grad_pred")
+    check_shape(grad_pred.shape == mu.shape[1:], "grad_pred", f"[B, C] = {tuple(mu.shape[1:])}", grad_pred)
+    check_like(mu, "mu", grad_aleatoric, "grad_aleatoric")
+    if grad_aleatoric is not None and grad_aleatoric.numel() != 0:
+        check_shape(grad_aleatoric.shape == mu.shape[1:], "grad_aleatoric", f"[B, C] = {tuple(mu.shape[1:])}",
+                    grad_aleatoric)
 
 
 @torch.library.register_fake("fremure::gmm_mixture")
 def _fake(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation, uncertainty):
-    fake_check_devices("gmm_mixture", mu, "mu", var_raw=var_raw, pi_logit=pi_logit, tau=tau, noise=noise)
+    check_gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation)
     _, b, c = mu.shape
     pred = mu.new_empty((b, c))
     aleatoric = mu.new_empty((b, c)) if uncertainty else mu.new_empty((0,))
@@ -91,8 +105,8 @@ def _fake(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceili
 @torch.library.register_fake("fremure::gmm_mixture_backward")
 def _fake_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
                    var_ceiling, activation):
-    fake_check_devices("gmm_mixture_backward", mu, "mu", grad_pred=grad_pred, grad_aleatoric=grad_aleatoric,
-                       var_raw=var_raw, pi_logit=pi_logit, tau=tau, noise=noise)
+    check_gmm_mixture_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps,
+                               var_floor, var_ceiling, activation)
     return (
         mu.new_empty(mu.shape),
         mu.new_empty(mu.shape),

@@ -9,7 +9,7 @@ import torch
 
 from .. import reference as _reference
 from ..dispatch import compiled
-from ._common import check_float, check_ndim, check_same, check_seed, check_tensor
+from ._common import check_float, check_like, check_number, check_seed, check_shape, check_tensor
 
 __all__ = ["segment_attention"]
 
@@ -32,7 +32,7 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
             stride in the last dimension (e.g. slices of a fused qkv projection) are read in place.
         segment_offsets: ``[S + 1]`` int64 (or int32) CSR boundaries: ``offsets[0] == 0``,
             nondecreasing, ``offsets[-1] == T``; empty segments are allowed. Values are checked by
-            the kernel (RuntimeError naming ``segment_offsets``).
+            the kernel (ValueError naming ``segment_offsets``).
         scale: score scale, default ``1 / sqrt(Dh)``.
         dropout_p: probability in ``[0, 1)`` of dropping each attention probability, as
             ``nn.MultiheadAttention(dropout=p)`` in training: ``out = (P * M / (1 - p)) V`` with
@@ -54,32 +54,24 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
         (``torch.ops.fremure.segment_attention``), not returned here; it is the log-sum-exp of
         the undropped scores.
     """
-    _check_inputs(q, k, v, segment_offsets)
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        check_float(t, name)
+    check_tensor(segment_offsets, "segment_offsets")
     if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    dropout_p = _check_dropout_p(dropout_p)
-    if dropout_p == 0.0:
-        if seed is not None:
-            check_seed(seed)
-        if not compiled("segment_attention", q.device):
-            return _reference.segment_attention(q, k, v, segment_offsets, float(scale))
-        return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale))[0]
-    seed = _draw_seed() if seed is None else check_seed(seed)
+        # 1 / sqrt(Dh); a q without a head dimension gets a stand-in and is rejected by the check
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.dim() and q.shape[-1] else 1.0
+    else:
+        check_number(scale, "scale")
+    check_number(dropout_p, "dropout_p")
+    args = (q, k, v, segment_offsets, float(scale))
+    if dropout_p != 0.0:  # NaN included: the checks reject it
+        args += (float(dropout_p), _draw_seed() if seed is None else check_seed(seed))
+    elif seed is not None:
+        check_seed(seed)
     if not compiled("segment_attention", q.device):
-        return _reference.segment_attention(q, k, v, segment_offsets, float(scale), dropout_p, seed)
-    return torch.ops.fremure.segment_attention(q, k, v, segment_offsets, float(scale), dropout_p, seed)[0]
-
-
-def _check_dropout_p(dropout_p: object) -> float:
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
-    if not 0.0 <= dropout_p < 1.0:  # also rejects NaN
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    return float(dropout_p)
+        check_segment_attention(*args)
+        return _reference.segment_attention(*args)
+    return torch.ops.fremure.segment_attention(*args)[0]
 
 
 def _draw_seed() -> int:
@@ -87,71 +79,44 @@ def _draw_seed() -> int:
     return int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64))
 
 
-def _check_inputs(q, k, v, segment_offsets) -> None:
-    """Metadata checks (no data read): TypeError for a wrong type or dtype, ValueError else."""
+def check_segment_attention(q, k, v, segment_offsets, scale, dropout_p=0.0, seed=None) -> None:
+    """What the C++ kernel checks, for the paths without one: the fake kernel, the Triton launcher
+    and the reference fallback (device, dtype, shape and argument values; no tensor data read)."""
     check_float(q, "q")
-    check_float(k, "k")
-    check_float(v, "v")
-    check_same(q, "q", k, "k")
-    check_same(q, "q", v, "v")
-    check_ndim(q, 3, "q", "[T, H, Dh]")
-    if k.shape != q.shape:
-        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
-    if v.shape != q.shape:
-        raise ValueError(f"v must have the shape of q {tuple(q.shape)}, got {tuple(v.shape)}")
-    if q.shape[1] < 1 or q.shape[2] < 1:
-        raise ValueError(f"q must have H >= 1 heads and a head dimension Dh >= 1, got shape {tuple(q.shape)}")
-    check_tensor(segment_offsets, "segment_offsets")
-    check_same(q, "q", segment_offsets, "segment_offsets", dtype=False)
+    check_shape(q.dim() == 3 and q.shape[1] >= 1 and q.shape[2] >= 1, "q", "[T, H, Dh] with H >= 1 and Dh >= 1", q)
+    check_like(q, "q", k, "k", shape=True)
+    check_like(q, "q", v, "v", shape=True)
+    check_like(q, "q", segment_offsets, "segment_offsets", dtype=False)
     if segment_offsets.dtype not in _INDEX_DTYPES:
         raise TypeError(f"segment_offsets must be an int64 (or int32) tensor, got {segment_offsets.dtype}")
-    if segment_offsets.dim() != 1 or segment_offsets.shape[0] < 1:
-        raise ValueError(f"segment_offsets must be a 1-D tensor [S + 1] with at least one element, "
-                         f"got shape {tuple(segment_offsets.shape)}")
+    check_shape(segment_offsets.dim() == 1 and segment_offsets.shape[0] >= 1, "segment_offsets",
+                "a 1-D tensor [S + 1] with at least one element", segment_offsets)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if not 0.0 <= dropout_p < 1.0:  # also rejects NaN
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0.0 and seed is None:
+        raise ValueError("seed must be given when dropout_p > 0 (got None)")
 
 
-def _check_fake(op: str, check, *args) -> None:
-    """Runs a metadata check inside a fake kernel; the error is a RuntimeError as from the C++ kernel.
-
-    The fake kernel is also what runs when the inputs mix a real device with "meta", so it must
-    reject what the real kernel rejects instead of returning uninitialised memory.
-    """
-    try:
-        check(*args)
-    except (TypeError, ValueError) as err:
-        raise RuntimeError(f"fremure.{op}: {err}") from err
-
-
-def _check_backward_inputs(grad_out, q, k, v, out, lse, segment_offsets) -> None:
-    _check_inputs(q, k, v, segment_offsets)
-    for name, t in (("grad_out", grad_out), ("out", out)):
-        check_float(t, name)
-        check_same(q, "q", t, name)
-        if t.shape != q.shape:
-            raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
-    check_tensor(lse, "lse")
-    check_same(q, "q", lse, "lse", dtype=False)
+def check_segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale, dropout_p=0.0,
+                                     seed=None) -> None:
+    check_segment_attention(q, k, v, segment_offsets, scale, dropout_p, seed)
+    check_like(q, "q", grad_out, "grad_out", shape=True)
+    check_like(q, "q", out, "out", shape=True)
+    check_like(q, "q", lse, "lse", dtype=False)
     if lse.dtype != _lse_dtype(q.dtype):
         raise TypeError(f"lse must have dtype {_lse_dtype(q.dtype)} for {q.dtype} inputs, got {lse.dtype}")
-    if lse.shape != q.shape[:2]:
-        raise ValueError(f"lse must have shape {tuple(q.shape[:2])}, got {tuple(lse.shape)}")
+    check_shape(lse.shape == q.shape[:2], "lse", f"[T, H] = {tuple(q.shape[:2])}", lse)
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _check_dropout_args(dropout_p, seed) -> None:
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if dropout_p > 0.0 and seed is None:
-        raise ValueError("seed must be given when dropout_p > 0 (got None)")
-
-
 @torch.library.register_fake("fremure::segment_attention")
 def _fake(q, k, v, segment_offsets, scale, dropout_p=0.0, seed=None):
-    _check_fake("segment_attention", _check_inputs, q, k, v, segment_offsets)
-    _check_fake("segment_attention", _check_dropout_args, dropout_p, seed)
+    check_segment_attention(q, k, v, segment_offsets, scale, dropout_p, seed)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
     return out, lse
@@ -159,8 +124,7 @@ def _fake(q, k, v, segment_offsets, scale, dropout_p=0.0, seed=None):
 
 @torch.library.register_fake("fremure::segment_attention_backward")
 def _fake_backward(grad_out, q, k, v, out, lse, segment_offsets, scale, dropout_p=0.0, seed=None):
-    _check_fake("segment_attention_backward", _check_backward_inputs, grad_out, q, k, v, out, lse, segment_offsets)
-    _check_fake("segment_attention_backward", _check_dropout_args, dropout_p, seed)
+    check_segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale, dropout_p, seed)
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 

@@ -20,11 +20,12 @@ import torch
 
 from .. import reference as _reference
 from ..dispatch import compiled
-from ._common import check_float, check_ndim, check_same, check_tensor
+from ._common import check_float, check_like, check_number, check_shape, check_tensor
 
 __all__ = ["WindowPack", "window_count", "window_pack", "window_unpack", "UNPACK_MODES"]
 
 UNPACK_MODES = ("latter", "mean", "weighted", "sum")
+_INT = (int, torch.SymInt)
 
 
 class WindowPack(NamedTuple):
@@ -39,34 +40,17 @@ class WindowPack(NamedTuple):
 def window_count(num_frames: int, window: int, stride: int) -> int:
     """Number of windows :func:`window_pack` makes over ``num_frames`` frames (0 if fewer than
     ``window`` frames; the rule: :func:`fremure_ext.reference.window.window_count`)."""
-    _check_window_args(window, stride)
+    check_number(window, "window", _INT)
+    check_number(stride, "stride", _INT)
+    _check_window_stride(window, stride)
     return _reference.window.window_count(num_frames, window, stride)
 
 
-def _check_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
-
-
-def _check_window_args(window: object, stride: object) -> None:
-    _check_int(window, "window")
-    _check_int(stride, "stride")
+def _check_window_stride(window, stride) -> None:
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-
-
-def _check_mode(mode: object) -> str:
-    if not isinstance(mode, str) or mode not in UNPACK_MODES:
-        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in UNPACK_MODES)}, got {mode!r}")
-    return mode
-
-
-def _eager_cpu(t: torch.Tensor) -> bool:
-    """Value checks run eagerly on CPU only (elsewhere they would synchronise or be data-dependent)."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def window_pack(x: torch.Tensor, frame_offsets: torch.Tensor, window: int, stride: int = 1,
@@ -95,26 +79,13 @@ def window_pack(x: torch.Tensor, frame_offsets: torch.Tensor, window: int, strid
         Differentiable in ``x`` (the index outputs are not differentiable).
     """
     check_float(x, "x")
-    check_ndim(x, 2, "x", "[N, D]")
     check_tensor(frame_offsets, "frame_offsets")
-    check_same(x, "x", frame_offsets, "frame_offsets", dtype=False)
-    if frame_offsets.dtype != torch.int64:
-        raise TypeError(f"frame_offsets must be an int64 tensor, got {frame_offsets.dtype}")
-    if frame_offsets.dim() != 1 or frame_offsets.shape[0] < 1:
-        raise ValueError(f"frame_offsets must be [num_frames + 1] (1 dimension, at least one value), "
-                         f"got shape {tuple(frame_offsets.shape)}")
-    _check_window_args(window, stride)
+    check_number(window, "window", _INT)
+    check_number(stride, "stride", _INT)
     if not isinstance(padded, bool):
         raise TypeError(f"padded must be a bool, got {type(padded).__name__}")
-    if _eager_cpu(frame_offsets):
-        if int(frame_offsets[0]) != 0:
-            raise ValueError(f"frame_offsets[0] must be 0, got {int(frame_offsets[0])}")
-        if frame_offsets.shape[0] > 1 and bool((frame_offsets[1:] < frame_offsets[:-1]).any()):
-            raise ValueError("frame_offsets must be nondecreasing")
-        if int(frame_offsets[-1]) != x.shape[0]:
-            raise ValueError(f"frame_offsets[-1] must equal the number of rows of x ({x.shape[0]}), "
-                             f"got {int(frame_offsets[-1])}")
     if not compiled("window_pack", x.device):
+        check_window_pack(x, frame_offsets, window, stride)
         return WindowPack(*_reference.window_pack(x, frame_offsets, window, stride, padded))
     return WindowPack(*torch.ops.fremure.window_pack(x, frame_offsets, window, stride, padded))
 
@@ -140,41 +111,72 @@ def window_unpack(y: torch.Tensor, src_index: torch.Tensor, weights: torch.Tenso
         ``[num_rows, D]``; rows no window holds are 0. Differentiable in ``y`` and ``weights``.
     """
     check_float(y, "y")
-    if y.dim() not in (2, 3):
-        raise ValueError(f"y must be [M, D] or [n_win, L, D] (2 or 3 dimensions), got shape {tuple(y.shape)}")
     check_tensor(src_index, "src_index")
-    check_same(y, "y", src_index, "src_index", dtype=False)
+    check_number(num_rows, "num_rows", _INT)
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, got {type(mode).__name__}")
+    if mode != "weighted":
+        weights = None
+    elif weights is not None:
+        check_float(weights, "weights")
+    if not compiled("window_unpack", y.device):
+        check_window_unpack(y, src_index, weights, num_rows, mode)
+        return _reference.window_unpack(y, src_index, weights, num_rows, mode)
+    return torch.ops.fremure.window_unpack(y, src_index, weights, num_rows, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the C++ kernels check, for the paths without one: the fake kernels and the reference fallback
+# (device, dtype, shape and argument values; the values of offsets, indices and weights are read by
+# the kernels alone).
+
+
+def check_window_pack(x, frame_offsets, window, stride) -> None:
+    check_float(x, "x")
+    check_shape(x.dim() == 2, "x", "[N, D] (2 dimensions)", x)
+    _check_window_stride(window, stride)
+    check_like(x, "x", frame_offsets, "frame_offsets", dtype=False)
+    if frame_offsets.dtype != torch.int64:
+        raise TypeError(f"frame_offsets must be an int64 tensor, got {frame_offsets.dtype}")
+    check_shape(frame_offsets.dim() == 1 and frame_offsets.shape[0] >= 1, "frame_offsets",
+                "a 1-D tensor [num_frames + 1]", frame_offsets)
+
+
+def _check_packed(y, src_index, num_rows, y_name: str) -> None:
+    """y [M, D] or [n_win, L, D]; src_index int64 of y's shape without D; num_rows >= 0."""
+    check_float(y, y_name)
+    check_shape(y.dim() in (2, 3), y_name, "[M, D] or [n_win, L, D] (2 or 3 dimensions)", y)
+    check_like(y, y_name, src_index, "src_index", dtype=False)
     if src_index.dtype != torch.int64:
         raise TypeError(f"src_index must be an int64 tensor, got {src_index.dtype}")
-    if src_index.shape != y.shape[:-1]:
-        raise ValueError(f"src_index must have shape {tuple(y.shape[:-1])} (y without its last dimension), "
-                         f"got {tuple(src_index.shape)}")
-    _check_int(num_rows, "num_rows")
+    check_shape(src_index.shape == y.shape[:-1], "src_index",
+                f"{tuple(y.shape[:-1])} ({y_name} without its last dimension)", src_index)
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
-    _check_mode(mode)
+
+
+def _check_mode(y, src_index, weights, mode) -> None:
+    if mode not in UNPACK_MODES:
+        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in UNPACK_MODES)}, got {mode!r}")
     if mode == "weighted":
         if weights is None:
             raise ValueError("weights must be given in mode 'weighted'")
-        check_float(weights, "weights")
-        check_same(y, "y", weights, "weights")
-        if weights.shape != src_index.shape:
-            raise ValueError(f"weights must have the shape of src_index {tuple(src_index.shape)}, "
-                             f"got {tuple(weights.shape)}")
-        if _eager_cpu(weights) and weights.numel() > 0:
-            if not bool(torch.isfinite(weights).all()):
-                raise ValueError("weights contains NaN or inf")
-            if bool((weights < 0).any()):
-                raise ValueError("weights must be >= 0")
-    else:
-        weights = None
-    if _eager_cpu(src_index) and src_index.numel() > 0:
-        lo, hi = int(src_index.min()), int(src_index.max())
-        if lo < -1 or hi >= num_rows:
-            raise ValueError(f"src_index values must be in [-1, num_rows = {num_rows}), got min {lo}, max {hi}")
-    if not compiled("window_unpack", y.device):
-        return _reference.window_unpack(y, src_index, weights, num_rows, mode)
-    return torch.ops.fremure.window_unpack(y, src_index, weights, num_rows, mode)
+        check_like(y, "y", weights, "weights")
+        check_shape(weights.shape == src_index.shape, "weights", f"the shape of src_index {tuple(src_index.shape)}",
+                    weights)
+
+
+def check_window_unpack(y, src_index, weights, num_rows, mode) -> None:
+    _check_packed(y, src_index, num_rows, "y")
+    _check_mode(y, src_index, weights, mode)
+
+
+def check_window_unpack_backward(grad_out, y, src_index, weights, mode) -> None:
+    check_shape(grad_out.dim() == 2, "grad_out", "[num_rows, D] (2 dimensions)", grad_out)
+    _check_packed(y, src_index, grad_out.shape[0], "y")
+    check_like(y, "y", grad_out, "grad_out")
+    check_shape(grad_out.shape[1] == y.shape[-1], "grad_out", f"[num_rows, {y.shape[-1]}]", grad_out)
+    _check_mode(y, src_index, weights, mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,30 +187,13 @@ def window_unpack(y: torch.Tensor, src_index: torch.Tensor, weights: torch.Tenso
 # so one graph serves videos shorter than the window (no windows) as well as longer ones.
 
 
-def _fake_same_device(op, ref, ref_name, t, name):
-    # Mixed devices (e.g. one meta tensor) dispatch here rather than to a real kernel.
-    if t.device != ref.device:
-        raise RuntimeError(f"fremure.{op}: {name} must be on the same device as {ref_name} ({ref.device}), "
-                           f"got {t.device}")
-
-
-def _fake_check_mode(op, mode, weights):
-    if mode not in UNPACK_MODES:
-        raise RuntimeError(f"fremure.{op}: mode must be one of {', '.join(repr(m) for m in UNPACK_MODES)}, "
-                           f"got {mode!r}")
-    if mode == "weighted" and weights is None:
-        raise RuntimeError(f"fremure.{op}: weights must be given in mode 'weighted'")
-
-
 @torch.library.register_fake("fremure::window_pack")
 def _pack_fake(x, frame_offsets, window, stride, padded):
-    _fake_same_device("window_pack", x, "x", frame_offsets, "frame_offsets")
-    if window < 1 or stride < 1:
-        raise RuntimeError(f"fremure.window_pack: window and stride must be >= 1, got {window}, {stride}")
+    check_window_pack(x, frame_offsets, window, stride)
     ctx = torch.library.get_ctx()
     num_frames = frame_offsets.shape[0] - 1
     if isinstance(num_frames, int):
-        n_offsets = window_count(num_frames, window, stride) + 1
+        n_offsets = _reference.window.window_count(num_frames, window, stride) + 1
     else:
         # The fresh size must be an output dimension as it is (not n + 1) for the tracer to bind it.
         n_offsets = ctx.new_dynamic_size(min=1)
@@ -228,21 +213,19 @@ def _pack_fake(x, frame_offsets, window, stride, padded):
 
 @torch.library.register_fake("fremure::window_pack_backward")
 def _pack_backward_fake(grad_out, src_index, num_rows):
-    _fake_same_device("window_pack_backward", grad_out, "grad_out", src_index, "src_index")
+    _check_packed(grad_out, src_index, num_rows, "grad_out")
     return grad_out.new_empty((num_rows, grad_out.shape[-1]))
 
 
 @torch.library.register_fake("fremure::window_unpack")
 def _unpack_fake(y, src_index, weights, num_rows, mode):
-    _fake_same_device("window_unpack", y, "y", src_index, "src_index")
-    _fake_check_mode("window_unpack", mode, weights)
+    check_window_unpack(y, src_index, weights, num_rows, mode)
     return y.new_empty((num_rows, y.shape[-1]))
 
 
 @torch.library.register_fake("fremure::window_unpack_backward")
 def _unpack_backward_fake(grad_out, y, src_index, weights, mode):
-    _fake_same_device("window_unpack_backward", y, "y", src_index, "src_index")
-    _fake_check_mode("window_unpack_backward", mode, weights)
+    check_window_unpack_backward(grad_out, y, src_index, weights, mode)
     grad_y = grad_out.new_empty(y.shape)
     grad_w = grad_out.new_empty(weights.shape) if mode == "weighted" else grad_out.new_empty((0,))
     return grad_y, grad_w

@@ -9,16 +9,9 @@ import torch.nn.functional as F
 __all__ = ["gated_fusion"]
 
 
-def gated_fusion(
-    head: torch.Tensor,
-    tail: torch.Tensor,
-    cond: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    temperature: float = 1.5,
-    lo: float = 0.02,
-    hi: float = 0.98,
-) -> torch.Tensor:
+def gated_fusion(head: torch.Tensor, tail: torch.Tensor, cond: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None, temperature: float = 1.5, lo: float = 0.02,
+                 hi: float = 0.98) -> torch.Tensor:
     """Reference of :func:`fremure_ext.gated_fusion`.
 
     head, tail: ``[N, D]``; cond: ``[Dc]`` (broadcast to every row) or ``[N, Dc]``;

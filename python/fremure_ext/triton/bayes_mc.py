@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.bayes_mc import check_bayes_mc, check_bayes_mc_backward
 from . import next_power_of_2
 from .class_tiles import activation, activation_backward, class_tile, sample_noise
 
@@ -71,6 +72,7 @@ def _launch_args(mu: torch.Tensor) -> tuple[int, int, int, int]:
 
 def bayes_mc_forward(mu, logvar, noise, seed, samples, activation):
     """mu, logvar: [B, C]; noise: [S, B, C] or None; seed: int or None -> [B, C] (mu's dtype)."""
+    check_bayes_mc(mu, logvar, noise, seed, samples, activation)
     mu, logvar = mu.contiguous(), logvar.contiguous()
     noise = noise.contiguous() if noise is not None else mu
     B, C, block_b, block_c = _launch_args(mu)
@@ -86,6 +88,7 @@ def bayes_mc_forward(mu, logvar, noise, seed, samples, activation):
 
 def bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation):
     """Gradients (d_mu, d_logvar), each [B, C], recomputing (or regenerating) the noise."""
+    check_bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation)
     has_noise = noise is not None
     mu, logvar, grad_out = mu.contiguous(), logvar.contiguous(), grad_out.contiguous()
     noise = noise.contiguous() if has_noise else mu

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..ops.gated_fusion import check_gated_fusion, check_gated_fusion_backward
 from . import next_power_of_2
 
 LN_EPS = 1e-5
@@ -160,6 +161,7 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
 def gated_fusion_forward(head, tail, cond, weight, bias, temperature, lo, hi):
     """head, tail: [N, D]; cond: [Dc] or [N, Dc]; weight: [D, 2D+Dc]; bias: [D] or None.
     Returns (out [N, D], gate_sigmoid [N, D]) in head's dtype."""
+    check_gated_fusion(head, tail, cond, weight, bias, temperature, lo, hi)
     head, tail, weight = head.contiguous(), tail.contiguous(), weight.contiguous()
     n, d = head.shape
     out, sig = torch.empty_like(head), torch.empty_like(head)
@@ -177,6 +179,7 @@ def gated_fusion_forward(head, tail, cond, weight, bias, temperature, lo, hi):
 
 def gated_fusion_backward(grad_out, head, tail, cond, weight, bias, gate_sigmoid, temperature, lo, hi):
     """Gradients (head, tail, cond, weight, bias); the bias gradient is empty when bias is None."""
+    check_gated_fusion_backward(grad_out, head, tail, cond, weight, bias, gate_sigmoid, temperature, lo, hi)
     if gate_sigmoid is None:
         _, gate_sigmoid = gated_fusion_forward(head, tail, cond, weight, bias, temperature, lo, hi)
     head, tail, weight = head.contiguous(), tail.contiguous(), weight.contiguous()

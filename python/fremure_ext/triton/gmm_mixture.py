@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.gmm_mixture import check_gmm_mixture, check_gmm_mixture_backward
 from . import next_power_of_2
 from .class_tiles import activation, activation_backward, class_tile, sample_noise
 
@@ -142,6 +143,7 @@ def _blocks(C: int) -> tuple[int, int]:
 def gmm_mixture_forward(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation,
                         uncertainty):
     """mu, var_raw, pi_logit: [K, B, C]; tau: 0-dim or [1] -> (pred [B, C], aleatoric [B, C] or empty)."""
+    check_gmm_mixture(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling, activation)
     mode = _mode(noise, seed)
     mu, var_raw, pi_logit = mu.contiguous(), var_raw.contiguous(), pi_logit.contiguous()
     K, B, C = mu.shape
@@ -165,6 +167,8 @@ def gmm_mixture_forward(mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_fl
 def gmm_mixture_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor,
                          var_ceiling, activation):
     """Gradients (mu, var_raw, pi_logit, tau), regenerating the noise in seed mode."""
+    check_gmm_mixture_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps,
+                               var_floor, var_ceiling, activation)
     mode = _mode(noise, seed)
     mu, var_raw, pi_logit = mu.contiguous(), var_raw.contiguous(), pi_logit.contiguous()
     K, B, C = mu.shape

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.segment_attention import check_segment_attention, check_segment_attention_backward
 from . import next_power_of_2
 
 
@@ -179,18 +180,15 @@ def _config(dtype: torch.dtype, dh: int) -> dict:
 def _dropout_args(dropout_p, seed) -> dict:
     """Kernel arguments of the dropout; the seed as its unsigned 64-bit pattern (what Philox keys on)."""
     dropout_p = float(dropout_p)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_p == 0.0:
         return dict(seed=0, dropout_p=0.0, keep_scale=1.0, DROPOUT=False)
-    if seed is None:
-        raise ValueError("seed must be given when dropout_p > 0 (got None)")
     return dict(seed=int(seed) & (2**64 - 1), dropout_p=dropout_p, keep_scale=1.0 / (1.0 - dropout_p), DROPOUT=True)
 
 
 def segment_attention_forward(q, k, v, segment_offsets, scale, dropout_p=0.0, seed=None):
     """q, k, v: [T, H, Dh]; segment_offsets: int64 [S+1] -> (out [T, H, Dh], lse [T, H] float32);
     dropout_p > 0 drops attention probabilities with the keep-mask of ``seed``."""
+    check_segment_attention(q, k, v, segment_offsets, scale, dropout_p, seed)
     drop = _dropout_args(dropout_p, seed)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     T, H, Dh = q.shape
@@ -209,6 +207,7 @@ def segment_attention_forward(q, k, v, segment_offsets, scale, dropout_p=0.0, se
 def segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale, dropout_p=0.0, seed=None):
     """Gradients (dq, dk, dv), each [T, H, Dh], recomputing probabilities from q, k and lse (and
     the dropout keep-mask from ``seed``)."""
+    check_segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, scale, dropout_p, seed)
     drop = _dropout_args(dropout_p, seed)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
