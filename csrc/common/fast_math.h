@@ -144,30 +144,21 @@ FREMURE_HD_INLINE float cos_f32(float x) {
 // Generic front ends: float goes through the versions above, double through the standard library.
 template <typename T>
 FREMURE_HD_INLINE T exp(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return exp_f32(x);
-  } else {
-    return std::exp(x);
-  }
+  if constexpr (std::is_same_v<T, float>) return exp_f32(x);
+  else return std::exp(x);
 }
 
 template <typename T>
 FREMURE_HD_INLINE T log(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return log_f32(x);
-  } else {
-    return std::log(x);
-  }
+  if constexpr (std::is_same_v<T, float>) return log_f32(x);
+  else return std::log(x);
 }
 
 template <typename T>
 FREMURE_HD_INLINE T sqrt(T x) {
 #if defined(__GNUC__) && !defined(__CUDA_ARCH__)
-  if constexpr (std::is_same_v<T, float>) {
-    return __builtin_sqrtf(x);
-  } else {
-    return __builtin_sqrt(x);
-  }
+  if constexpr (std::is_same_v<T, float>) return __builtin_sqrtf(x);
+  else return __builtin_sqrt(x);
 #else
   return std::sqrt(x);
 #endif
@@ -175,11 +166,8 @@ FREMURE_HD_INLINE T sqrt(T x) {
 
 template <typename T>
 FREMURE_HD_INLINE T log1p(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return log1p_f32(x);
-  } else {
-    return std::log1p(x);
-  }
+  if constexpr (std::is_same_v<T, float>) return log1p_f32(x);
+  else return std::log1p(x);
 }
 
 }  // namespace fm

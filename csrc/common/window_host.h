@@ -80,10 +80,11 @@ inline void check_weights(const at::Tensor& y, const at::Tensor& src_index, cons
                     ": weights must have the shape of src_index ", src_index.sizes(), ", got ", weights->sizes());
 }
 
-// window_unpack_backward: grad_out [num_rows, D] with y's D, dtype and device.
-inline void check_unpack_backward(const at::Tensor& grad_out, const at::Tensor& y, const at::Tensor& src_index,
-                                  const std::optional<at::Tensor>& weights, UnpackMode mode) {
+// window_unpack_backward: grad_out [num_rows, D] with y's D, dtype and device; returns the mode.
+inline UnpackMode check_unpack_backward(const at::Tensor& grad_out, const at::Tensor& y, const at::Tensor& src_index,
+                                        const std::optional<at::Tensor>& weights, c10::string_view mode_name) {
   const char* op = "window_unpack_backward";
+  const UnpackMode mode = parse_mode(mode_name, op);
   TORCH_CHECK_VALUE(grad_out.dim() == 2, "fremure.", op, ": grad_out must be [num_rows, D] (2 dimensions), got shape ",
                     grad_out.sizes());
   check_packed(y, src_index, grad_out.size(0), op, "y");
@@ -91,6 +92,7 @@ inline void check_unpack_backward(const at::Tensor& grad_out, const at::Tensor& 
   TORCH_CHECK_VALUE(grad_out.size(1) == y.size(-1), "fremure.", op, ": grad_out must have ", y.size(-1),
                     " columns (the last dimension of y), got shape ", grad_out.sizes());
   if (mode == UnpackMode::kWeighted) check_weights(y, src_index, weights, op);
+  return mode;
 }
 
 // Their values, finite and >= 0 (CPU only: on CUDA reading them would synchronise).

@@ -3,7 +3,9 @@
 // Chunks of whole rows are unpacked into float lanes; the S samples are visited one after the
 // other with per-sample lane buffers, so S x B x C is never materialised. In seed mode the noise
 // of a sample is drawn straight into its lane buffer (Philox, common/philox.h) and redrawn by
-// the backward. The kernels are compiled once per vector ISA (cpu/cpu_isa.h); the op, once.
+// the backward. The kernels are compiled once per vector ISA (cpu/cpu_isa.h); the op, once. CMake
+// compiles this file with -fno-trapping-math: GCC only if-converts (and so vectorises) the
+// branch-free floating-point selects of the lane loops with trapping math off.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -16,13 +18,6 @@
 #include <vector>
 
 #include "common/checks.h"
-
-// Branch-free selects only vectorise with trapping math off (see cpu/head_lanes.h).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-#endif
-
 #include "cpu/bayes_mc.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/head_lanes.h"
@@ -322,7 +317,3 @@ TORCH_LIBRARY_IMPL(fremure, CPU, m) {
 }
 #endif  // FREMURE_CPU_BASELINE
 }  // namespace fremure
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif

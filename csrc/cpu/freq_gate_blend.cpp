@@ -82,7 +82,7 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
       for (int64_t j = 0; j < D; ++j) xhat[j] = ln_normalise<acc_t>(acc_t(xr[j]), mean, rstd);
       acc_t sum_dxhat, sum_dxhat_xhat;
       lane_sum2<acc_t>(D, [&](int64_t j, acc_t& a, acc_t& b) {
-        const acc_t dxh = freq_gate_blend_dxhat<acc_t>(acc_t(dyr[j]), acc_t(gr[j]));
+        const acc_t dxh = blend_grad_to<acc_t>(acc_t(dyr[j]), acc_t(gr[j]));
         a += dxh;
         b += dxh * xhat[j];
       }, sum_dxhat, sum_dxhat_xhat);
@@ -92,8 +92,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const scalar_t* gate, 
       for (int64_t j = 0; j < D; ++j) {
         const acc_t d = acc_t(dyr[j]);
         const acc_t g = acc_t(gr[j]);
-        const acc_t dxh = freq_gate_blend_dxhat<acc_t>(d, g);
-        dxr[j] = scalar_t(freq_gate_blend_dx_direct<acc_t>(d, g) + ln_backward<acc_t>(dxh, xhat[j], rstd, m1, m2));
+        const acc_t dxh = blend_grad_to<acc_t>(d, g);
+        dxr[j] = scalar_t(blend_grad_from<acc_t>(d, g) + ln_backward<acc_t>(dxh, xhat[j], rstd, m1, m2));
         const acc_t dg = freq_gate_blend_dgate<acc_t>(d, acc_t(xr[j]), xhat[j]);
         if constexpr (kPerRowGate) {
           dgate[r * D + j] = scalar_t(dg);

@@ -74,14 +74,11 @@ struct GateArgs {
 
 template <typename T>
 struct DlogitArgs {
-  const T* dy;      // [N, D]
-  const T* s;       // [N, D]
-  const T* head;    // raw rows, normalised here when normalise
-  const T* tail;
-  T* ht;            // [N, 2D] normalised head | tail (in, or out when normalise)
-  T* rstd_h;        // [N] (out when normalise)
-  T* rstd_t;
-  T* dz;            // [N, D] out
+  const T *dy, *s;       // [N, D] each: grad_out, pre-clamp sigmoid
+  const T *head, *tail;  // raw rows, normalised here when normalise
+  T* ht;                 // [N, 2D] normalised head | tail (in, or out when normalise)
+  T *rstd_h, *rstd_t;    // [N] each (out when normalise)
+  T* dz;                 // [N, D] out
   T* column_sums;   // [chunks, D] per-chunk partial sums of dz
   int64_t dim;
   int64_t chunks;   // rows are split into this many contiguous chunks, one partial row each
@@ -241,8 +238,8 @@ GF_INLINE void blend_grad_row(const T* __restrict dy, const T* __restrict s, con
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     const T g = gated_fusion_clamp<T>(s[j], lo, hi);
-    gh[j] = dh[j] + gated_fusion_dh_direct<T>(dy[j], g);
-    gt[j] = dt[j] + gated_fusion_dt_direct<T>(dy[j], g);
+    gh[j] = dh[j] + blend_grad_to<T>(dy[j], g);
+    gt[j] = dt[j] + blend_grad_from<T>(dy[j], g);
   }
 }
 

@@ -7,18 +7,13 @@
 
 namespace fremure {
 
-// The pre-clamp gate; 1 / (1 + exp(-x)) saturates to exactly 0 or 1 without NaN.
-template <typename Acc>
-inline Acc gated_fusion_sigmoid(Acc z, Acc temperature) {
-  return Acc(1) / (Acc(1) + std::exp(-(z / temperature)));
-}
-
 // torch.clamp semantics: NaN stays NaN.
 template <typename Acc>
 inline Acc gated_fusion_clamp(Acc s, Acc lo, Acc hi) {
   return s < lo ? lo : (s > hi ? hi : s);
 }
 
+// The blend moves t toward h by the gate: h receives blend_grad_to(dy, gate), t blend_grad_from.
 template <typename Acc>
 inline Acc gated_fusion_value(Acc h, Acc t, Acc gate) {
   return h + (Acc(1) - gate) * (t - h);
@@ -30,17 +25,6 @@ template <typename Acc>
 inline Acc gated_fusion_dlogit(Acc dy, Acc h, Acc t, Acc s, Acc lo, Acc hi, Acc temperature) {
   const bool passes = s >= lo && s <= hi;
   return passes ? dy * (h - t) * (s * (Acc(1) - s) / temperature) : Acc(0);
-}
-
-// Gradients reaching h and t directly through the blend out = gate * h + (1 - gate) * t.
-template <typename Acc>
-inline Acc gated_fusion_dh_direct(Acc dy, Acc gate) {
-  return dy * gate;
-}
-
-template <typename Acc>
-inline Acc gated_fusion_dt_direct(Acc dy, Acc gate) {
-  return dy * (Acc(1) - gate);
 }
 
 }  // namespace fremure

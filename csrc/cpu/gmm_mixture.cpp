@@ -5,7 +5,9 @@
 // (variance, sampling, activation, mixture softmax over k, mixture, uncertainty) is one loop over
 // lanes that vectorises. The backward recomputes the forward of its chunk (nothing is saved but
 // the inputs) and, in seed mode, regenerates the noise from the seed. The kernels are compiled
-// once per vector ISA (cpu/cpu_isa.h); the op, once.
+// once per vector ISA (cpu/cpu_isa.h); the op, once. CMake
+// compiles this file with -fno-trapping-math: GCC only if-converts (and so vectorises) the
+// branch-free floating-point selects of the lane loops with trapping math off.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,14 +20,6 @@
 #include <vector>
 
 #include "common/checks.h"
-
-// The lane loops below rely on branch-free selects; GCC only if-converts floating-point selects
-// when trapping math is off (see head_lanes.h). Limited to this file's own functions.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-#endif
-
 #include "cpu/gmm_mixture.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/head_lanes.h"
@@ -502,7 +496,3 @@ TORCH_LIBRARY_IMPL(fremure, CPU, m) {
 }
 #endif  // FREMURE_CPU_BASELINE
 }  // namespace fremure
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif

@@ -74,11 +74,9 @@ struct Dropout {
   bool on() const { return p > 0.0f; }
 };
 
+// What every (segment, head) pair reads besides its rows.
 template <typename T>
-struct ForwardArgs {
-  HeadRows<const T> q, k, v;
-  HeadRows<T> out;
-  T* lse;  // [T, H] contiguous
+struct PairShape {
   const int64_t* offsets;
   int64_t heads;
   int64_t dh;
@@ -87,15 +85,17 @@ struct ForwardArgs {
 };
 
 template <typename T>
-struct BackwardArgs {
+struct ForwardArgs : PairShape<T> {
+  HeadRows<const T> q, k, v;
+  HeadRows<T> out;
+  T* lse;  // [T, H] contiguous
+};
+
+template <typename T>
+struct BackwardArgs : PairShape<T> {
   HeadRows<const T> dout, q, k, v, out;
   const T* lse;
   HeadRows<T> dq, dk, dv;
-  const int64_t* offsets;
-  int64_t heads;
-  int64_t dh;
-  T scale;
-  Dropout<T> drop;
 };
 
 // Per-ISA entries: a range [begin, end) of (segment, head) pairs, forward or backward.
@@ -419,20 +419,12 @@ FREMURE_ALWAYS_INLINE void backward_range_impl(const BackwardArgs<T>& a, int64_t
 
 template <typename T>
 void forward_range(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
-  if (a.drop.on()) {
-    forward_range_impl<T, true>(a, begin, end);
-  } else {
-    forward_range_impl<T, false>(a, begin, end);
-  }
+  a.drop.on() ? forward_range_impl<T, true>(a, begin, end) : forward_range_impl<T, false>(a, begin, end);
 }
 
 template <typename T>
 void backward_range(const BackwardArgs<T>& a, int64_t begin, int64_t end) {
-  if (a.drop.on()) {
-    backward_range_impl<T, true>(a, begin, end);
-  } else {
-    backward_range_impl<T, false>(a, begin, end);
-  }
+  a.drop.on() ? backward_range_impl<T, true>(a, begin, end) : backward_range_impl<T, false>(a, begin, end);
 }
 
 template <typename T>
@@ -514,6 +506,13 @@ Dropout<T> check_dropout(const char* op, double dropout_p, const std::optional<i
   return drop;
 }
 
+template <typename T>
+PairShape<T> pair_shape(const at::Tensor& off, const Problem& p, double scale, const char* op, double dropout_p,
+                        const std::optional<int64_t>& seed) {
+  return {off.const_data_ptr<int64_t>(), p.heads, p.dh, static_cast<T>(scale),
+          check_dropout<T>(op, dropout_p, seed, p.tokens)};
+}
+
 // Pairs per task so that one task carries at least kMinTaskWork multiply-adds on average.
 int64_t grain_of(const Problem& p) {
   const int64_t pairs = p.segments * p.heads;
@@ -546,16 +545,12 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_cpu(const at::Tensor& q, co
     const at::Tensor qc = as_compute<acc_t>(q), kc = as_compute<acc_t>(k), vc = as_compute<acc_t>(v);
     at::Tensor out_acc = at::empty(q.sizes(), qc.options().memory_format(at::MemoryFormat::Contiguous));
     lse = at::empty({p.tokens, p.heads}, qc.options().memory_format(at::MemoryFormat::Contiguous));
-    const ForwardArgs<acc_t> args{rows_of<acc_t>(qc),
+    const ForwardArgs<acc_t> args{{pair_shape<acc_t>(off, p, scale, "segment_attention", dropout_p, seed)},
+                                  rows_of<acc_t>(qc),
                                   rows_of<acc_t>(kc),
                                   rows_of<acc_t>(vc),
                                   mutable_rows_of<acc_t>(out_acc),
-                                  lse.mutable_data_ptr<acc_t>(),
-                                  off.const_data_ptr<int64_t>(),
-                                  p.heads,
-                                  p.dh,
-                                  static_cast<acc_t>(scale),
-                                  check_dropout<acc_t>("segment_attention", dropout_p, seed, p.tokens)};
+                                  lse.mutable_data_ptr<acc_t>()};
     const RangeKernels<acc_t>& kernels = range_kernels<acc_t>();
     at::parallel_for(0, p.segments * p.heads, grain_of(p),
                      [&](int64_t begin, int64_t end) { kernels.forward(args, begin, end); });
@@ -594,7 +589,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
     const auto opts = qc.options().memory_format(at::MemoryFormat::Contiguous);
     at::Tensor dq_acc = at::empty(q.sizes(), opts), dk_acc = at::empty(q.sizes(), opts),
                dv_acc = at::empty(q.sizes(), opts);
-    const BackwardArgs<acc_t> args{rows_of<acc_t>(gc),
+    const BackwardArgs<acc_t> args{{pair_shape<acc_t>(off, p, scale, op, dropout_p, seed)},
+                                   rows_of<acc_t>(gc),
                                    rows_of<acc_t>(qc),
                                    rows_of<acc_t>(kc),
                                    rows_of<acc_t>(vc),
@@ -602,12 +598,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward_cpu(
                                    lc.const_data_ptr<acc_t>(),
                                    mutable_rows_of<acc_t>(dq_acc),
                                    mutable_rows_of<acc_t>(dk_acc),
-                                   mutable_rows_of<acc_t>(dv_acc),
-                                   off.const_data_ptr<int64_t>(),
-                                   p.heads,
-                                   p.dh,
-                                   static_cast<acc_t>(scale),
-                                   check_dropout<acc_t>(op, dropout_p, seed, p.tokens)};
+                                   mutable_rows_of<acc_t>(dv_acc)};
     // Backward does about 2.5x the multiply-adds of one score pass per pair.
     const RangeKernels<acc_t>& kernels = range_kernels<acc_t>();
     at::parallel_for(0, p.segments * p.heads, std::max<int64_t>(1, grain_of(p) / 2),

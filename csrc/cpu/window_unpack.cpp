@@ -70,8 +70,7 @@ std::tuple<at::Tensor, at::Tensor> window_unpack_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& src_index,
                                                               const std::optional<at::Tensor>& weights,
                                                               c10::string_view mode_name) {
-  const UnpackMode mode = window_cpu::parse_mode(mode_name, "window_unpack_backward");
-  window_cpu::check_unpack_backward(grad_out, y, src_index, weights, mode);
+  const UnpackMode mode = window_cpu::check_unpack_backward(grad_out, y, src_index, weights, mode_name);
   const int64_t num_rows = grad_out.size(0);
   const int64_t dim = y.size(-1);
   const bool weighted = mode == UnpackMode::kWeighted;

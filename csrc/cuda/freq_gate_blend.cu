@@ -76,7 +76,7 @@ __global__ void backward_rows_kernel(const scalar_t* __restrict__ dy, const scal
   acc_t s1 = 0, s2 = 0;
   for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
     const acc_t xh = ln_normalise<acc_t>(acc_t(xr[j]), mean, rstd);
-    const acc_t dxh = freq_gate_blend_dxhat<acc_t>(acc_t(dyr[j]), acc_t(gr[j]));
+    const acc_t dxh = blend_grad_to<acc_t>(acc_t(dyr[j]), acc_t(gr[j]));
     s1 += dxh;
     s2 += dxh * xh;
   }
@@ -86,8 +86,8 @@ __global__ void backward_rows_kernel(const scalar_t* __restrict__ dy, const scal
     const acc_t d = acc_t(dyr[j]);
     const acc_t g = acc_t(gr[j]);
     const acc_t xh = ln_normalise<acc_t>(acc_t(xr[j]), mean, rstd);
-    dxr[j] = scalar_t(freq_gate_blend_dx_direct<acc_t>(d, g) +
-                      ln_backward<acc_t>(freq_gate_blend_dxhat<acc_t>(d, g), xh, rstd, m1, m2));
+    dxr[j] = scalar_t(blend_grad_from<acc_t>(d, g) +
+                      ln_backward<acc_t>(blend_grad_to<acc_t>(d, g), xh, rstd, m1, m2));
     if (per_row_gate) dgate_rows[r * D + j] = scalar_t(freq_gate_blend_dgate<acc_t>(d, acc_t(xr[j]), xh));
   }
   if (threadIdx.x == 0) {
