@@ -129,9 +129,14 @@ struct DispatchStub {
 // emitted with wider instructions and picked by the linker for baseline callers; the
 // always-inline helpers among them are vectorised for the ISA where they are inlined. (GCC 12
 // warns falsely about the undefined-vector idiom inside its own AVX-512 intrinsic headers.)
-#if FREMURE_CPU_CAPABILITY == 2
+// A file that defines FREMURE_ISA_WIDE_VECTORS before including this header asks GCC for 512-bit
+// vectors at the AVX-512 level (the relation-head lane loops, measured faster); elsewhere GCC's
+// default preference stays (segment_attention's short dot products measured faster with it).
+#if FREMURE_CPU_CAPABILITY == 2 && defined(FREMURE_ISA_WIDE_VECTORS)
 #define FREMURE_ISA_TARGET \
   _Pragma("GCC target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,prefer-vector-width=512\")")
+#elif FREMURE_CPU_CAPABILITY == 2
+#define FREMURE_ISA_TARGET _Pragma("GCC target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2\")")
 #elif FREMURE_CPU_CAPABILITY == 1
 #define FREMURE_ISA_TARGET _Pragma("GCC target(\"avx2,fma,bmi2\")")
 #else

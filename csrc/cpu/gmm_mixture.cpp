@@ -8,6 +8,7 @@
 // once per vector ISA (cpu/cpu_isa.h); the op, once. CMake
 // compiles this file with -fno-trapping-math: GCC only if-converts (and so vectorises) the
 // branch-free floating-point selects of the lane loops with trapping math off.
+#define FREMURE_ISA_WIDE_VECTORS  // 512-bit lanes at the AVX-512 level (cpu/cpu_isa.h)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
