@@ -4,6 +4,7 @@ default build is proven on the baseline and AVX2 code paths even on an AVX-512 m
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,3 +66,31 @@ def test_op_tests_pass_under_cap(cap):
     run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *OP_TESTS],
                          env=env, cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def _functions_using_wide_vectors(library: str) -> list[str]:
+    """Demangled names of the functions in ``library`` whose code touches ymm/zmm registers."""
+    disassembly = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", library], capture_output=True,
+                                 text=True, check=True).stdout
+    wide, current = set(), None
+    for line in disassembly.splitlines():
+        if line.endswith(">:") and "<" in line:
+            current = line[line.index("<") + 1:-2]
+        elif current is not None and ("%ymm" in line or "%zmm" in line):
+            wide.add(current)
+    return sorted(wide)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_only_kernel_regions_use_wide_vectors():
+    """The AVX2/AVX-512 copies compile only their own kernel region for the wider ISA: every
+    function with ymm/zmm instructions is in an anonymous namespace (a kernel region). A header
+    inline function emitted with wide instructions would be merged by the linker with the
+    baseline copy's and could run on a CPU without AVX2 (SIGILL)."""
+    if fremure_ext.build_info()["cpu_isas"] == ["baseline"] or fremure_ext.build_info()["native_cpu"]:
+        pytest.skip("only the multi-ISA portable build has wider copies")
+    wide = _functions_using_wide_vectors(_loader._C.__file__)
+    assert wide, "the AVX2/AVX-512 copies should use ymm/zmm registers"
+    outside = [name for name in wide if "(anonymous namespace)" not in name]
+    assert not outside, outside[:10]
