@@ -144,9 +144,7 @@ uint8_t forward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, sca
   at::parallel_for(0, chunks, task_grain(cfg, R * C), [&](int64_t begin, int64_t end) {
     BayesScratch<acc_t> s(lanes::padded(R * C));
     for (int64_t ch = begin; ch < end; ++ch) {
-      const int64_t b0 = ch * R;
-      const int64_t rows = std::min(R, B - b0);
-      const int64_t L = rows * C, P = lanes::padded(L);
+      const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
       uint8_t flags = load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, true, s);
       for (int64_t j = 0; j < P; ++j) s.acc[j] = acc_t(0);
       for (int64_t smp = 0; smp < draws; ++smp) {
@@ -179,9 +177,7 @@ void backward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, const
     acc_t* g = gbuf.data();
     acc_t* dz = g + Pmax;
     for (int64_t ch = begin; ch < end; ++ch) {
-      const int64_t b0 = ch * R;
-      const int64_t rows = std::min(R, B - b0);
-      const int64_t L = rows * C, P = lanes::padded(L);
+      const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
       load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, false, s);
       // The mean over draws hands each draw grad / S.
       const acc_t count = acc_t(draws);

@@ -208,9 +208,7 @@ uint8_t forward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double 
   at::parallel_for(0, chunks, task_grain(cfg, R * C), [&](int64_t begin, int64_t end) {
     GmmScratch<acc_t> s(K, lanes::padded(R * C));
     for (int64_t ch = begin; ch < end; ++ch) {
-      const int64_t b0 = ch * R;
-      const int64_t rows = std::min(R, B - b0);
-      const int64_t L = rows * C, P = lanes::padded(L);
+      const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
       bad[ch] = chunk_forward<scalar_t, acc_t>(in, cfg, tau_c, b0, rows, need_var, true, s);
       for (int64_t j = 0; j < P; ++j) s.tmp[j] = acc_t(0);
       for (int64_t k = 0; k < K; ++k) {
@@ -264,9 +262,7 @@ double backward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double 
     acc_t* g = gbuf.data();
     acc_t* ga = g + Pmax;
     for (int64_t ch = begin; ch < end; ++ch) {
-      const int64_t b0 = ch * R;
-      const int64_t rows = std::min(R, B - b0);
-      const int64_t L = rows * C, P = lanes::padded(L);
+      const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
       chunk_forward<scalar_t, acc_t>(in, cfg, tau_c, b0, rows, need_var, false, s);
       lanes::gather_rows(grad_pred, C, 1, b0, rows, C, g, P);
       if (grad_al != nullptr) lanes::gather_rows(grad_al, C, 1, b0, rows, C, ga, P);

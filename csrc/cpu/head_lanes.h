@@ -62,6 +62,18 @@ inline int64_t padded(int64_t lanes) {
   return (lanes + kLanePad - 1) / kLanePad * kLanePad;
 }
 
+// Chunk `ch` of a [B, C] problem cut into chunks of R rows: rows [b0, b0 + rows), L = rows * C
+// lanes, P = L padded.
+struct Chunk {
+  int64_t b0, rows, L, P;
+};
+
+inline Chunk chunk_at(int64_t ch, int64_t R, int64_t B, int64_t C) {
+  const int64_t b0 = ch * R;
+  const int64_t rows = R < B - b0 ? R : B - b0;
+  return {b0, rows, rows * C, padded(rows * C)};
+}
+
 // out[r * C + c] = base[(b0 + r) * sb + c * sc] for r < rows, converted to the accumulation type;
 // out[rows * C .. padded_count) = 0.
 template <typename scalar_t, typename acc_t>
