@@ -3,6 +3,7 @@ default build is proven on the baseline and AVX2 code paths even on an AVX-512 m
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import subprocess
@@ -68,29 +69,53 @@ def test_op_tests_pass_under_cap(cap):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-def _functions_using_wide_vectors(library: str) -> list[str]:
-    """Demangled names of the functions in ``library`` whose code touches ymm/zmm registers."""
-    disassembly = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", library], capture_output=True,
-                                 text=True, check=True).stdout
-    wide, current = set(), None
-    for line in disassembly.splitlines():
-        if line.endswith(">:") and "<" in line:
-            current = line[line.index("<") + 1:-2]
-        elif current is not None and ("%ymm" in line or "%zmm" in line):
-            wide.add(current)
-    return sorted(wide)
+def _wide_instruction_addresses(library: str) -> list[int]:
+    """Addresses of the instructions in ``library`` that touch ymm/zmm registers, sorted."""
+    disassembly = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True, text=True,
+                                 check=True).stdout
+    return sorted(int(line.split(":", 1)[0], 16) for line in disassembly.splitlines()
+                  if ("%ymm" in line or "%zmm" in line) and line[:1] == " ")
+
+
+def _function_ranges(library: str) -> list[tuple[int, int, str]]:
+    """(start, end, demangled name) of the functions in the symbol table; a stripped library (an
+    installed wheel) has only its dynamic symbols, which are the ones the linker merges across
+    objects anyway."""
+    for table in ([], ["-D"]):
+        listing = subprocess.run(["nm", *table, "-S", "-C", "--defined-only", library], capture_output=True,
+                                 text=True).stdout
+        ranges = []
+        for line in listing.splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[2] in "TtWw" and len(parts[2]) == 1:
+                start = int(parts[0], 16)
+                ranges.append((start, start + int(parts[1], 16), parts[3]))
+        if ranges:
+            return sorted(ranges)
+    return []
+
+
+def _functions_using_wide_vectors(library: str) -> tuple[int, list[str]]:
+    """How many instructions touch ymm/zmm, and the names of the functions that hold them."""
+    wide = _wide_instruction_addresses(library)
+    names = set()
+    for start, end, name in _function_ranges(library):
+        i = bisect.bisect_left(wide, start)
+        if i < len(wide) and wide[i] < end:
+            names.add(name)
+    return len(wide), sorted(names)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+@pytest.mark.skipif(shutil.which("objdump") is None or shutil.which("nm") is None, reason="needs binutils")
 def test_only_kernel_regions_use_wide_vectors():
-    """The AVX2/AVX-512 copies compile only their own kernel region for the wider ISA: every
-    function with ymm/zmm instructions is in an anonymous namespace (a kernel region). A header
-    inline function emitted with wide instructions would be merged by the linker with the
-    baseline copy's and could run on a CPU without AVX2 (SIGILL)."""
+    """The AVX2/AVX-512 copies compile only their own kernel region for the wider ISA: no function
+    outside an anonymous namespace (a kernel region) has ymm/zmm instructions. A header inline
+    function emitted with wide instructions would be merged by the linker with the baseline copy's
+    and could run on a CPU without AVX2 (SIGILL)."""
     if fremure_ext.build_info()["cpu_isas"] == ["baseline"] or fremure_ext.build_info()["native_cpu"]:
         pytest.skip("only the multi-ISA portable build has wider copies")
-    wide = _functions_using_wide_vectors(_loader._C.__file__)
-    assert wide, "the AVX2/AVX-512 copies should use ymm/zmm registers"
-    outside = [name for name in wide if "(anonymous namespace)" not in name]
+    count, functions = _functions_using_wide_vectors(_loader._C.__file__)
+    assert count > 0, "the AVX2/AVX-512 copies should use ymm/zmm registers"
+    outside = [name for name in functions if "(anonymous namespace)" not in name]
     assert not outside, outside[:10]
