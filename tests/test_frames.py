@@ -206,6 +206,96 @@ def test_killed_run_resumes_without_decoding_finished_videos(tmp_path):
             np.testing.assert_array_equal(read_rgb(_dumped(root, video, n * repeat)), read_rgb(png))
 
 
+# A sitecustomize that makes every Python process started below the first one (the CLI) a worker
+# that never finishes its video, as a worker stuck in FFmpeg does; each such worker leaves its pid
+# in FREMURE_TEST_HANG_DIR so the test can check it is gone afterwards.
+HANGING_WORKERS = """
+import os, pathlib, time
+if os.environ.get("FREMURE_TEST_ROOT_PID") is None:
+    os.environ["FREMURE_TEST_ROOT_PID"] = str(os.getpid())
+else:
+    import fremure.data.frames as frames
+
+    def hang(*args, **kwargs):
+        pathlib.Path(os.environ["FREMURE_TEST_HANG_DIR"], str(os.getpid())).touch()
+        while True:
+            time.sleep(1)
+
+    frames.dump_video = hang
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state            # a zombie has ended; only its exit status is left
+
+
+def test_ctrl_c_ends_hung_workers(tmp_path):
+    """SIGINT to `fremure frames --workers 2` whose workers never return (as ones deadlocked in
+    FFmpeg): the CLI exits 130 promptly and no worker is left running. Before the fix the CLI
+    printed "interrupted" and then waited on the workers for ever."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HANGING_WORKERS)
+    hang_dir = tmp_path / "workers"
+    hang_dir.mkdir()
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    root = copy_annotations(SAMPLE, tmp_path / "ag")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]), FREMURE_TEST_HANG_DIR=str(hang_dir))
+    env.pop("FREMURE_TEST_ROOT_PID", None)
+    command = [sys.executable, "-m", "fremure", "frames", "--videos", str(videos), "--data-path", str(root),
+               "--workers", "2", "--progress", "false"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(hang_dir.iterdir())) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.name) for p in hang_dir.iterdir()]
+        assert len(workers) == 2, f"workers did not start: {process.poll()} {workers}"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, (out, err)
+    assert "fremure frames: interrupted" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "workers left running after Ctrl-C"
+
+
+def test_workers_start_clean_after_decoding_in_the_parent(lossless_videos, tmp_path, monkeypatch):
+    """The parent decodes first (FFmpeg's decoder and scaler threads have run in it), then two
+    workers decode: with forked workers this deadlocked in FFmpeg's scaler (PyAV 18.1.1, AVX2 CPU),
+    so the workers must be spawned; pytest-timeout turns a relapse into a failure, not a stall."""
+    import concurrent.futures
+    import multiprocessing
+
+    videos, expected = lossless_videos
+    root = copy_annotations(SAMPLE, tmp_path / "ag")
+    names = sorted(expected)[:4]
+    methods = []
+    real_pool = concurrent.futures.ProcessPoolExecutor
+
+    def recording_pool(*args, **kwargs):
+        context = kwargs.get("mp_context") or multiprocessing.get_context()
+        methods.append(context.get_start_method())
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", recording_pool)
+    first = dump_frames(videos, root, workers=1, progress=False, only=names[:1])      # decodes in this process
+    assert first[0].ok
+    results = dump_frames(videos, root, workers=2, progress=False, only=names)
+    assert [r.video for r in results] == names and all(r.ok for r in results), [r.error for r in results]
+    assert methods == ["spawn"]
+
+
 def test_frame_numbers_start_at_1(tmp_path):
     """A frame number of 0 is not an AG frame (numbers start at 1)."""
     with pytest.raises(ValueError, match="start at 1"):

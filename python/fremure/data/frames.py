@@ -251,12 +251,49 @@ def dump_frames(videos_dir: str | os.PathLike, data_path: str | os.PathLike, wor
             for job in jobs:
                 results.append(_record(_dump_one(job), bar))
         else:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(_dump_one, jobs, chunksize=1):
-                    results.append(_record(result, bar))
+            for result in _run_in_workers(jobs, workers):
+                results.append(_record(result, bar))
     finally:
         bar.close()
     return results
+
+
+def _run_in_workers(jobs: list[tuple[str, str, list[int]]], workers: int) -> Iterable[VideoResult]:
+    """Yields :func:`_dump_one` of each job, in job order, from ``workers`` spawned processes.
+
+    Spawned, not forked: a child forked from a process in which FFmpeg (or torch) already started
+    threads inherits their locks in whatever state they were, and FFmpeg's scaler then waits
+    forever on a slice-thread lock nobody will release (seen with PyAV 18 on an AVX2 CPU).
+    On any exit other than completion (Ctrl-C, an error in the caller) the workers are terminated
+    rather than awaited, since a worker stuck in FFmpeg never reaches the shutdown handshake."""
+    import multiprocessing
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers,
+                                                  mp_context=multiprocessing.get_context("spawn"))
+    finished = False
+    try:
+        yield from pool.map(_dump_one, jobs, chunksize=1)
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _terminate(pool)
+
+
+def _terminate(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stops ``pool`` without waiting for running jobs: queued jobs are cancelled, workers killed."""
+    if hasattr(pool, "terminate_workers"):          # Python >= 3.14
+        pool.terminate_workers()
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 def _record(result: VideoResult, bar) -> VideoResult:
