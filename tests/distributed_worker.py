@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from fremure import cli
-from fremure.train import pipeline, trainer as trainer_module
+from fremure.train import run, trainer as trainer_module
 
 
 def poison(epoch: int, video: int) -> None:
@@ -41,7 +41,7 @@ def main(out: str, argv: list[str]) -> int:
     saves: list[str] = []
     captured: dict[str, object] = {}
     train_step, save_checkpoint, run_training = (trainer_module.Trainer.train_step, trainer_module.save_checkpoint,
-                                                 pipeline.run_training)
+                                                 run.run_training)
 
     def recording_step(self, *args, **kwargs):
         loss = train_step(self, *args, **kwargs)
@@ -61,7 +61,7 @@ def main(out: str, argv: list[str]) -> int:
     if os.environ.get("FREMURE_TEST_NONFINITE"):
         poison(*(int(x) for x in os.environ["FREMURE_TEST_NONFINITE"].split(":")))
     trainer_module.save_checkpoint = recording_save
-    pipeline.run_training = capturing_run
+    run.run_training = capturing_run
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli.main(argv)

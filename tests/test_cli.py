@@ -89,8 +89,11 @@ def test_help_comes_from_the_config_dataclass(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
+    from fremure.model.config import ModelConfig
+    fields = [("--", f) for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    fields += [("--model.", f) for f in dataclasses.fields(ModelConfig)]
+    for prefix, field in fields:
+        flag = prefix + field.name.replace("_", "-")
         default = field.default if not isinstance(field.default, bool) else str(field.default).lower()
         help_text = " ".join(field.metadata["help"].split())
         assert flag in text, flag
@@ -98,7 +101,7 @@ def test_help_comes_from_the_config_dataclass(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = capsys.readouterr().out
-    assert "--rel-head" in text and "--lr" not in text and "--nepoch" not in text
+    assert "--rel-head" in text and "--model.window" in text and "--lr" not in text and "--nepoch" not in text
 
 
 def test_demo_help_shows_the_demo_defaults(capsys):
@@ -115,18 +118,18 @@ def test_demo_help_shows_the_demo_defaults(capsys):
     args = build_parser().parse_args(["demo"])
     from fremure.cli import _config
     config = _config(args, defaults=DEMO_DEFAULTS)
-    assert (config.rel_head, config.lr, config.dropout, config.tensorboard) == ("linear", 3e-5, 0.0, False)
+    assert (config.model.rel_head, config.lr, config.model.dropout, config.tensorboard) == ("linear", 3e-5, 0.0, False)
 
 
 def test_print_config_is_loadable_yaml(tmp_path, capsys):
     from fremure.train.config import make_config, read_config_file
     assert main(["train", "--rel-head", "gmm_plus", "--nepoch", "3", "--print-config"]) == 0
     text = capsys.readouterr().out
-    assert "rel_head: gmm_plus  # relation head" in text and "device: auto  #" in text
+    assert "  rel_head: gmm_plus  # relation head" in text and "device: auto  #" in text
     path = tmp_path / "printed.yaml"
     path.write_text(text)
     config = make_config(read_config_file(path))
-    assert (config.rel_head, config.nepoch, config.lr) == ("gmm_plus", 3, 1e-5)
+    assert (config.model.rel_head, config.nepoch, config.lr) == ("gmm_plus", 3, 1e-5)
     assert main(["demo", "--print-config", "--nepoch", "2"]) == 0
     text = capsys.readouterr().out
     assert "rel_head: linear" in text and "nepoch: 2" in text and "lr: 3.0e-05" in text
@@ -230,7 +233,7 @@ def test_tensorboard_asked_for_but_missing(monkeypatch, tmp_path, capsys):
 def test_lean_imports():
     """The CLI's parser and the frames/check-data code load neither pandas nor tensorboard nor the model."""
     code = ("import sys, fremure.cli as c, fremure.data.frames, fremure.data.check; c.build_parser();"
-            "print(sorted(m for m in ('pandas', 'tensorboard', 'fremure.model', 'fremure_ext') if m in sys.modules))")
+            "print(sorted(m for m in ('pandas', 'tensorboard', 'fremure.model.relation_model', 'fremure_ext') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -69,7 +69,7 @@ def _python_eval(checkpoint_json, use_memory: bool) -> dict:
     state, tensors, _ = load_checkpoint(str(checkpoint_json))
     config = make_config(state["config"])
     train_ds, test_ds = load_split(data, "train", "predcls"), load_split(data, "test", "predcls")
-    model = build_model(config, train_ds.object_classes, frequencies(config, train_ds, test_ds))
+    model = build_model(config, train_ds.object_classes, frequencies(config.model, train_ds, test_ds))
     load_model_tensors(model, tensors)
     if not use_memory:
         model.rel_memory = None

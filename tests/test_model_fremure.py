@@ -105,7 +105,7 @@ def test_checkpoint_round_trip(tmp_path, reference_model):
     path = tmp_path / "best_Mrecall_model.tar"
     torch.save({"state_dict": state, "object_memory": [], "rel_memory": reference_model.rel_memory}, path)
     config = infer_config(state)
-    inferred = (config["rel_head"], config["K"], config["obj_head"], config["dec_layer_num"])
+    inferred = (config["rel_head"], config["K"], config["obj_head"], config["dec_layer"])
     assert inferred == ("gmm_plus", 6, "linear", 1)
     loaded = to_published(load_reference_checkpoint(path, freq=FREQ))
     entry = predcls_entry([2, 1], seed=7)

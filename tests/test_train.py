@@ -14,7 +14,7 @@ from train_support import sample_caches, small_config
 from fremure.train import (CheckpointError, MemoryAccumulator, TrainConfig, load_checkpoint, make_config,
                            read_config_file, relation_losses, save_checkpoint)
 from fremure.train import checkpoint as checkpoint_module
-from fremure.train.pipeline import make_trainer
+from fremure.train.run import make_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,13 +109,13 @@ def test_config_validation_and_file_override(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("lr: 0.001\nnepoch: 4\nrel-head: gmm_plus\nfreq: false\n")
     config = make_config(read_config_file(good), {"nepoch": 2})
-    assert (config.lr, config.nepoch, config.rel_head, config.freq) == (1e-3, 2, "gmm_plus", False)
-    assert TrainConfig().lr == 1e-5 and TrainConfig().nepoch == 10 and TrainConfig().rel_head == "bayesian"
+    assert (config.lr, config.nepoch, config.model.rel_head, config.model.freq) == (1e-3, 2, "gmm_plus", False)
+    assert TrainConfig().lr == 1e-5 and TrainConfig().nepoch == 10 and TrainConfig().model.rel_head == "bayesian"
     cases = {"lr: abc\n": "'lr' must be a number", "mode: detection\n": "'mode' must be one of",
              "nepoch: 0\n": "'nepoch' must be a positive integer", "freq: 'False'\n": "'freq' must be true or false",
              "learning_rate: 1\n": "unknown option 'learning_rate'", "- 1\n- 2\n": "must hold a mapping",
              "lr: [1\n": "not valid YAML", "dropout: 2\n": "'dropout' must lie in",
-             "tracking: true\n": "'tracking' needs mode sgcls or sgdet", "tracking: 1\n": "must be true or false"}
+             "tracking: true\n": "\\['tracking'\\] need mode sgcls or sgdet", "tracking: 1\n": "must be true or false"}
     for text, message in cases.items():
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
@@ -209,8 +209,8 @@ def test_training_learns_the_synthetic_relations(tmp_path):
 
 def test_tracking_option_builds_the_published_track_encoder():
     from fremure.pipeline import build_model
-    model = build_model(TrainConfig(mode="sgcls", tracking=True, keep_unused=False), 37, None)
+    model = build_model(make_config(overrides=dict(mode="sgcls", tracking=True, keep_unused=False)), 37, None)
     names = [name for name, _ in model.named_parameters()]
     assert any(name.startswith("object_classifier.encoder_tran.layers.2.") for name in names)
-    plain = build_model(TrainConfig(mode="sgcls", keep_unused=False), 37, None)
+    plain = build_model(make_config(overrides=dict(mode="sgcls", keep_unused=False)), 37, None)
     assert not any("encoder_tran" in name for name, _ in plain.named_parameters())

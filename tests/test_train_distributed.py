@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import distributed_worker
 from train_support import small_config
 from fremure.train import distributed as dist_utils
-from fremure.train.pipeline import make_trainer
+from fremure.train.run import make_trainer
 from fremure.train.trainer import Trainer, epoch_order, sampler_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

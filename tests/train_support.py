@@ -3,7 +3,6 @@ extracted once per process with a small random detector, and a small training co
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import tempfile
@@ -13,7 +12,7 @@ import torch
 from detector_fakes import small_detector
 from fremure.data.detector import DetectorConfig
 from fremure.data.synthetic import sample_path
-from fremure.train.config import TrainConfig
+from fremure.train.config import TrainConfig, make_config
 from fremure.pipeline import extract_split
 
 # 96 px is the sample's own frame height: no resizing, and RoI features of a 2-core CPU in seconds
@@ -35,7 +34,7 @@ def sample_caches() -> tuple[str, str, str]:
 def small_config(save_path: str, **overrides) -> TrainConfig:
     """A quick configuration (1 decoder layer, no unused modules, few videos, no TensorBoard)."""
     data, train, test = sample_caches()
-    base = TrainConfig(data_path=data, train_cache=train, test_cache=test, save_path=save_path, dec_layer=1,
-                       keep_unused=False, nepoch=1, max_train_videos=4, max_test_videos=2, lr=1e-4,
-                       progress=False, tensorboard=False, checkpoints="last", device="cpu")
-    return dataclasses.replace(base, **overrides)
+    base = dict(data_path=data, train_cache=train, test_cache=test, save_path=str(save_path), dec_layer=1,
+                keep_unused=False, nepoch=1, max_train_videos=4, max_test_videos=2, lr=1e-4,
+                progress=False, tensorboard=False, checkpoints="last", device="cpu")
+    return make_config(base, overrides)

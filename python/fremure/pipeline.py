@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-import fremure_ext
-
 from .data import ActionGenome
 from .data.cache import FeatureCache, extract_features
 from .data.frequency import predicate_frequencies
 from .eval import MultiConstraintEvaluator
-from .model import FReMuRe
+from .model import FReMuRe, ModelConfig
+from .model.config import build_model as build_from_config
 
 if TYPE_CHECKING:
     from .train.config import TrainConfig
@@ -67,8 +66,9 @@ def extract_split(data_path: str, split: str, mode: str, detector, out_dir: str,
                             training=split == "train")
 
 
-def frequencies(config: TrainConfig, train: ActionGenome, test: ActionGenome | None) -> dict[str, torch.Tensor] | None:
-    """Frequency priors per config (None with ``freq: false``; published pooling of train+test by default)."""
+def frequencies(config: ModelConfig, train: ActionGenome, test: ActionGenome | None) -> dict[str, torch.Tensor] | None:
+    """Frequency priors of the model ``config`` (None with ``freq: false``; published pooling of
+    train+test unless ``freq_include_test`` is false)."""
     if not config.freq:
         return None
     return predicate_frequencies(train, test, include_test=config.freq_include_test)
@@ -76,24 +76,14 @@ def frequencies(config: TrainConfig, train: ActionGenome, test: ActionGenome | N
 
 def build_model(config: TrainConfig, obj_classes: Sequence[str] | int,
                 frequencies: dict[str, torch.Tensor] | None) -> FReMuRe:
-    """FReMuRe configured from ``config`` (published option names) with the given priors; sets the
-    process-wide kernel choice (``config.kernels``, see :mod:`fremure_ext.dispatch`)."""
-    fremure_ext.dispatch.set_kernels(config.kernels)
-    freqs = frequencies or {}
-    contact = freqs.get("contacting", freqs.get("contact"))
+    """The model of ``config.model`` for training: its initial weights depend on ``config.seed``
+    alone (whatever ran before), and in PredCls the object classifier is frozen. The kernel choice
+    is the model config's (see :meth:`FReMuRe.forward`); the process default is left alone."""
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
-        torch.manual_seed(config.seed)          # same initial weights for the same seed, whatever ran before
-        model = FReMuRe(mode=config.mode, obj_classes=obj_classes, enc_layer_num=config.enc_layer,
-                        dec_layer_num=config.dec_layer,
-                        rel_mem_compute=None if config.rel_mem_compute == "none" else config.rel_mem_compute,
-                        mem_fusion=config.mem_fusion, selection_lambda=config.mem_feat_lambda,
-                        obj_head=config.obj_head, rel_head=config.rel_head, K=config.K,
-                        freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"),
-                        freq_contact=contact, decouple=config.decouple,
-                        keep_unused=config.keep_unused, dropout=config.dropout,
-                        tracking=config.tracking)
-    if config.mode == "predcls":
+        torch.manual_seed(config.seed)
+        model = build_from_config(config.model, obj_classes, frequencies)
+    if config.model.mode == "predcls":
         for p in model.object_classifier.parameters():
             p.requires_grad_(False)
     return model
@@ -127,6 +117,19 @@ def evaluate_predictions(mode: str, predictions: Sequence[tuple[int, dict]], gt_
     for index, pred in sorted(predictions, key=lambda item: item[0]):
         evaluator.add_video(gt_annotations[index], pred)
     return evaluator.summary()
+
+
+def evaluate(model: torch.nn.Module, source, gt_annotations: Sequence, mode: str, videos: int = 0,
+             device: str | torch.device = "cpu", amp: str = "none", constraints: Sequence[str] = ("with", "semi", "no"),
+             progress: bool = False) -> tuple[dict[str, dict[str, Any]], list[tuple[int, dict[str, Any]]]]:
+    """R@K / mR@K of ``model`` on the first ``videos`` videos of ``source`` (0: all) against
+    ``gt_annotations`` (the split's, same order): ``(results per constraint, predictions)``."""
+    if isinstance(videos, bool) or not isinstance(videos, int) or videos < 0:
+        raise ValueError(f"videos must be an integer >= 0 (0 = all), got {videos!r}")
+    count = min(len(source), videos) if videos else len(source)
+    model.to(device)
+    predictions = predict_videos(model, source, range(count), device, amp, progress=progress)
+    return evaluate_predictions(mode, predictions, gt_annotations, constraints), predictions
 
 
 def to_device(entry: dict[str, Any], device) -> dict[str, Any]:

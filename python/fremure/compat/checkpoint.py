@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
+from fremure.model.config import ModelConfig
 from fremure.model.relation_model import FReMuRe
 
 from .state_dict import load_reference_state_dict
@@ -46,7 +47,8 @@ def _head_kind(sd: Mapping[str, torch.Tensor], prefix: str) -> tuple[str, int | 
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """FReMuRe constructor arguments implied by a published state dict's keys and shapes."""
+    """ModelConfig options implied by a published state dict's keys and shapes, and ``obj_classes``
+    (the number of object classes)."""
     keys = list(state_dict)
     if not any(k.startswith(_TRANSFORMER) for k in keys):
         raise ValueError("checkpoint has no glocal_transformer parameters: not a FReMuRe checkpoint")
@@ -57,11 +59,11 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     elif f"{_TRANSFORMER}mem_attention.attention.in_proj_weight" in state_dict:
         rel_mem = "seperate"
     else:
-        rel_mem = None
+        rel_mem = "none"
     automated = f"{_TRANSFORMER}selector.weight" in state_dict or "object_classifier.selector.weight" in state_dict
     return dict(
-        enc_layer_num=_count_layers(keys, f"{_TRANSFORMER}local_attention.layers."),
-        dec_layer_num=_count_layers(keys, f"{_TRANSFORMER}global_attention.layers."),
+        enc_layer=_count_layers(keys, f"{_TRANSFORMER}local_attention.layers."),
+        dec_layer=_count_layers(keys, f"{_TRANSFORMER}global_attention.layers."),
         rel_head=rel_head, obj_head=obj_head, K=k_rel or k_obj or 6,
         rel_mem_compute=rel_mem,
         obj_mem_compute="object_classifier.mem_attention.in_proj_weight" in state_dict,
@@ -118,29 +120,32 @@ def load_reference_checkpoint(path: str | os.PathLike, mode: str = "predcls",
         restore_memory: set the checkpoint's relation/object memory (the published test.py does
             not, Q-T4; pass False to reproduce that).
         obj_classes: class names for the model's bookkeeping (the count is read from the weights).
-        **overrides: further FReMuRe arguments (they win over the inferred ones).
+        **overrides: further ModelConfig options (they win over the inferred ones).
 
     Raises:
         ValueError for files that are not published FReMuRe checkpoints, naming what is off
         (missing/unexpected keys and shape mismatches for another architecture).
     """
     blob = read_reference_checkpoint(path)
-    config = infer_config(blob["state_dict"])
-    if obj_classes is not None:
-        config["obj_classes"] = obj_classes
+    inferred = infer_config(blob["state_dict"])
+    classes = obj_classes if obj_classes is not None else inferred["obj_classes"]
+    del inferred["obj_classes"]
     if freq is None:
         warnings.warn(f"{path}: no frequency priors given; the model runs without its frequency branch "
                       "(pass freq= the priors it was trained with)", stacklevel=2)
-    config.update(overrides)
+    options = {**inferred, "mode": mode, "mem_fusion": mem_fusion, "mem_feat_lambda": selection_lambda,
+               "freq": freq is not None, **overrides}
+    try:
+        config = ModelConfig(**options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
-        model = FReMuRe(mode=mode, mem_fusion=mem_fusion, selection_lambda=selection_lambda, **config)
+        model = FReMuRe.from_config(config, classes, freq)
     try:
         load_reference_state_dict(model, blob["state_dict"])
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    if freq is not None:
-        model.set_frequencies(freq)
     if restore_memory:
         if blob["rel_memory"] is not None:
             model.rel_memory = blob["rel_memory"]

@@ -308,6 +308,24 @@ def _record(result: VideoResult, bar) -> VideoResult:
     return result
 
 
+def verify(data_path: str | os.PathLike, only: Sequence[str] | None = None, shown: int = 50) -> tuple[str, bool]:
+    """``(report, complete)``: how many annotated frames of ``data_path`` (or of the videos ``only``)
+    are on disk under ``frames/``, and up to ``shown`` videos with what they miss."""
+    wanted, source = annotated_frames(data_path)
+    if only:
+        wanted = {v: wanted[v] for v in only if v in wanted}
+    absent = missing_frames(pathlib.Path(data_path) / "frames", wanted)
+    total = sum(len(v) for v in wanted.values())
+    lost = sum(len(v) for v in absent.values())
+    lines = [f"{total - lost} of {total} annotated frames present ({len(wanted)} videos, list from {source})"]
+    for video, numbers in list(absent.items())[:shown]:
+        listed = ", ".join(frame_name(n) for n in numbers[:5]) + (" ..." if len(numbers) > 5 else "")
+        lines.append(f"  {video}: {len(numbers)} missing ({listed})")
+    if len(absent) > shown:
+        lines.append(f"  ... and {len(absent) - shown} more videos")
+    return "\n".join(lines), not absent
+
+
 def summarize(results: Sequence[VideoResult]) -> str:
     """A few lines: videos complete / skipped / failed, frames written, and what is missing."""
     failed = [r for r in results if not r.ok]

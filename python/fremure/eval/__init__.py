@@ -16,11 +16,11 @@ from .classes import (ATTENTION_PREDICATES, CONTACTING_PREDICATES, NUM_PREDICATE
 from .evaluator import KS, MultiConstraintEvaluator, SceneGraphEvaluator
 from .inputs import PackedGT, PackedPrediction, pack_gt, pack_prediction
 from .matching import box_iou_plus1, paired_iou_plus1
-from .report import format_table, plot_per_predicate, read_json, write_html, write_json
+from .report import format_table, plot_per_predicate, read_json, write_html, write_json, write_report
 
 __all__ = [
     "ATTENTION_PREDICATES", "CONTACTING_PREDICATES", "KS", "NUM_PREDICATES", "OBJECT_CLASSES", "PREDICATES",
     "SPATIAL_PREDICATES", "MultiConstraintEvaluator", "PackedGT", "PackedPrediction", "SceneGraphEvaluator",
     "box_iou_plus1", "format_table", "pack_gt", "pack_prediction", "paired_iou_plus1", "plot_per_predicate",
-    "read_json", "write_html", "write_json",
+    "read_json", "write_html", "write_json", "write_report",
 ]

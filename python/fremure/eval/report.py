@@ -224,3 +224,33 @@ def write_html(results: Mapping[str, Any], path: str | pathlib.Path, chart: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def write_report(out_dir: str | pathlib.Path, results: Mapping[str, Any], predictions: Sequence[tuple[int, dict]] = (),
+                 dataset: Any = None, details: Mapping[str, Any] | None = None, frames: int = 4,
+                 title: str = "FReMuRe evaluation") -> dict[str, pathlib.Path]:
+    """Everything ``fremure eval`` leaves in ``out_dir``: ``results.json``, ``results.txt`` (the
+    table), ``per_predicate_R20.png`` and ``report.html`` with up to ``frames`` test frames drawn
+    with their predictions (``predictions``: ``[(video index, pred dict)]`` of ``dataset``; frames
+    that were not dumped are left out with a warning). Returns the paths by name."""
+    import logging
+    from .visualize import draw_video
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(results, out / "results.json"),
+             "chart": plot_per_predicate(results, out / "per_predicate_R20.png", k=20)}
+    paths["table"] = out / "results.txt"
+    paths["table"].write_text(format_table(results) + "\n")
+    drawn: list[str] = []
+    for video, pred in predictions if dataset is not None else ():
+        if len(drawn) >= frames:
+            break
+        try:
+            drawn += draw_video(dataset, video, pred, str(out / "report_frames"), top_k=2,
+                                max_frames=min(2, frames - len(drawn)), min_height=240)
+        except (OSError, ValueError) as err:        # frames not dumped: the report says so, no pictures
+            logging.getLogger(__name__).warning("report: no frames drawn for test video %d: %s", video, err)
+            break
+    paths["html"] = write_html(results, out / "report.html", chart=paths["chart"], frames=drawn, title=title,
+                               details=details)
+    return paths

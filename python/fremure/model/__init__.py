@@ -4,13 +4,33 @@ Every module keeps the published parameter names (published checkpoints load thr
 :mod:`fremure.compat`) and computes on packed tokens through the fremure ops, which run their
 compiled kernels or their plain-PyTorch references (one switch: :mod:`fremure_ext.dispatch`).
 :mod:`fremure.model.published` runs the same parameters the published (zero-padded) way.
+:class:`ModelConfig` holds every option; ``build_model(config, obj_classes, frequencies)`` builds the
+model it names (the registry: :mod:`fremure.model.config`).
+
+Names are imported on first use, so that reading a ModelConfig (the command line does, for its
+flags) does not load the modules and their compiled kernels.
 """
 
-from .glocal import GlocalTransformer, TransformerOutput
-from .heads import BayesianHead, GMMHead, GMMHeadPlus, LinearHead, make_rel_head
-from .layers import FreqGate, LogFreqGate, frequency_statistics
-from .objects import ObjectClassifier
-from .relation_model import FReMuRe
+import importlib
 
-__all__ = ["FReMuRe", "ObjectClassifier", "GlocalTransformer", "TransformerOutput", "LinearHead", "BayesianHead",
-           "GMMHead", "GMMHeadPlus", "make_rel_head", "FreqGate", "LogFreqGate", "frequency_statistics"]
+_EXPORTS = {
+    "ModelConfig": "config", "build_model": "config", "register_model": "config",
+    "GlocalTransformer": "glocal", "TransformerOutput": "glocal",
+    "BayesianHead": "heads", "GMMHead": "heads", "GMMHeadPlus": "heads", "LinearHead": "heads", "make_rel_head": "heads",
+    "FreqGate": "layers", "LogFreqGate": "layers", "frequency_statistics": "layers",
+    "ObjectClassifier": "objects", "FReMuRe": "relation_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

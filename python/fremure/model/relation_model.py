@@ -13,12 +13,16 @@ unchanged; in training with dropout the three types share the encoders' dropout 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
+import fremure_ext
+
 from ..relations import RELATION_TYPES
+from .config import ModelConfig
 from .embeddings import WORD_DIM, glove_table
 from .glocal import MEMORY_TYPES, GlocalTransformer, TransformerOutput
 from .heads import make_rel_head
@@ -64,6 +68,7 @@ class FReMuRe(nn.Module):
                  gate: str = "stats", window: int = 2, stride: int = 1, window_mode: str = "latter",
                  glove: Any = None, keep_unused: bool = True, dropout: float = 0.1):
         super().__init__()
+        self.config: ModelConfig | None = None      # set by from_config: what checkpoints record
         if mode not in ("predcls", "sgcls", "sgdet"):
             raise ValueError(f"mode must be 'predcls', 'sgcls' or 'sgdet', got {mode!r}")
         if decouple not in ("shared", "separate"):
@@ -75,6 +80,7 @@ class FReMuRe(nn.Module):
         self.contact_class_num = contact_class_num
         self.rel_classes = rel_classes
         names = list(obj_classes) if not isinstance(obj_classes, int) else None
+        self.object_classes = names             # names, background first, when given (checkpoints record them)
         self.num_obj_classes = len(names) if names is not None else obj_classes
         self.object_classifier = ObjectClassifier(mode=mode, obj_head=obj_head, K=K, obj_classes=obj_classes,
                                                   mem_compute=obj_mem_compute, selection=selection,
@@ -116,6 +122,38 @@ class FReMuRe(nn.Module):
         self.set_frequencies({"attention": freq_attention, "spatial": freq_spatial, "contact": freq_contact})
         for mem_type in MEMORY_TYPES:
             self.register_buffer(f"rel_memory_{mem_type}", None, persistent=False)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, obj_classes: Sequence[str] | int,
+                    frequencies: Mapping[str, torch.Tensor | None] | None = None, glove: Any = None) -> "FReMuRe":
+        """The model of ``config`` (a :class:`~fremure.model.config.ModelConfig`) for ``obj_classes``
+        (names, background first, or their number) with the frequency priors ``{"attention": [3],
+        "spatial": [6], "contact": [17]}`` ("contacting" accepted); without priors, or with
+        ``config.freq`` False, the frequency branch is off. ``model.config`` keeps ``config``."""
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        if config.name != "fremure":
+            raise ValueError(f"config names model {config.name!r}; FReMuRe.from_config builds 'fremure'")
+        freqs = dict(frequencies or {}) if config.freq else {}
+        contact = freqs.get("contact", freqs.get("contacting"))
+        model = cls(mode=config.mode, obj_classes=obj_classes, enc_layer_num=config.enc_layer,
+                    dec_layer_num=config.dec_layer, obj_mem_compute=config.obj_mem_compute,
+                    rel_mem_compute=config.memory, mem_fusion=config.mem_fusion, selection=config.selection,
+                    selection_lambda=config.mem_feat_lambda, take_obj_mem_feat=config.take_obj_mem_feat,
+                    obj_head=config.obj_head, rel_head=config.rel_head, K=config.K, tracking=config.tracking,
+                    freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"), freq_contact=contact,
+                    decouple=config.decouple, gate=config.gate, window=config.window, stride=config.stride,
+                    window_mode=config.window_mode, glove=glove, keep_unused=config.keep_unused,
+                    dropout=config.dropout)
+        model.config = config
+        return model
+
+    def _kernel_choice(self):
+        """The config's explicit kernel choice for this forward; "auto" (or no config) leaves the
+        surrounding one (``use_kernels`` block, else ``FREMURE_KERNELS``)."""
+        if self.config is None or self.config.kernels == "auto":
+            return contextlib.nullcontext()
+        return fremure_ext.dispatch.use_kernels(self.config.kernels)
 
     # ------------------------------------------------------------------ priors and memory
 
@@ -208,6 +246,10 @@ class FReMuRe(nn.Module):
         transformer features (``attention_features``, ``attention_mem_features``, ... with
         frequency priors; ``rel_features``, ``rel_mem_features`` without) and the priors.
         ``generator`` drives the heads' training noise (global RNG when None)."""
+        with self._kernel_choice():
+            return self._forward(entry, phase, unc, generator)
+
+    def _forward(self, entry: dict, phase: str, unc: bool, generator: torch.Generator | None) -> dict:
         entry = self.object_classifier(entry, phase=phase, unc=unc)
         features = self.relation_features(entry)
         passes = self._transformer_passes(features, entry["im_idx"])

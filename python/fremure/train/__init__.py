@@ -2,7 +2,7 @@
 
 ``Trainer(config, model, train_source, test_source, test_gt, frequencies).fit(resume=False)``;
 ``TrainConfig`` holds the published defaults; ``run_training(config)`` builds everything from
-the AG folder and feature caches (see :mod:`fremure.train.pipeline`); building, predicting and
+the AG folder and feature caches (see :mod:`fremure.train.run`); building, predicting and
 evaluating are :mod:`fremure.pipeline`.
 
 Names are imported on first use, so that ``fremure.train.config`` (which the command line reads

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..data.cache import VideoEntrySource
+from ..model.config import ModelConfig
 from .config import TrainConfig
 from ..pipeline import build_model, extract_split, frequencies, load_split, make_detector
 from .trainer import Trainer
@@ -26,20 +27,19 @@ def train_throughput(data_path: str | None, work_dir: str, videos: int = 4, step
     """
     from ..data.synthetic import sample_path
     data_path = data_path or str(sample_path())
-    config = config or TrainConfig(data_path=data_path, save_path=os.path.join(work_dir, "run"), dec_layer=1,
-                                   keep_unused=False, checkpoints="none",
-                                   tensorboard=False, progress=False, rel_mem_compute="none", lr=1e-4,
-                                   device=device)
+    config = config or TrainConfig(data_path=data_path, save_path=os.path.join(work_dir, "run"),
+                                   model=ModelConfig(dec_layer=1, keep_unused=False, rel_mem_compute="none"),
+                                   checkpoints="none", tensorboard=False, progress=False, lr=1e-4, device=device)
     detector, _ = make_detector(detector_checkpoint, target_size, device=config.device)
-    train_ds = load_split(data_path, "train", config.mode)
+    train_ds = load_split(data_path, "train", config.model.mode)
     cache_dir = os.path.join(work_dir, "cache_train")
     started = time.perf_counter()
-    extract_split(data_path, "train", config.mode, detector, cache_dir, progress=False)
+    extract_split(data_path, "train", config.model.mode, detector, cache_dir, progress=False)
     rows = [{"source": "extract", "videos": len(train_ds.video_list), "seconds": time.perf_counter() - started}]
-    freqs = frequencies(config, train_ds, load_split(data_path, "test", config.mode))
+    freqs = frequencies(config.model, train_ds, load_split(data_path, "test", config.model.mode))
     count = min(videos, len(train_ds.video_list))
-    for name, source in (("cache", VideoEntrySource(train_ds, config.mode, True, cache=cache_dir)),
-                         ("detector", VideoEntrySource(train_ds, config.mode, True, detector=detector))):
+    for name, source in (("cache", VideoEntrySource(train_ds, config.model.mode, True, cache=cache_dir)),
+                         ("detector", VideoEntrySource(train_ds, config.model.mode, True, detector=detector))):
         torch.manual_seed(0)
         trainer = Trainer(config, build_model(config, train_ds.object_classes, freqs), source, source,
                           train_ds.gt_annotations, freqs)

@@ -5,60 +5,41 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
+from ..model.config import FIELDS as MODEL_FIELDS
+from ..model.config import ModelConfig
+
 CHOICES = {
-    "mode": ("predcls", "sgcls", "sgdet"),
-    "rel_head": ("linear", "bayesian", "gmm", "gmm_plus"),
-    "obj_head": ("linear", "gmm"),
-    "rel_mem_compute": ("none", "joint", "seperate"),
-    "mem_fusion": ("early", "late"),
     "spatial_loss": ("bce", "mlm"),
     "optimizer": ("adamw", "adam", "sgd"),
     "amp": ("none", "bf16", "fp16"),
-    "kernels": ("auto", "ops", "reference"),
-    "decouple": ("shared", "separate"),
     "checkpoints": ("all", "last", "none"),
 }
 
 
-def option(default: Any, help: str, group: str = "train", positive: bool = False) -> Any:
-    """A TrainConfig field whose ``help`` and ``group`` (``"model"``: also taken by eval/visualize;
-    ``"train"``: training only) generate the command-line flag ``--name-with-dashes``, its help and
-    the YAML key (:mod:`fremure.cli`). ``positive``: the flag refuses values <= 0."""
-    return dataclasses.field(default=default, metadata={"help": help, "group": group, "positive": positive})
+def option(default: Any, help: str, positive: bool = False) -> Any:
+    """A TrainConfig field whose ``help`` generates the command-line flag ``--name-with-dashes``, its
+    help and the YAML key (:mod:`fremure.cli`). ``positive``: the flag refuses values <= 0."""
+    return dataclasses.field(default=default, metadata={"help": help, "positive": positive})
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run needs. Paths: ``data_path`` (AG root), ``train_cache`` /
     ``test_cache`` (feature caches from ``fremure extract``), ``save_path`` (run folder).
-    Each field's metadata holds its help text: flags, help and YAML keys all come from here."""
+    ``model`` holds the model's options (:class:`~fremure.model.config.ModelConfig`; a mapping is
+    converted). Each field's metadata holds its help text: flags, help and YAML keys all come from here."""
 
     data_path: str = option("", "AG root (annotations/, frames/)")
     train_cache: str = option("", "feature cache of the train split (fremure extract)")
     test_cache: str = option("", "feature cache of the test split")
     save_path: str = option("runs/fremure", "run folder: config.yaml, train.log, history.jsonl, checkpoints/, "
                                             "tensorboard/")
-    mode: str = option("predcls", "task", "model")
-    rel_head: str = option("bayesian", "relation head", "model")
-    obj_head: str = option("linear", "object head", "model")
-    K: int = option(6, "mixture components of the GMM heads", "model", positive=True)
-    enc_layer: int = option(1, "encoder layers", "model", positive=True)
-    dec_layer: int = option(3, "temporal decoder layers", "model", positive=True)
-    keep_unused: bool = option(True, "keep the published checkpoint's unused modules", "model")
-    dropout: float = option(0.1, "transformer dropout", "model")
-    decouple: str = option("shared", "one transformer for all relation types or one per type", "model")
-    tracking: bool = option(False, "object tracking across frames in sgcls/sgdet, as the published -tracking",
-                            "model")
-    kernels: str = option("auto", "torch.ops.fremure kernels (ops), plain PyTorch (reference) or auto", "model")
-    freq: bool = option(True, "frequency priors on", "model")
-    freq_include_test: bool = option(True, "pool test labels into the priors as published (Q-T1)", "model")
-    rel_mem_compute: str = option("joint", "TEMPURA relation memory", "model")
-    mem_fusion: str = option("late", "memory fusion", "model")
-    mem_feat_lambda: float = option(0.5, "memory mixing weight", "model")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig,
+                                           metadata={"help": "the model's options (ModelConfig)", "positive": False})
     mem_temperature: float = option(0.5, "softmax temperature of the memory rebuild")
     spatial_loss: str = option("bce", "spatial/contacting loss: bce or multi-label margin (mlm)")
     optimizer: str = option("adamw", "optimiser")
@@ -84,12 +65,14 @@ class TrainConfig:
                                      "package: pip install 'fremure[tensorboard]')")
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self.model = ModelConfig.from_dict(self.model)
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"config 'model' must be a ModelConfig or a mapping of its options, got {self.model!r}")
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"config {name!r} must be one of {list(choices)}, got {getattr(self, name)!r}")
-        if self.tracking and self.mode == "predcls":
-            raise ValueError("config 'tracking' needs mode sgcls or sgdet (PredCls has no object classifier to track)")
-        positive = ("K", "dec_layer", "enc_layer", "nepoch", "videos_per_step", "log_iter")
+        positive = ("nepoch", "videos_per_step", "log_iter")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -102,10 +85,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"config {name!r} must be a positive number, got {value!r}")
-        for name, high in (("weight_decay", math.inf), ("dropout", 1.0), ("mem_feat_lambda", 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
-                raise ValueError(f"config {name!r} must lie in [0, {high}], got {value!r}")
+        value = self.weight_decay
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"config 'weight_decay' must be a finite number >= 0, got {value!r}")
         check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,23 +135,33 @@ def describe_device(name: str) -> str:
 
 
 def field_help(name: str) -> str:
-    """The help text of a TrainConfig field."""
+    """The help text of a TrainConfig field, or of a ModelConfig field as ``model.NAME``."""
+    if name.startswith("model."):
+        return MODEL_FIELDS[name[len("model."):]].metadata["help"]
     return FIELDS[name].metadata["help"]
 
 
+def _yaml_line(name: str, value: Any, help_text: str, indent: str = "") -> str:
+    text = yaml.safe_dump({name: value}, default_flow_style=False, width=1000).strip()
+    return f"{indent}{text}  # {help_text}"
+
+
 def config_to_yaml(config: TrainConfig, header: Sequence[str] = ()) -> str:
-    """YAML of every field (``key: value  # help``), readable by :func:`read_config_file`;
-    ``header`` lines become leading comments."""
+    """YAML of every field (``key: value  # help``; the model's options in a ``model:`` section),
+    readable by :func:`read_config_file`; ``header`` lines become leading comments."""
     lines = [f"# {line}" for line in header]
     for name, value in config.to_dict().items():
-        text = yaml.safe_dump({name: value}, default_flow_style=False, width=1000).strip()
-        lines.append(f"{text}  # {field_help(name)}")
+        if name == "model":
+            lines.append("model:  # " + field_help("model"))
+            lines += [_yaml_line(key, item, field_help(f"model.{key}"), "  ") for key, item in value.items()]
+        else:
+            lines.append(_yaml_line(name, value, field_help(name)))
     return "\n".join(lines) + "\n"
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    """Converts a YAML value to the field's type; bool fields accept only true/false."""
-    kind = type(getattr(TrainConfig(), name))
+    """Converts a YAML value to the TrainConfig field's type; bool fields accept only true/false."""
+    kind = type(FIELDS[name].default)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -183,15 +175,46 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ValueError(f"{source}: {name!r} must be a number, got {value!r}")
         return float(value)
     if value is None:
-        return "none" if name == "rel_mem_compute" else ""
+        return ""
     if not isinstance(value, str):
         raise ValueError(f"{source}: {name!r} must be a string, got {value!r}")
     return value
 
 
+def config_values(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Checked TrainConfig values from a mapping (a YAML file, a checkpoint's saved config):
+    ``{"lr": ..., "model": {"window": ...}}``. Keys may use dashes; the model's options may also
+    stand at the top level (the flat layout of configs and checkpoints written before ModelConfig)
+    or as ``model.NAME``. Unknown keys and wrong types raise ValueError naming ``source`` and the key."""
+    from ..model.config import coerce as coerce_model
+    values: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "model" and isinstance(value, (Mapping, ModelConfig)):
+            items = value.to_dict() if isinstance(value, ModelConfig) else value
+            model.update({str(k).replace("-", "_"): v for k, v in items.items()})
+        elif name.startswith("model.") and name[len("model."):] in MODEL_FIELDS:
+            model[name[len("model."):]] = value
+        elif name in MODEL_FIELDS and name not in FIELDS:
+            model[name] = value
+        elif name in FIELDS and name != "model":
+            values[name] = _coerce(name, value, source)
+        else:
+            known = sorted(set(FIELDS) - {"model"}) + [f"model.{n}" for n in MODEL_FIELDS]
+            raise ValueError(f"{source}: unknown option {key!r} (known: {', '.join(known)})")
+    for name, value in model.items():
+        if name not in MODEL_FIELDS:
+            raise ValueError(f"{source}: unknown model option {name!r} (known: {', '.join(MODEL_FIELDS)})")
+        model[name] = coerce_model(name, value, source)
+    if model:
+        values["model"] = model
+    return values
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a YAML mapping of TrainConfig fields (dashes or underscores); unknown keys and wrong
-    types raise ValueError naming the file and key."""
+    """Reads a YAML mapping of TrainConfig fields (see :func:`config_values`); a bad file raises
+    ValueError naming it."""
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle)
@@ -203,20 +226,29 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
-    values = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in FIELDS:
-            raise ValueError(f"config file {path}: unknown option {key!r} (known: {', '.join(sorted(FIELDS))})")
-        values[name] = _coerce(name, value, f"config file {path}")
-    return values
+    return config_values(data, f"config file {path}")
 
 
-def make_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig from defaults <- file values <- explicit overrides (None values are ignored)."""
-    values = dict(file_values or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        raise ValueError(f"unknown training options: {sorted(unknown)}")
+def merge_values(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Later layers win, key by key, the ``model`` section too; None values are ignored."""
+    merged: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if value is None:
+                continue
+            if key == "model":
+                items = value.to_dict() if isinstance(value, ModelConfig) else value
+                model.update({k: v for k, v in items.items() if v is not None})
+            else:
+                merged[key] = value
+    if model:
+        merged["model"] = model
+    return merged
+
+
+def make_config(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from defaults <- file values <- explicit overrides (None values are ignored). Both
+    take the layout of :func:`config_values` (flat model options too)."""
+    values = merge_values(config_values(file_values or {}, "config"), config_values(overrides or {}, "options"))
     return TrainConfig(**values)

@@ -34,6 +34,7 @@ import torch
 
 from ..model import FReMuRe
 from ..pipeline import autocast, evaluate_predictions, predict_videos, to_device
+from ..runs import load_model_tensors, model_tensors
 from . import distributed as dist_utils
 from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer, optimizer_tensors, rng_state,
                          save_checkpoint, set_rng_state)
@@ -137,14 +138,10 @@ class Trainer:
         return min(n, self.config.max_test_videos) if self.config.max_test_videos else n
 
     # ------------------------------------------------------------------ checkpoints
-    def _model_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"memory.{k}": v for k, v in self.model.rel_memory.items()})
-        return tensors
-
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "step": self.step, "best": self.best,
                 "history": self.history, "skipped": self.skipped, "config": self.config.to_dict(),
+                "object_classes": self.model.object_classes,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "world_size": self.world}
 
@@ -160,16 +157,16 @@ class Trainer:
             rng_tensors, rng_info = rng_state()
             train.update(rng_tensors)
             state.update(optimizer=optim_info, rng=rng_info)
-        return save_checkpoint(self.checkpoint_dir, tag, self._model_tensors(), state, train)
+        return save_checkpoint(self.checkpoint_dir, tag, model_tensors(self.model), state, train)
 
     def restore(self, path: str | None = None) -> None:
         """Loads a resumable checkpoint (default: ``last``) into model, optimiser, scheduler, memory,
         RNG states and position. CheckpointError when it is missing or damaged."""
         path = path or os.path.join(self.checkpoint_dir, "last.json")
-        state, model_tensors, train_tensors = load_checkpoint(path)
+        state, saved_model, train_tensors = load_checkpoint(path)
         if "optimizer" not in state:
             raise CheckpointError(f"{path} is a model-only checkpoint; --resume needs 'last.json'")
-        load_model_tensors(self.model, model_tensors, path)
+        load_model_tensors(self.model, saved_model, path)
         load_optimizer(self.optimizer, train_tensors, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
@@ -287,7 +284,7 @@ class Trainer:
         try:
             with autocast(config.device, config.amp):
                 pred = self.forward(entry, phase="train")
-            losses = relation_losses(pred, config.mode, config.rel_head, config.obj_head, config.spatial_loss)
+            losses = relation_losses(pred, config.model.mode, config.model.rel_head, config.model.obj_head, config.spatial_loss)
             return sum(losses.values())
         except (RuntimeError, ValueError) as err:  # the fused kernels refuse NaN/inf inputs (ValueError)
             if "nan" not in str(err).lower():
@@ -343,12 +340,12 @@ class Trainer:
         indices = list(range(self.num_test))[self.rank::self.world]
         preds = predict_videos(self.model, self.test_source, indices, self.config.device, self.config.amp)
         preds = dist_utils.gather_objects(preds)
-        summary = evaluate_predictions(self.config.mode, preds, self.test_gt, constraints) if self.rank == 0 else None
+        summary = evaluate_predictions(self.config.model.mode, preds, self.test_gt, constraints) if self.rank == 0 else None
         return dist_utils.broadcast_object(summary)
 
     def rebuild_memory(self) -> None:
         """TEMPURA memory from a no-dropout pass over the training videos (streamed sums, all-reduced)."""
-        if self.config.rel_mem_compute == "none":
+        if self.config.model.rel_mem_compute == "none":
             return
         from ..model.relation_model import EMBED_DIM
         accumulator = MemoryAccumulator(EMBED_DIM, self.frequencies, self.config.mem_temperature)
@@ -417,14 +414,3 @@ class Trainer:
         self.epoch, self.position = self.epoch + 1, 0
         self.save("last", resumable=True)
         self._append_history(record)            # after 'last': a resumed run never repeats a line
-
-
-def load_model_tensors(model: FReMuRe, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Loads ``model.*`` weights (strict) and ``memory.*`` prototypes saved by :class:`Trainer`."""
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{source} does not fit this model configuration: {err}") from err
-    model.rel_memory = memory or None

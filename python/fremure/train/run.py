@@ -16,11 +16,11 @@ def make_trainer(config: TrainConfig, detector=None) -> Trainer:
     videos missing from a cache (or all, without a cache) are computed on the fly."""
     if not config.data_path:
         raise ValueError("data_path (--data-path) is required for training")
-    train_ds = load_split(config.data_path, "train", config.mode)
-    test_ds = load_split(config.data_path, "test", config.mode)
-    train_src = VideoEntrySource(train_ds, config.mode, True, detector=detector, cache=config.train_cache or None)
-    test_src = VideoEntrySource(test_ds, config.mode, False, detector=detector, cache=config.test_cache or None)
-    freqs = frequencies(config, train_ds, test_ds)
+    train_ds = load_split(config.data_path, "train", config.model.mode)
+    test_ds = load_split(config.data_path, "test", config.model.mode)
+    train_src = VideoEntrySource(train_ds, config.model.mode, True, detector=detector, cache=config.train_cache or None)
+    test_src = VideoEntrySource(test_ds, config.model.mode, False, detector=detector, cache=config.test_cache or None)
+    freqs = frequencies(config.model, train_ds, test_ds)
     model = build_model(config, train_ds.object_classes, freqs)
     return Trainer(config, model, train_src, test_src, test_ds.gt_annotations, freqs)
 
