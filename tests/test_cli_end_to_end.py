@@ -109,7 +109,7 @@ def test_train_writes_checkpoints_and_history(run_dir):
     assert len(history) == 1 and 0.0 <= history[0]["R@20"] <= 1.0
     assert math.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
     state = json.loads((run_dir / "checkpoints" / "last.json").read_text())["state"]
-    assert state["epoch"] == 1 and state["config"]["dec_layer"] == 1
+    assert state["epoch"] == 1 and state["config"]["model"]["dec_layer"] == 1
     assert history == json.loads(json.dumps(state["history"]))      # the file is the checkpoint's history
 
 

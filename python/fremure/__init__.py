@@ -1,3 +1,38 @@
-"""fremure: FReMuRe video scene-graph generation on Action Genome, on the torch.ops.fremure kernels."""
+"""fremure: FReMuRe video scene-graph generation on Action Genome, on the torch.ops.fremure kernels.
+
+The library's front door (what the ``fremure`` command calls)::
+
+    import fremure
+    run = fremure.load_run("runs/fremure")               # model, ModelConfig, priors, class names
+    results, preds = fremure.evaluate(run.model, source, test.gt_annotations, run.config.mode)
+    fremure.report("results/", results, preds, test)      # results.json/.txt, chart, report.html
+
+``ModelConfig`` / ``build_model`` make a model from options, ``TrainConfig`` / ``run_training``
+train one, ``run_demo`` runs the main job. Names are imported on first use.
+"""
+
+import importlib
 
 from ._version import __version__
+
+_EXPORTS = {
+    "ModelConfig": "model.config", "build_model": "model.config", "register_model": "model.config",
+    "TrainConfig": "train.config", "make_config": "train.config", "run_training": "train.run",
+    "make_trainer": "train.run", "load_run": "runs", "load_published": "runs", "LoadedModel": "runs",
+    "evaluate": "pipeline", "load_split": "pipeline", "report": "eval.report", "run_demo": "demo",
+}
+_RENAMED = {"report": "write_report"}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

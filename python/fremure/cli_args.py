@@ -94,8 +94,10 @@ def add_config_options(parser: argparse.ArgumentParser, train: bool = True, show
     for field in dataclasses.fields(ModelConfig):
         default = shown_model.get(field.name, field.default)
         text = f"{field.metadata['help']} (default {_shown(default)})".replace("%", "%%")
-        section.add_argument(*model_flags(field.name), dest=f"model.{field.name}", default=None, help=text,
-                             **_flag_type(field, MODEL_CHOICES, field.name in POSITIVE))
+        kwargs = _flag_type(field, MODEL_CHOICES, field.name in POSITIVE)
+        if "choices" not in kwargs:
+            kwargs.setdefault("metavar", field.name.upper())
+        section.add_argument(*model_flags(field.name), dest=f"model.{field.name}", default=None, help=text, **kwargs)
     if not train:
         return
     section = parser.add_argument_group("training options")
