@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,3 +82,28 @@ def test_every_op_has_an_example_that_calls_it(op):
 def test_example_rejects_unknown_names():
     with pytest.raises(ValueError, match="name must be an op of fremure_ext.registry.OPS"):
         example("freq_gate", torch.float32)
+
+
+def _object_flags(ninja: str, target: str) -> dict[str, str]:
+    """CPU source name -> compiler FLAGS of its object in ``target`` (``_C``, ``_C_isa1``, ...) in a
+    build.ninja."""
+    blocks = re.findall(rf"^build CMakeFiles/{target}\.dir/csrc/cpu/(\w+)\.cpp\.o:.*\n((?:  .*\n)*)", ninja, re.MULTILINE)
+    return {name: re.search(r"^  FLAGS = (.*)$", body, re.MULTILINE).group(1) for name, body in blocks}
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ninja") is None, reason="needs cmake and ninja")
+def test_cmake_reads_the_per_isa_sources_and_their_flags_from_the_sources(tmp_path):
+    """Configure only (a few seconds): the AVX2 / AVX-512 copies hold exactly the ops with
+    ``cpu_isa=True``, and a ``// FREMURE_COMPILE_OPTIONS:`` line reaches the compiler."""
+    build = tmp_path / "build"
+    run = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja", "-DFREMURE_CUDA=OFF",
+                          f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    ninja = (build / "build.ninja").read_text()
+    if "-DFREMURE_MULTI_ISA=1" not in ninja:
+        pytest.skip("the per-ISA copies are built with GCC on x86-64 only")
+    for target in ("_C_isa1", "_C_isa2"):
+        assert set(_object_flags(ninja, target)) == {op.name for op in OPS if op.cpu_isa}
+    for name, flags in _object_flags(ninja, "_C").items():
+        marked = "// FREMURE_COMPILE_OPTIONS: -fno-trapping-math" in (REPO / "csrc" / "cpu" / f"{name}.cpp").read_text()
+        assert ("-fno-trapping-math" in flags.split()) == marked, name
