@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class OpSpec:
-    """Forward op ``fremure::<name>``, gradient ``<name>_backward``, in the files ``<module>.py`` of
-    fremure_ext/{ops,reference,triton}, tests/test_<module>.py and benchmarks/bench_<module>.py. Its
-    kernels: ``cpu_isa``, CPU ones compiled per ISA level (a FREMURE_ISA_KERNELS_BEGIN region); ``cuda``,
-    CUDA C++ in csrc/cuda/; ``triton``, the launchers ``<name>_forward`` / ``<name>_backward``."""
+    """Forward op ``fremure::<name>`` (gradient: ``<name>_backward``), wrapper ``fremure_ext.<name>``,
+    reference ``fremure_ext.reference.<name>``; files ``<module>.py`` in fremure_ext/ops, reference and
+    triton, tests/test_<module>.py, benchmarks/bench_<module>.py. Kernels: ``cpu_isa``, CPU ones compiled
+    per ISA level (a FREMURE_ISA_KERNELS_BEGIN region); ``cuda``, CUDA C++ in csrc/cuda/; ``triton``, the
+    launchers ``<name>_forward`` / ``<name>_backward``."""
 
     name: str
     module: str
