@@ -1,7 +1,7 @@
 """Smoke test of an installed fremure (run by .ci/run from a folder outside the checkout, with the
 interpreter of the venv the wheel went into): the package imports from site-packages, the wheel's
-torch pin holds, the CUDA sources were compiled when nvcc exists, and every op runs once on the
-CPU forward and backward against its pure-PyTorch reference."""
+torch pin holds, the CUDA sources were compiled when nvcc exists, and every op of the registry runs
+once on the CPU forward and backward against its pure-PyTorch reference."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 
 import fremure
 import fremure_ext
-from fremure_ext import reference as ref
+from fremure_ext.registry import OPS
 
 
 def check_install(checkout: str) -> None:
@@ -40,49 +40,35 @@ def check_install(checkout: str) -> None:
         assert info["cuda"], "nvcc is on PATH but the CUDA sources were not compiled"
 
 
-def _pair(op, ref_op, inputs, diff=None, **kwargs):
-    """op and reference once, forward and backward, on copies of the same inputs; the first
-    ``diff`` (default: every float input) receive gradients."""
-    results = []
-    diff = len(inputs) if diff is None else diff
-    for fn in (op, ref_op):
-        leaves = [t.detach().clone().requires_grad_(i < diff and t.is_floating_point()) for i, t in enumerate(inputs)]
-        out = fn(*leaves, **kwargs)
-        out = out[0] if isinstance(out, tuple) else out
-        out.square().sum().backward()
-        results.append((out.detach(), [t.grad for t in leaves if t.requires_grad]))
-    (out, grads), (out_ref, grads_ref) = results
-    torch.testing.assert_close(out, out_ref, atol=1e-4, rtol=1e-4)
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, atol=1e-3, rtol=1e-3)
+def _run(fn, tensors, kernels: str):
+    """``fn`` on fresh leaf copies of ``tensors`` with the kernel choice ``kernels``, forward and
+    backward: (float outputs, gradients of the tensors)."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    with fremure_ext.dispatch.use_kernels(kernels):
+        out = fn(*leaves)
+    outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.is_floating_point()]
+    sum(o.square().sum() for o in outs).backward()
+    return [o.detach() for o in outs], [t.grad for t in leaves]
 
 
-def check_ops() -> None:
+def check_ops(checkout: str) -> None:
+    """Every op of fremure_ext.registry on its example (tests/op_examples.py in the checkout): the
+    compiled CPU kernel against the reference, forward and backward."""
+    sys.path.insert(0, os.path.join(checkout, "tests"))
+    from op_examples import example
+
     torch.manual_seed(0)
-    n, d = 12, 32
-    _pair(fremure_ext.freq_gate_blend, ref.freq_gate_blend, [torch.randn(n, d), torch.rand(d)])
-    _pair(fremure_ext.gated_fusion, ref.gated_fusion,
-          [torch.randn(n, d), torch.randn(n, d), torch.randn(n, 8), torch.randn(d, 2 * d + 8) * 0.1, torch.randn(d)])
-    offsets = torch.tensor([0, 3, 5, 9, 12])
-    pack = fremure_ext.window_pack(torch.randn(n, d), offsets, 2)
-    pack_ref = ref.window_pack(torch.randn(n, d), offsets, 2)
-    torch.testing.assert_close(pack.src_index, pack_ref[1])
-    _pair(lambda x: fremure_ext.window_pack(x, offsets, 2).out, lambda x: ref.window_pack(x, offsets, 2)[0],
-          [torch.randn(n, d)])
-    rows = pack.out.shape[0]
-    _pair(lambda y: fremure_ext.window_unpack(y, pack.src_index, None, n, "mean"),
-          lambda y: ref.window_unpack(y, pack.src_index, None, n, "mean"), [torch.randn(rows, d)])
-    seg = torch.tensor([0, 4, 4, 10, 12])
-    _pair(fremure_ext.segment_attention, ref.segment_attention,
-          [torch.randn(n, 2, 16), torch.randn(n, 2, 16), torch.randn(n, 2, 16), seg])
-    # the noise tensors receive no gradient
-    _pair(lambda mu, v, pi, eps: fremure_ext.gmm_mixture(mu, v, pi, 1.0, eps),
-          lambda mu, v, pi, eps: ref.gmm_mixture(mu, v, pi, torch.tensor(1.0), eps),
-          [torch.randn(6, n, 5), torch.randn(6, n, 5), torch.randn(6, n, 5), torch.randn(6, n, 5)], diff=3)
-    _pair(fremure_ext.bayes_mc, ref.bayes_mc, [torch.randn(n, 5), torch.randn(n, 5), torch.randn(6, n, 5)], diff=2)
-    print("every op ran once on the CPU, forward and backward, and matched its reference")
+    for op in OPS:
+        fn, tensors = example(op.name, torch.float32, small=True)
+        (out, grads), (out_ref, grads_ref) = _run(fn, tensors, "ops"), _run(fn, tensors, "reference")
+        for o, o_ref in zip(out, out_ref, strict=True):
+            torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+        for g, g_ref in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(g, g_ref, atol=1e-3, rtol=1e-3)
+        print("ran", op.name, "forward and backward on the CPU; matches its reference")
+    print("every op of fremure_ext.registry ran once on the CPU, forward and backward, and matched its reference")
 
 
 if __name__ == "__main__":
     check_install(sys.argv[1])
-    check_ops()
+    check_ops(sys.argv[1])

@@ -12,9 +12,11 @@ import pathlib
 
 import torch
 
+from fremure_ext.registry import MODULES
+
 from _harness import run_cases, write_csv, write_plot
 
-OPS = ["freq_gate_blend", "gated_fusion", "window", "segment_attention", "gmm_mixture", "bayes_mc"]
+OPS = list(MODULES)  # one bench_<module>.py per op module of the registry
 
 
 def markdown(rows: list[dict]) -> str:
@@ -32,8 +34,6 @@ def main() -> None:
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
     parser.add_argument("--min-run-time", type=float, default=1.0)
     args = parser.parse_args()
-    import fremure_ext  # noqa: F401
-
     rows = []
     for name in args.ops.split(","):
         module_path = pathlib.Path(__file__).with_name(f"bench_{name}.py")

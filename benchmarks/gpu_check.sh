@@ -92,8 +92,14 @@ mapfile -t triton_tests < <(ls tests/test_triton_*.py)
 run_step tests_cuda_triton 150 "$python" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py "${triton_tests[@]}"
 
 # 3. Every op benchmark on the GPU (eager reference, ops, torch.compile'd reference; bandwidth as
-#    a fraction of the measured copy bandwidth), CSVs in benchmarks/results/<op>_cuda.csv.
-for bench in freq_gate_blend window gated_fusion segment_attention gmm_mixture bayes_mc; do
+#    a fraction of the measured copy bandwidth), CSVs in benchmarks/results/<op>_cuda.csv: one
+#    benchmarks/bench_<module>.py per op module of fremure_ext.registry (the installed package's).
+mapfile -t op_modules < <("$python" -c "from fremure_ext.registry import MODULES; print(*MODULES, sep='\n')" 2> "$logs/op_modules.log")
+if (( ${#op_modules[@]} == 0 )); then
+  summary+=("$(printf '%-28s %-10s' op_modules 'FAIL(import)') (see op_modules.log)")
+  failed=1
+fi
+for bench in "${op_modules[@]}"; do
   run_step "bench_$bench" 75 "$python" "benchmarks/bench_$bench.py" --device cuda --min-run-time 0.2
 done
 

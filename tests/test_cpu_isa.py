@@ -13,10 +13,11 @@ import pytest
 
 import fremure_ext
 from fremure_ext import _loader
+from fremure_ext.registry import OPS
 
 ORDER = ["baseline", "avx2", "avx512"]
-OP_TESTS = ["tests/test_gated_fusion.py", "tests/test_bayes_mc.py", "tests/test_gmm_mixture.py",
-            "tests/test_segment_attention.py"]
+# The test files of the ops whose CPU kernels are compiled per ISA level.
+OP_TESTS = [f"tests/test_{module}.py" for module in dict.fromkeys(op.module for op in OPS if op.cpu_isa)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

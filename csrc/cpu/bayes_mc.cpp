@@ -3,9 +3,9 @@
 // Chunks of whole rows are unpacked into float lanes; the S samples are visited one after the
 // other with per-sample lane buffers, so S x B x C is never materialised. In seed mode the noise
 // of a sample is drawn straight into its lane buffer (Philox, common/philox.h) and redrawn by
-// the backward. The kernels are compiled once per vector ISA (cpu/cpu_isa.h); the op, once. CMake
-// compiles this file with -fno-trapping-math: GCC only if-converts (and so vectorises) the
-// branch-free floating-point selects of the lane loops with trapping math off.
+// the backward. The kernels are compiled once per vector ISA (cpu/cpu_isa.h); the op, once. GCC
+// only if-converts (so vectorises) the lane loops' branch-free selects with this flag (CMake reads it):
+// FREMURE_COMPILE_OPTIONS: -fno-trapping-math
 #define FREMURE_ISA_WIDE_VECTORS  // 512-bit lanes at the AVX-512 level (cpu/cpu_isa.h)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

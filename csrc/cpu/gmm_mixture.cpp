@@ -5,9 +5,9 @@
 // (variance, sampling, activation, mixture softmax over k, mixture, uncertainty) is one loop over
 // lanes that vectorises. The backward recomputes the forward of its chunk (nothing is saved but
 // the inputs) and, in seed mode, regenerates the noise from the seed. The kernels are compiled
-// once per vector ISA (cpu/cpu_isa.h); the op, once. CMake
-// compiles this file with -fno-trapping-math: GCC only if-converts (and so vectorises) the
-// branch-free floating-point selects of the lane loops with trapping math off.
+// once per vector ISA (cpu/cpu_isa.h); the op, once. GCC only if-converts (so vectorises) the
+// lane loops' branch-free selects with this flag (CMake reads it):
+// FREMURE_COMPILE_OPTIONS: -fno-trapping-math
 #define FREMURE_ISA_WIDE_VECTORS  // 512-bit lanes at the AVX-512 level (cpu/cpu_isa.h)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

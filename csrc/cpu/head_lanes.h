@@ -2,9 +2,9 @@
 //
 // Those kernels work on a chunk of whole rows (pairs) at a time, unpacked into flat float
 // "lanes" (row-major [rows, C]) so that every per-element step is a simple loop over lanes that
-// the compiler vectorises. The including file is compiled with -fno-trapping-math (CMakeLists.txt):
-// without it GCC keeps the branch-free selects of fast_math.h as branches and nothing vectorises.
-// The helpers are
+// the compiler vectorises. The including file is compiled with -fno-trapping-math (its
+// FREMURE_COMPILE_OPTIONS line): without it GCC keeps the branch-free selects of fast_math.h as
+// branches and nothing vectorises. The helpers are
 // always inlined so that each ISA copy of a kernel (cpu/cpu_isa.h) vectorises them for its ISA;
 // the helpers written with intrinsics are compiled for the including file's ISA level (below).
 #pragma once

@@ -13,11 +13,8 @@ import platform
 
 import torch
 
-
-def _ops_with_kernel(dispatch_key: str) -> list[str]:
-    """Names of the fremure ops (overload names dropped) with a kernel for ``dispatch_key``."""
-    names = torch._C._dispatch_get_registrations_for_dispatch_key(dispatch_key)
-    return sorted({n.split("::", 1)[1].split(".", 1)[0] for n in names if n.startswith("fremure::")})
+from .dispatch import has_kernel
+from .registry import OPS
 
 
 def _triton_status() -> str:
@@ -48,9 +45,9 @@ def collect() -> dict:
         "CPU ISA variants": ", ".join(info["cpu_isas"]),
         "CPU build": "-march=native (FREMURE_NATIVE_CPU=ON, this CPU only)" if info["native_cpu"] else "portable",
         "OpenMP": info["openmp"],
-        "ops with CPU kernels": ", ".join(_ops_with_kernel("CPU")),
-        "ops with CUDA kernels": ", ".join(_ops_with_kernel("CUDA")) or "none",
-        "Triton kernels for": ", ".join(fremure_ext._triton_kernels.TRITON_OPS),
+        "ops with CPU kernels": ", ".join(op.name for op in OPS if has_kernel(op.name, "cpu")),
+        "ops with CUDA kernels": ", ".join(op.name for op in OPS if has_kernel(op.name, "cuda")) or "none",
+        "Triton kernels for": ", ".join(op.name for op in OPS if op.triton),
     }
     cap = os.environ.get("FREMURE_CPU_ISA")
     if torch.cuda.is_available():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["freq_gate_blend"]
+
 
 def freq_gate_blend(x: torch.Tensor, gate: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`fremure_ext.freq_gate_blend`: ``where(valid, g*LN0(x) + (1-g)*x, x)``.

@@ -104,9 +104,3 @@ def bayes_mc_backward(grad_out, mu, logvar, noise, seed, samples, activation):
     if mode == MODE_EVAL:
         dlogvar.zero_()
     return dmu, dlogvar
-
-
-def register() -> None:
-    """Install the launchers as the CUDA kernels of fremure::bayes_mc and its backward."""
-    torch.library.register_kernel("fremure::bayes_mc", "cuda", bayes_mc_forward)
-    torch.library.register_kernel("fremure::bayes_mc_backward", "cuda", bayes_mc_backward)

@@ -219,9 +219,3 @@ def gated_fusion_backward(grad_out, head, tail, cond, weight, bias, gate_sigmoid
 def _layer_norm_backward(dxn: torch.Tensor, xn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + LN_EPS)
     return rstd * (dxn - dxn.mean(-1, keepdim=True) - xn * (dxn * xn).mean(-1, keepdim=True))
-
-
-def register() -> None:
-    """Install the launchers as the CUDA kernels of fremure::gated_fusion and its backward."""
-    torch.library.register_kernel("fremure::gated_fusion", "cuda", gated_fusion_forward)
-    torch.library.register_kernel("fremure::gated_fusion_backward", "cuda", gated_fusion_backward)

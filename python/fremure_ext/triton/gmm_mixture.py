@@ -185,9 +185,3 @@ def gmm_mixture_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, 
         0 if seed is None else int(seed), B, C, K, float(var_eps), float(var_floor), float(var_ceiling),
         MODE=mode, SOFTMAX=activation == "softmax", HAS_GALEA=has_galea, BLOCK_B=block_b, BLOCK_C=block_c)
     return dmu, draw, dpi, partial.sum().to(tau.dtype).reshape(tau.shape)
-
-
-def register() -> None:
-    """Install the launchers as the CUDA kernels of fremure::gmm_mixture and its backward."""
-    torch.library.register_kernel("fremure::gmm_mixture", "cuda", gmm_mixture_forward)
-    torch.library.register_kernel("fremure::gmm_mixture_backward", "cuda", gmm_mixture_backward)

@@ -223,9 +223,3 @@ def segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, sca
     _bwd_kernel[(S, H)](q, k, v, grad_out, lse, delta, offsets, dq, dk, dv, float(scale), Dh, H,
                         q.stride(0), q.stride(1), T=T, **drop, **cfg)
     return dq, dk, dv
-
-
-def register() -> None:
-    """Install the launchers as the CUDA kernels of fremure::segment_attention and its backward."""
-    torch.library.register_kernel("fremure::segment_attention", "cuda", segment_attention_forward)
-    torch.library.register_kernel("fremure::segment_attention_backward", "cuda", segment_attention_backward)
