@@ -150,7 +150,8 @@ class GlocalTransformer(nn.Module):
         for layer in self.local_attention.layers:
             head = layer(head, layout.offsets)
         tail = self._tail(features, layout) if any(f is not None for _, f in requests) else None
-        locals_ = [head if freq is None else self._fuse(head, tail, rel_type, freq) for rel_type, freq in requests]
+        locals_ = [head if freq is None else self._fuse(head, tail, rel_type, freq, features.dtype)
+                   for rel_type, freq in requests]
         stacked = torch.cat(locals_) if len(locals_) > 1 else locals_[0]
         early = self.mem_compute is not None and self.mem_fusion == "early"
         decoder_in = self.hallucinate(stacked, bank) if early else stacked
@@ -240,8 +241,8 @@ class GlocalTransformer(nn.Module):
 
     # ------------------------------------------------------------------ packed computation
 
-    def _fuse(self, head: torch.Tensor, tail: torch.Tensor, rel_type: str, freq: torch.Tensor) -> torch.Tensor:
-        gate = self.local_attention_tail.freq_gate(freq, rel_type).to(tail.dtype)
+    def _fuse(self, head: torch.Tensor, tail: torch.Tensor, rel_type: str, freq: torch.Tensor, dtype) -> torch.Tensor:
+        gate = self.local_attention_tail.freq_gate(freq, rel_type).to(dtype)
         return self.fusion_gate_local(head, fremure_ext.freq_gate_blend(tail, gate), self.freq_mapper[rel_type](freq))
 
     def _tail(self, features: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
