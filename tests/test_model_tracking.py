@@ -77,7 +77,7 @@ def test_batched_tracks_equal_per_class_loop_forward_backward(kernels, seed=0):
                  boxes=entry["boxes"].double())
     x = track_input(model, entry).detach()
     x_ours, x_loop = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours = model._track(entry, x_ours)
+    ours = model.track(entry, x_ours)
     loop = published_loop(model, entry, x_loop)
     torch.testing.assert_close(ours, loop, rtol=1e-9, atol=1e-9)
     weight = torch.randn(ours.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,15 +21,14 @@ import fremure_ext
 
 from ..relations import NAMES, relation_type
 from .layers import (REL_CLASSES, DecoderLayer, EncoderLayer, FrequencyAwareDecoder, FrequencyAwareEncoder,
-                     LayerStack, packed_attention)
+                     FusionGate, LayerStack)
 from .layout import FrameLayout, frame_layout, slot_order
 
 MEMORY_TYPES = NAMES                                             # order of the joint memory bank
 SEPARATE_MEMORY_ORDER = ("attention", "contacting", "spatial")  # published order of the per-type banks
 MODES = ("latter", "both", "mean", "weighted")
-FUSION_TEMPERATURE, FUSION_LO, FUSION_HI = 1.5, 0.02, 0.98
 FREQ_EMBED = 64
-_UNPACK_MODE = {"latter": "latter", "both": "mean", "mean": "mean", "weighted": "weighted"}
+UNPACK_MODES = {"latter": "latter", "both": "mean", "mean": "mean", "weighted": "weighted"}  # window_unpack's, per mode
 
 
 class TransformerOutput(NamedTuple):
@@ -39,6 +38,14 @@ class TransformerOutput(NamedTuple):
     output: torch.Tensor
     local_output: torch.Tensor
     mem_features: torch.Tensor
+
+
+def memory_read(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """One-head, bias-free attention of every row of ``feat [N, D]`` over ``bank [M, D]`` -> ``[N, D]``."""
+    dim = feat.shape[1]
+    w_q, w_k, w_v = mha.in_proj_weight.split(dim)
+    scores = (F.linear(feat, w_q) / math.sqrt(dim)) @ F.linear(bank, w_k).T
+    return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
 
 
 def canonical_rel_type(rel_type: str | None) -> str | None:
@@ -98,10 +105,9 @@ class GlocalTransformer(nn.Module):
         nn.init.uniform_(self.position_embedding.weight)
         if mode == "weighted":
             self.window_weight = nn.Parameter(torch.zeros(window))
-        fusion_in = 2 * embed_dim + FREQ_EMBED
-        self.fusion_gate_local = nn.Sequential(nn.Linear(fusion_in, embed_dim), nn.Sigmoid())
+        self.fusion_gate_local = FusionGate(embed_dim, FREQ_EMBED)
         if keep_unused:
-            self.fusion_gate_global = nn.Sequential(nn.Linear(fusion_in, embed_dim), nn.Sigmoid())
+            self.fusion_gate_global = FusionGate(embed_dim, FREQ_EMBED)
         self.freq_mapper = nn.ModuleDict({r: nn.Linear(c, FREQ_EMBED) for r, c in REL_CLASSES.items()})
 
     # ------------------------------------------------------------------ public API
@@ -123,29 +129,47 @@ class GlocalTransformer(nn.Module):
             without memory ``(global, Z_loc, Z_loc)``; late fusion ``(fused global, global,
             fused global)``; early fusion ``(global, Z_loc, fused Z_loc)`` (docs/method.md 3.6).
         """
-        return self.forward_types(features, im_idx, memory, {rel_type: freq} if freq is not None else {None: None})[
-            canonical_rel_type(rel_type) if freq is not None else None]
+        return self.passes(features, im_idx, memory, [(rel_type, freq)])[0]
 
-    def forward_types(self, features: torch.Tensor, im_idx: torch.Tensor,
-                      memory: Mapping[str, torch.Tensor] | None,
-                      freqs: Mapping[str | None, torch.Tensor | None]) -> dict[str | None, TransformerOutput]:
-        """Several relation types' passes over one video; ``freqs`` maps rel_type -> ``[C_r]`` (or
-        None -> None for the frequency-free pass). Results are keyed like ``freqs`` (with
-        'contacting' renamed 'contact').
+    def forward_types(self, features: torch.Tensor, im_idx: torch.Tensor, memory: Mapping[str, torch.Tensor] | None,
+                      freqs: Mapping[str, torch.Tensor]) -> dict[str, TransformerOutput]:
+        """Several relation types' passes over one video; ``freqs`` maps each rel_type to its
+        ``[C_r]`` frequencies. Results are keyed by the published key ('contacting' -> 'contact')."""
+        keys = [relation_type(r).key for r in freqs]
+        return dict(zip(keys, self.passes(features, im_idx, memory, list(freqs.items()))))
 
-        The local and tail encoders run once and are shared by all types (they do not depend on
-        the type) and the types' temporal decoders run as one batch; the published per-type
-        computation (:mod:`fremure.model.published`) gives the same numbers in eval mode or with
-        dropout 0.
-        """
-        _check_features(features, self.embed_dim)
-        layout = frame_layout(im_idx, features.shape[0], features.device)
-        requests = [self._check_request(r, f, features) for r, f in freqs.items()]
-        bank = self._check_memory(memory, features)
-        outputs = self._run(features, layout, bank, requests)
-        return {r: out for (r, _), out in zip(requests, outputs)}
+    def passes(self, features: torch.Tensor, im_idx: torch.Tensor, memory: Mapping[str, torch.Tensor] | None,
+               requests: Sequence[tuple[str | None, torch.Tensor | None]]) -> list[TransformerOutput]:
+        """One :class:`TransformerOutput` per ``(rel_type, freq)`` request (as in :meth:`forward`),
+        in order. The local and tail encoders run once for all requests (they do not depend on the
+        type) and the temporal decoders run as one batch; the published per-type computation
+        (:mod:`fremure.model.published`) gives the same numbers in eval mode or with dropout 0."""
+        layout, bank, requests = self.check_inputs(features, im_idx, memory, requests)
+        n = features.shape[0]
+        head = features
+        for layer in self.local_attention.layers:
+            head = layer(head, layout.offsets)
+        tail = self._tail(features, layout) if any(f is not None for _, f in requests) else None
+        locals_ = [head if freq is None else self._fuse(head, tail, rel_type, freq, features.dtype)
+                   for rel_type, freq in requests]
+        stacked = torch.cat(locals_) if len(locals_) > 1 else locals_[0]
+        early = self.mem_compute is not None and self.mem_fusion == "early"
+        decoder_in = self.hallucinate(stacked, bank) if early else stacked
+        global_out = self._global(decoder_in, layout, len(requests))
+        rows = [slice(r * n, (r + 1) * n) for r in range(len(requests))]
+        return [self.assemble(stacked[r], decoder_in[r], global_out[r], bank) for r in rows]
 
     # ------------------------------------------------------------------ input checks
+
+    def check_inputs(self, features: torch.Tensor, im_idx: torch.Tensor, memory: Mapping[str, torch.Tensor] | None,
+                     requests: Sequence[tuple[str | None, torch.Tensor | None]]):
+        """Boundary checks of :meth:`passes`' arguments. Returns ``(layout, bank, requests)``: the
+        frame layout, the memory bank (None when unused or empty) and the requests with published
+        keys and freq on the features' device."""
+        _check_features(features, self.embed_dim)
+        layout = frame_layout(im_idx, features.shape[0], features.device)
+        checked = [self._check_request(r, f, features) for r, f in requests]
+        return layout, self._check_memory(memory, features), checked
 
     def _check_request(self, rel_type, freq, features):
         rel_type = canonical_rel_type(rel_type)
@@ -179,89 +203,56 @@ class GlocalTransformer(nn.Module):
             bank[r] = m.to(device=features.device, dtype=features.dtype)
         return bank
 
-    # ------------------------------------------------------------------ shared pieces
+    # ------------------------------------------------------------------ pieces shared with the published computation
 
-    def _selector_weight(self, feat: torch.Tensor):
-        if self.selection == "manual":
-            return self.selection_lambda
-        return self.selector(feat).sigmoid()
-
-    def _memory_read(self, mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """One-head, bias-free attention of every row of ``feat [N, D]`` over ``bank [M, D]``."""
-        dim = feat.shape[1]
-        w_q, w_k, w_v = mha.in_proj_weight.split(dim)
-        scores = (F.linear(feat, w_q) / math.sqrt(dim)) @ F.linear(bank, w_k).T
-        return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
-
-    def _hallucinate(self, feat: torch.Tensor, bank: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """Memory read-out ``e * feat + (1 - e) * Attn(feat, M, M)`` (identity without memory)."""
+    def hallucinate(self, feat: torch.Tensor, bank: dict[str, torch.Tensor] | None, read=memory_read) -> torch.Tensor:
+        """Memory read-out ``e * feat + (1 - e) * Attn(feat, M, M)`` of ``feat [N, D]`` (identity
+        without memory); ``read(mha, feat, bank)`` computes one attention (:func:`memory_read`)."""
         if bank is None:
             return feat
         if self.mem_compute == "joint":
-            read = self._memory_read(self.mem_attention, feat, torch.cat([bank[r] for r in MEMORY_TYPES]))
+            out = read(self.mem_attention, feat, torch.cat([bank[r] for r in MEMORY_TYPES]))
         else:
-            reads = [self._memory_read(self.mem_attention[r], feat, bank[r]) for r in SEPARATE_MEMORY_ORDER]
-            read = torch.stack(reads, dim=1).mean(dim=1)
-        e = self._selector_weight(feat)
-        return e * feat + (1 - e) * read
+            out = torch.stack([read(self.mem_attention[r], feat, bank[r]) for r in SEPARATE_MEMORY_ORDER], 1).mean(1)
+        e = self.selection_lambda if self.selection == "manual" else self.selector(feat).sigmoid()
+        return e * feat + (1 - e) * out
 
-    def _finish(self, local: torch.Tensor, global_out: torch.Tensor, bank) -> TransformerOutput:
-        """Published return convention around the late memory read-out."""
-        if self.mem_compute is not None and self.mem_fusion == "late":
-            fused = self._hallucinate(global_out, bank)
-            return TransformerOutput(fused, global_out, fused)
-        return TransformerOutput(global_out, local, local)
+    def assemble(self, local: torch.Tensor, decoder_in: torch.Tensor, global_out: torch.Tensor, bank,
+                 read=memory_read) -> TransformerOutput:
+        """Published return convention of one pass (see :meth:`forward`) from ``Z_loc``, the
+        temporal decoder's input and its output (each ``[N, D]``), with the late read-out."""
+        if self.mem_compute is None:
+            return TransformerOutput(global_out, local, local)
+        if self.mem_fusion == "early":
+            return TransformerOutput(global_out, local, decoder_in)
+        fused = self.hallucinate(global_out, bank, read)
+        return TransformerOutput(fused, global_out, fused)
 
-    def _window_weights(self, position: torch.Tensor) -> torch.Tensor | None:
-        """Per-entry weights ``exp(window_weight)[position]`` (position's shape) in mode "weighted"."""
-        if self.mode != "weighted":
-            return None
-        return torch.exp(self.window_weight).index_select(0, position.reshape(-1)).view(position.shape)
+    def merge_windows(self, y: torch.Tensor, src: torch.Tensor, position: torch.Tensor, num_rows: int,
+                      unpack=fremure_ext.window_unpack) -> torch.Tensor:
+        """Window tokens ``y`` back to ``[num_rows, D]`` rows as ``mode`` says (weights
+        ``exp(window_weight)[position]`` in mode "weighted"); y, src, position packed (``[T, D]``,
+        ``[T]``) or padded (``[W, L, D]``, ``[W, L]``, position >= 0); ``unpack``: the op or its reference."""
+        weights = None
+        if self.mode == "weighted":
+            weights = torch.exp(self.window_weight).index_select(0, position.reshape(-1)).view(position.shape)
+            weights = weights.to(y.dtype)
+        return unpack(y, src, weights, num_rows, UNPACK_MODES[self.mode])
 
     # ------------------------------------------------------------------ packed computation
 
-    def _run(self, features, layout: FrameLayout, bank, requests) -> list[TransformerOutput]:
-        n = features.shape[0]
-        head = features
-        for layer in self.local_attention.layers:
-            head = layer.forward_packed(head, layout.offsets)
-        tail = self._tail_packed(features, layout) if any(f is not None for _, f in requests) else None
-        locals_ = []
-        for rel_type, freq in requests:
-            if freq is None:
-                locals_.append(head)
-                continue
-            gate = self.local_attention_tail.freq_gate(freq, rel_type).to(features.dtype)
-            blended = fremure_ext.freq_gate_blend(tail, gate)
-            mapped = self.freq_mapper[rel_type](freq)
-            linear = self.fusion_gate_local[0]
-            # the op wants one dtype; under autocast the Linear outputs are bf16/fp16 while the
-            # LayerNorm'd head stays float32, so the fusion runs in the head's precision
-            dtype = head.dtype
-            locals_.append(fremure_ext.gated_fusion(head, blended.to(dtype), mapped.to(dtype), linear.weight.to(dtype),
-                                                    None if linear.bias is None else linear.bias.to(dtype),
-                                                    FUSION_TEMPERATURE, FUSION_LO, FUSION_HI))
-        stacked = torch.cat(locals_) if len(locals_) > 1 else locals_[0]
-        early = self.mem_compute is not None and self.mem_fusion == "early"
-        decoder_in = self._hallucinate(stacked, bank) if early else stacked
-        global_out = self._global_packed(decoder_in, layout, len(requests))
-        results = []
-        for r in range(len(requests)):
-            rows = slice(r * n, (r + 1) * n)
-            if early:
-                results.append(TransformerOutput(global_out[rows], stacked[rows], decoder_in[rows]))
-            else:
-                results.append(self._finish(stacked[rows], global_out[rows], bank))
-        return results
+    def _fuse(self, head: torch.Tensor, tail: torch.Tensor, rel_type: str, freq: torch.Tensor, dtype) -> torch.Tensor:
+        gate = self.local_attention_tail.freq_gate(freq, rel_type).to(dtype)
+        return self.fusion_gate_local(head, fremure_ext.freq_gate_blend(tail, gate), self.freq_mapper[rel_type](freq))
 
-    def _tail_packed(self, features: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+    def _tail(self, features: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         order, slot_offsets = slot_order(layout)
-        grouped = self.local_attention_tail.forward_packed(features.index_select(0, order), slot_offsets)
+        grouped = self.local_attention_tail(features.index_select(0, order), slot_offsets)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.shape[0], device=order.device)
         return grouped.index_select(0, inverse)
 
-    def _global_packed(self, z: torch.Tensor, layout: FrameLayout, copies: int) -> torch.Tensor:
+    def _global(self, z: torch.Tensor, layout: FrameLayout, copies: int) -> torch.Tensor:
         """Temporal decoder over ``copies`` stacked copies ``[copies * N, D]`` of one video's rows
         (one per relation type), all windows of all copies in one packed batch."""
         n = z.shape[0] // copies
@@ -284,24 +275,21 @@ class GlocalTransformer(nn.Module):
             if i == 0:
                 core = layer.attend_gathered(z, src, table, position, offsets)
             else:
-                core = packed_attention(layer.multihead2, y + pos_embed, y, offsets, project_out=False)
+                core = layer.attend(y, pos_embed, offsets)
             if i == len(layers) - 1 and self.mode == "latter":
                 # "latter" keeps one copy per row and everything after the attention core works
                 # row by row, so the last layer finishes only the kept copies.
                 keep = functools.partial(fremure_ext.window_unpack, src_index=src, weights=None,
                                          num_rows=z.shape[0], mode="latter")
-                out = layer.finish(keep(y), keep(core))
+                out = layer(keep(y), keep(core))
                 if compiling:
                     # A traced graph also serves videos shorter than the window (no token at all):
                     # finishing the all-zero unpacked rows would not give the published zeros
                     # that eager returns early when there is no token.
                     out = torch.where(packs[0].window_offsets[-1:] > 0, out, 0.0)
                 return out
-            y = layer.finish(y, core)
-        weights = self._window_weights(position)
-        if weights is not None:
-            weights = weights.to(y.dtype)
-        return fremure_ext.window_unpack(y, src, weights, z.shape[0], _UNPACK_MODE[self.mode])
+            y = layer(y, core)
+        return self.merge_windows(y, src, position, z.shape[0])
 
 
 def _check_features(features: object, embed_dim: int) -> None:
@@ -329,4 +317,5 @@ def _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, wi
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "canonical_rel_type"]
+__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "UNPACK_MODES", "canonical_rel_type",
+           "memory_read"]

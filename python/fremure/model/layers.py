@@ -2,17 +2,9 @@
 
 Every layer keeps the published parameter layout (``nn.MultiheadAttention`` with its packed
 ``in_proj_weight``, ``linear1/linear2``, ``normK``) so published state dicts load unchanged, and
-offers two computations of the same function:
-
-- ``forward``: the published one, on zero-padded sequence-first tensors with key-padding masks;
-- ``forward_packed``: on packed tokens ``[T, D]`` with CSR segment offsets, attention restricted
-  to each segment by ``fremure_ext.segment_attention`` (no padding row is ever computed) and the
-  attention's input/output projections applied as plain linear maps on the packed tokens.
-
-Both paths apply the same dropouts, including the attention's own on its probabilities (the op's
-``dropout_p``, from ``mha.dropout`` in training mode); the packed path draws its keep-masks from
-Philox seeds, so the random numbers differ from the padded path's. In eval mode or with dropout 0
-both paths compute the same numbers.
+computes on packed tokens ``[T, D]`` with CSR segment offsets (attention within each segment by
+``fremure_ext.segment_attention``, no padding row). Dropouts are the published ones, the attention's
+own included (Philox keep-masks); the padded computation is :mod:`fremure.model.published`.
 """
 
 from __future__ import annotations
@@ -30,6 +22,7 @@ from ..relations import RELATION_TYPES
 
 REL_CLASSES = {r.key: r.classes for r in RELATION_TYPES}   # keyed as the published freq_mapper
 STAT_EPS = 1e-6
+FUSION_TEMPERATURE, FUSION_LO, FUSION_HI = 1.5, 0.02, 0.98
 
 
 def segment_core(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -68,13 +61,17 @@ def packed_attention(mha: nn.MultiheadAttention, query: torch.Tensor, value: tor
     return F.linear(out, mha.out_proj.weight, mha.out_proj.bias) if project_out else out
 
 
-def post_norm_layer_packed(layer: nn.Module, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """One post-norm encoder layer (self-attention -> add -> norm1 -> ReLU FFN -> add -> norm2) on
-    packed tokens ``x [T, D]`` with segments ``offsets``. Works for :class:`EncoderLayer` and
-    ``nn.TransformerEncoderLayer`` (same attribute names)."""
-    x = layer.norm1(x + layer.dropout1(packed_attention(layer.self_attn, x, x, offsets)))
+def post_norm_block(layer: nn.Module, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """A post-norm encoder layer after its self-attention: x, attended ``[..., D]`` -> add, norm1, ReLU
+    FFN, add, norm2. For :class:`EncoderLayer` and ``nn.TransformerEncoderLayer`` (same attributes)."""
+    x = layer.norm1(x + layer.dropout1(attended))
     hidden = layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
     return layer.norm2(x + layer.dropout2(hidden))
+
+
+def post_norm_layer_packed(layer: nn.Module, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """A post-norm encoder layer on packed tokens ``x [T, D]`` with segments ``offsets``."""
+    return post_norm_block(layer, x, packed_attention(layer.self_attn, x, x, offsets))
 
 
 def add_feedforward(layer: nn.Module, embed_dim: int, dim_feedforward: int, dropout: float) -> None:
@@ -97,21 +94,15 @@ class EncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, src: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
-        """src: ``[L, B, D]``; key_padding_mask: bool ``[B, L]`` (True = padding). Returns ``[L, B, D]``."""
-        attended, _ = self.self_attn(src, src, src, key_padding_mask=key_padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout2(hidden))
-
-    def forward_packed(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """x: ``[T, D]`` packed tokens; offsets: int64 CSR of the attention segments."""
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x: ``[T, D]`` packed tokens; offsets: int64 CSR of the attention segments. Returns ``[T, D]``."""
         return post_norm_layer_packed(self, x, offsets)
 
 
 class DecoderLayer(nn.Module):
     """STTran temporal decoder layer; published ``TransformerDecoderLayer``: position-embedded
-    self-attention -> add -> norm3 -> ReLU FFN -> add (no norm after the FFN)."""
+    self-attention -> add -> norm3 -> ReLU FFN -> add (no norm after the FFN). ``forward`` finishes,
+    row by row, the attention core that :meth:`attend` or :meth:`attend_gathered` computed."""
 
     def __init__(self, embed_dim: int = 1936, nhead: int = 4, dim_feedforward: int = 2048, dropout: float = 0.1):
         super().__init__()
@@ -121,14 +112,10 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x)))))
-
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """x, position: ``[L, W, D]``; key_padding_mask: bool ``[W, L]``. Returns ``[L, W, D]``."""
-        keyed = x + position
-        attended, _ = self.multihead2(query=keyed, key=keyed, value=x, key_padding_mask=key_padding_mask)
-        return self._ffn(self.norm3(x + self.dropout2(attended)))
+    def attend(self, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Attention core of packed window tokens ``x [T, D]`` (queries and keys ``x + position``,
+        values ``x``) within the windows ``offsets``: ``[T, D]`` before the output projection."""
+        return packed_attention(self.multihead2, x + position, x, offsets, project_out=False)
 
     def attend_gathered(self, rows: torch.Tensor, src: torch.Tensor, table: torch.Tensor, position: torch.Tensor,
                         offsets: torch.Tensor) -> torch.Tensor:
@@ -146,10 +133,15 @@ class DecoderLayer(nn.Module):
         q, k = qk.split(dim, dim=-1)
         return segment_core(mha, q, k, v, offsets)
 
-    def finish(self, x: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
-        """Everything after the attention core, row by row: output projection, residual, norm3, FFN."""
-        attended = F.linear(core, self.multihead2.out_proj.weight, self.multihead2.out_proj.bias)
-        return self._ffn(self.norm3(x + self.dropout2(attended)))
+    def forward(self, x: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
+        """Everything after the attention core, row by row: x, core ``[..., D]`` -> output
+        projection, then :meth:`after_attention`."""
+        return self.after_attention(x, F.linear(core, self.multihead2.out_proj.weight, self.multihead2.out_proj.bias))
+
+    def after_attention(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """x, attended (after the output projection) ``[..., D]`` -> add -> norm3 -> FFN -> add."""
+        x = self.norm3(x + self.dropout2(attended))
+        return x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x)))))
 
 
 class LayerStack(nn.Module):
@@ -209,8 +201,8 @@ class FrequencyAwareEncoder(nn.Module):
     """Tail branch: ``nn.TransformerEncoder`` (post-norm, ReLU, ``batch_first=True``) + frequency gate.
 
     The published code feeds it the frame-packed ``[l, b, D]`` tensor although it is batch-first,
-    so it attends across frames among the pairs that share a slot; ``forward_packed`` computes
-    exactly that on slot-grouped tokens.
+    so it attends across frames among the pairs that share a slot; ``forward`` computes exactly
+    that on slot-grouped tokens.
     """
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_layers: int = 1, dim_feedforward: int = 2048,
@@ -226,16 +218,29 @@ class FrequencyAwareEncoder(nn.Module):
         else:
             raise ValueError(f"gate must be 'stats' or 'log_inverse', got {gate!r}")
 
-    def forward(self, src: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
-        """Published computation without the gate: src ``[l, b, D]``, key_padding_mask ``[b, l]``
-        (transposed inside, as published). Returns ``[l, b, D]``."""
-        return self.encoder(src, src_key_padding_mask=key_padding_mask.T)
-
-    def forward_packed(self, x: torch.Tensor, slot_offsets: torch.Tensor) -> torch.Tensor:
-        """x: ``[N, D]`` rows grouped by slot; slot_offsets: CSR of the slot groups."""
+    def forward(self, x: torch.Tensor, slot_offsets: torch.Tensor) -> torch.Tensor:
+        """x: ``[N, D]`` rows grouped by slot; slot_offsets: CSR of the slot groups. Returns ``[N, D]``
+        without the gate (``freq_gate``, applied by the caller with ``freq_gate_blend``)."""
         for layer in self.encoder.layers:
             x = post_norm_layer_packed(layer, x, slot_offsets)
         return x
+
+
+class FusionGate(nn.Sequential):
+    """Published ``fusion_gate_*`` (``0``: ``Linear(2 D + F, D)``, ``1``: sigmoid), applied by ``gated_fusion``."""
+
+    def __init__(self, embed_dim: int, freq_dim: int):
+        super().__init__(nn.Linear(2 * embed_dim + freq_dim, embed_dim), nn.Sigmoid())
+
+    def forward(self, local: torch.Tensor, tail: torch.Tensor, mapped: torch.Tensor,
+                fusion=fremure_ext.gated_fusion) -> torch.Tensor:
+        """local, tail ``[N, D]``; mapped: the mapped priors ``[F]``. ``fusion``: the op or its
+        reference. Returns ``[N, D]`` in local's dtype."""
+        # the op wants one dtype; under autocast the Linear outputs are bf16/fp16 while the
+        # LayerNorm'd local branch stays float32, so the fusion runs in its precision
+        dtype, linear = local.dtype, self[0]
+        return fusion(local, tail.to(dtype), mapped.to(dtype), linear.weight.to(dtype),
+                      None if linear.bias is None else linear.bias.to(dtype), FUSION_TEMPERATURE, FUSION_LO, FUSION_HI)
 
 
 class FrequencyAwareDecoder(nn.Module):

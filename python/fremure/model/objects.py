@@ -99,7 +99,7 @@ class ObjectClassifier(nn.Module):
         read, _ = self.mem_attention(feat.unsqueeze(1), self.obj_memory.unsqueeze(1), self.obj_memory.unsqueeze(1))
         return e * feat + (1 - e) * read.squeeze(1)
 
-    def _track(self, entry: dict, feat: torch.Tensor) -> torch.Tensor:
+    def track(self, entry: dict, feat: torch.Tensor) -> torch.Tensor:
         """Tracking encoder over the boxes grouped by the incoming (detector) distribution's
         argmax, as the published ``get_sequence`` groups them before the model runs."""
         layout = track_layout(entry["distribution"].argmax(dim=1), entry["boxes"][:, 0].long())
@@ -111,7 +111,7 @@ class ObjectClassifier(nn.Module):
         feat = torch.cat((entry["features"], obj_embed, pos_embed), 1)
         if self.tracking:
             # The memory read-out works on the tracked 2376-d features, before ``intermediate``.
-            feat = self._track(entry, feat)
+            feat = self.track(entry, feat)
             entry["object_features"] = feat
             feat = self._hallucinate(feat)
             entry["object_mem_features"] = feat

@@ -10,15 +10,38 @@ packed tokens; the layout steps here are :mod:`fremure_ext.reference` functions.
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 import torch.nn as nn
 
 from fremure_ext import reference
 
-from .glocal import _UNPACK_MODE, FUSION_HI, FUSION_LO, FUSION_TEMPERATURE, GlocalTransformer, TransformerOutput
+from .glocal import GlocalTransformer, TransformerOutput
+from .layers import DecoderLayer, EncoderLayer, post_norm_block
 from .layout import FrameLayout
 from .objects import ObjectClassifier
 from .tracking import TrackLayout, check_track_lengths, track_layout
+
+
+def memory_read_padded(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """The published memory read ``mha(feat[:, None], bank[:, None], bank[:, None])``, ``[N, D]`` out."""
+    out, _ = mha(feat.unsqueeze(1), bank.unsqueeze(1), bank.unsqueeze(1))
+    return out.squeeze(1)
+
+
+def encoder_layer_padded(layer: EncoderLayer, src: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """The published encoder layer: src ``[L, B, D]``, key_padding_mask bool ``[B, L]`` -> ``[L, B, D]``."""
+    attended, _ = layer.self_attn(src, src, src, key_padding_mask=key_padding_mask)
+    return post_norm_block(layer, src, attended)
+
+
+def decoder_layer_padded(layer: DecoderLayer, x: torch.Tensor, key_padding_mask: torch.Tensor,
+                         position: torch.Tensor) -> torch.Tensor:
+    """The published decoder layer: x, position ``[L, W, D]``, key_padding_mask ``[W, L]`` -> ``[L, W, D]``."""
+    keyed = x + position
+    attended, _ = layer.multihead2(query=keyed, key=keyed, value=x, key_padding_mask=key_padding_mask)
+    return layer.after_attention(x, attended)
 
 
 class PublishedTransformer(GlocalTransformer):
@@ -39,15 +62,15 @@ class PublishedTransformer(GlocalTransformer):
         super().__init__(*args, **kwargs)
         self.zero_sum_padding = zero_sum_padding
 
-    def _memory_read(self, mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """The published call: sequence-first ``mha(feat[:, None], bank[:, None], bank[:, None])``."""
-        out, _ = mha(feat.unsqueeze(1), bank.unsqueeze(1), bank.unsqueeze(1))
-        return out.squeeze(1)
+    def passes(self, features: torch.Tensor, im_idx: torch.Tensor, memory: Mapping[str, torch.Tensor] | None,
+               requests: Sequence[tuple[str | None, torch.Tensor | None]]) -> list[TransformerOutput]:
+        """As :meth:`GlocalTransformer.passes`, one published pass per request."""
+        layout, bank, requests = self.check_inputs(features, im_idx, memory, requests)
+        return [self.published_pass(features, layout, bank, rel_type, freq) for rel_type, freq in requests]
 
-    def _run(self, features, layout: FrameLayout, bank, requests) -> list[TransformerOutput]:
-        return [self._run_one(features, layout, bank, rel_type, freq) for rel_type, freq in requests]
-
-    def _run_one(self, features, layout: FrameLayout, bank, rel_type, freq) -> TransformerOutput:
+    def published_pass(self, features: torch.Tensor, layout: FrameLayout, bank: dict[str, torch.Tensor] | None,
+                       rel_type: str | None, freq: torch.Tensor | None) -> TransformerOutput:
+        """One relation type's published pass over checked inputs (see :meth:`GlocalTransformer.check_inputs`)."""
         n = features.shape[0]
         # frames as windows of one frame: [b, l, D] batch-first, padding where src_index < 0
         frames, frame_src, _, _ = reference.window_pack(features, layout.offsets, 1, 1, padded=True)
@@ -55,22 +78,17 @@ class PublishedTransformer(GlocalTransformer):
         masks = frame_src < 0                                                   # [b, l]
         x = rel_input
         for layer in self.local_attention.layers:
-            x = layer(x, masks)
+            x = encoder_layer_padded(layer, x, masks)
         local = reference.window_unpack(x.transpose(0, 1), frame_src, None, n, "latter")
         if freq is not None:
-            tail = self.local_attention_tail(rel_input, masks)
+            tail = self.local_attention_tail.encoder(rel_input, src_key_padding_mask=masks.T)  # as published
             gate = self.local_attention_tail.freq_gate(freq, rel_type).to(tail.dtype)
             tail = reference.freq_gate_blend(tail, gate, ~masks.T)
             tail = reference.window_unpack(tail.transpose(0, 1), frame_src, None, n, "latter")
-            linear = self.fusion_gate_local[0]
-            local = reference.gated_fusion(local, tail, self.freq_mapper[rel_type](freq), linear.weight, linear.bias,
-                                           FUSION_TEMPERATURE, FUSION_LO, FUSION_HI)
+            local = self.fusion_gate_local(local, tail, self.freq_mapper[rel_type](freq), fusion=reference.gated_fusion)
         early = self.mem_compute is not None and self.mem_fusion == "early"
-        decoder_in = self._hallucinate(local, bank) if early else local
-        global_out = self._global_padded(decoder_in, layout)
-        if early:
-            return TransformerOutput(global_out, local, decoder_in)
-        return self._finish(local, global_out, bank)
+        decoder_in = self.hallucinate(local, bank, memory_read_padded) if early else local
+        return self.assemble(local, decoder_in, self._global_padded(decoder_in, layout), bank, memory_read_padded)
 
     def _global_padded(self, z: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         n, dim = z.shape
@@ -88,17 +106,15 @@ class PublishedTransformer(GlocalTransformer):
             masks = ~real
         y = global_input
         for layer in self.global_attention.layers:
-            y = layer(y, masks, pos)
-        weights = self._window_weights(position.clamp_min(0))
-        if weights is not None:
-            weights = weights.to(y.dtype)
-        return reference.window_unpack(y.transpose(0, 1), src, weights, n, _UNPACK_MODE[self.mode])
+            y = decoder_layer_padded(layer, y, masks, pos)
+        return self.merge_windows(y.transpose(0, 1), src, position.clamp_min(0), n, unpack=reference.window_unpack)
 
 
 class PublishedObjectClassifier(ObjectClassifier):
     """:class:`ObjectClassifier` whose tracking encoder runs as published (one zero-padded batch)."""
 
-    def _track(self, entry: dict, feat: torch.Tensor) -> torch.Tensor:
+    def track(self, entry: dict, feat: torch.Tensor) -> torch.Tensor:
+        """The published tracking call (see :meth:`ObjectClassifier.track`)."""
         layout = track_layout(entry["distribution"].argmax(dim=1), entry["boxes"][:, 0].long())
         return encode_tracks_padded(self.encoder_tran, self.positional_encoder, feat, layout)
 
@@ -137,4 +153,5 @@ def to_published(model: nn.Module, zero_sum_padding: bool = True) -> nn.Module:
     return model
 
 
-__all__ = ["PublishedObjectClassifier", "PublishedTransformer", "encode_tracks_padded", "to_published"]
+__all__ = ["PublishedObjectClassifier", "PublishedTransformer", "decoder_layer_padded", "encode_tracks_padded",
+           "encoder_layer_padded", "memory_read_padded", "to_published"]

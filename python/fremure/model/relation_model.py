@@ -225,26 +225,24 @@ class FReMuRe(nn.Module):
         semantic = torch.cat((self.obj_embed(labels[pair[:, 0]]), self.obj_embed2(labels[pair[:, 1]])), 1)
         return torch.cat((subj, obj, union, semantic), dim=1)
 
-    def _transformer_passes(self, features: torch.Tensor, im_idx: torch.Tensor) -> dict:
-        memory = self.rel_memory
-        freqs = self.frequencies
+    def _transformer_passes(self, features: torch.Tensor, im_idx: torch.Tensor) -> dict[str, TransformerOutput]:
+        """The transformer's output per published key (one shared pass for all types when
+        there are neither priors nor per-type transformers)."""
+        memory, freqs = self.rel_memory, self.frequencies
+        if self.decouple == "separate":
+            return {r: self.glocal_transformer[r](features, im_idx, memory, r, None if freqs is None else freqs[r])
+                    for r in REL_KEYS}
         if freqs is None:
-            if self.decouple == "shared":
-                out = self.glocal_transformer(features, im_idx, memory=memory)
-                return {None: out}
-            return {r: self.glocal_transformer[r](features, im_idx, memory=memory) for r in REL_KEYS}
-        if self.decouple == "shared":
-            return self.glocal_transformer.forward_types(features, im_idx, memory, freqs)
-        return {r: self.glocal_transformer[r](features, im_idx, memory=memory, rel_type=r, freq=f)
-                for r, f in freqs.items()}
+            return dict.fromkeys(REL_KEYS, self.glocal_transformer(features, im_idx, memory=memory))
+        return self.glocal_transformer.forward_types(features, im_idx, memory, freqs)
 
     def forward(self, entry: dict, phase: str = "train", unc: bool = False,
                 generator: torch.Generator | None = None) -> dict:
-        """Runs the model on one video's ``entry`` and returns it with the published outputs:
-        ``attention_distribution [P, 3]``, ``spatial_distribution [P, 6]``,
-        ``contacting_distribution [P, 17]`` (or ``*_al_uc`` / ``*_ep_uc`` when ``unc``), the
-        transformer features (``attention_features``, ``attention_mem_features``, ... with
-        frequency priors; ``rel_features``, ``rel_mem_features`` without) and the priors.
+        """Runs the model on one video's ``entry`` and returns it with, for every relation type
+        ``<name>`` (attention, spatial, contacting; docs/architecture.md, "The model's outputs"):
+        ``<name>_distribution`` ``[P, C]`` (``<name>_al_uc`` / ``<name>_ep_uc`` instead when
+        ``unc`` with a non-linear head), ``<name>_features`` ``[P, 1936]`` (pre-memory) and
+        ``<name>_mem_features`` ``[P, 1936]``, plus the priors ``freq_<key>`` when set.
         ``generator`` drives the heads' training noise (global RNG when None)."""
         with self._kernel_choice():
             return self._forward(entry, phase, unc, generator)
@@ -253,26 +251,15 @@ class FReMuRe(nn.Module):
         entry = self.object_classifier(entry, phase=phase, unc=unc)
         features = self.relation_features(entry)
         passes = self._transformer_passes(features, entry["im_idx"])
-        if None in passes:
-            out: TransformerOutput = passes[None]
-            entry["rel_features"], entry["rel_mem_features"] = out.local_output, out.mem_features
-            outputs = {r: out.output for r in REL_KEYS}
-        else:
-            outputs = {}
-            for rel_type, (_, name, freq_attr) in REL_KEYS.items():
-                out = passes[rel_type]
-                outputs[rel_type] = out.output
-                if self.frequencies is not None:
-                    entry[f"{name}_features"], entry[f"{name}_mem_features"] = out.local_output, out.mem_features
-                    entry[freq_attr] = getattr(self, freq_attr)
-                else:
-                    entry[f"{name}_rel_features"] = out.local_output
-        for rel_type, (attr, name, _) in REL_KEYS.items():
-            head = getattr(self, attr)
+        for rel_type, (attr, name, freq_attr) in REL_KEYS.items():
+            out, head = passes[rel_type], getattr(self, attr)
+            entry[f"{name}_features"], entry[f"{name}_mem_features"] = out.local_output, out.mem_features
+            if getattr(self, freq_attr) is not None:
+                entry[freq_attr] = getattr(self, freq_attr)
             if unc and self.rel_head != "linear":
-                entry[f"{name}_al_uc"], entry[f"{name}_ep_uc"] = head(outputs[rel_type], phase, unc=True)
+                entry[f"{name}_al_uc"], entry[f"{name}_ep_uc"] = head(out.output, phase, unc=True)
             else:
-                entry[f"{name}_distribution"] = head(outputs[rel_type], phase, generator=generator)
+                entry[f"{name}_distribution"] = head(out.output, phase, generator=generator)
         return entry
 
 

@@ -19,10 +19,10 @@ import torch
 from ..relations import RELATION_TYPES
 from .losses import REL_GT
 
-# Entry keys of the pre-memory features per type (with frequency priors / without): the
-# transformer's second output, as the published code saves `<type>_features` for the rebuild.
-# With late fusion the third output (`*_mem_features`) already has the memory mixed in.
-FEATURE_KEYS = {r.name: (f"{r.name}_features", "rel_features") for r in RELATION_TYPES}
+# Entry keys of the pre-memory features per type (the transformer's second output), as the
+# published code saves `<type>_features` for the rebuild. With late fusion `<type>_mem_features`
+# already has the memory mixed in.
+FEATURE_KEYS = {r.name: f"{r.name}_features" for r in RELATION_TYPES}
 
 
 class MemoryAccumulator:
@@ -43,9 +43,9 @@ class MemoryAccumulator:
     def add_video(self, entry: Mapping[str, Any]) -> None:
         """Folds one video's features ``[P, D]`` and GT lists (``*_gt``) into the sums."""
         for rel_type, (_, gt_key, classes) in REL_GT.items():
-            key = next((k for k in FEATURE_KEYS[rel_type] if entry.get(k) is not None), None)
-            if key is None:
-                raise ValueError(f"entry has no pre-memory features for {rel_type} ({FEATURE_KEYS[rel_type]})")
+            key = FEATURE_KEYS[rel_type]
+            if entry.get(key) is None:
+                raise ValueError(f"entry has no pre-memory features for {rel_type} ({key!r})")
             features = entry[key].detach().double().cpu()
             lists = entry[gt_key]
             rows = torch.tensor([i for i, labels in enumerate(lists) for _ in labels], dtype=torch.int64)
