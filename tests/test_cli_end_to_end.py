@@ -124,7 +124,7 @@ def test_run_folder_has_a_reloadable_config_and_a_log(run_dir, capsys):
     saved = read_config_file(run_dir / "config.yaml")
     state = json.loads((run_dir / "checkpoints" / "last.json").read_text())["state"]
     assert saved == state["config"]
-    assert saved["device"] == "cpu" and saved["dec_layer"] == 1 and saved["lr"] == 1e-4
+    assert saved["device"] == "cpu" and saved["model"]["dec_layer"] == 1 and saved["lr"] == 1e-4
     assert main(["train", "--config", str(run_dir / "config.yaml"), "--print-config"]) == 0
     assert capsys.readouterr().out == (run_dir / "config.yaml").read_text().split("\n", 3)[3]
     log = (run_dir / "train.log").read_text()

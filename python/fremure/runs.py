@@ -47,7 +47,7 @@ def find_checkpoint(path: str | os.PathLike) -> str:
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
+        raise FileNotFoundError(f"{path} does not exist (neither a checkpoint file nor a run folder)")
     for folder in (os.path.join(path, "checkpoints"), path):
         for name in RUN_CHECKPOINTS:
             candidate = os.path.join(folder, name)
@@ -87,12 +87,11 @@ def load_run(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = N
             before priors were saved): they are recomputed from its annotations.
     The kernel choice is not taken from the checkpoint (``auto`` unless overridden): where a run
     trained says nothing about the machine that loads it."""
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import CheckpointError, load_checkpoint
     checkpoint = find_checkpoint(path)
     state, tensors, _ = load_checkpoint(checkpoint)
-    config = dataclasses.replace(saved_model_config(state, checkpoint), kernels="auto")
-    if overrides:
-        config = ModelConfig.from_dict({**config.to_dict(), **overrides}, "overrides")
+    saved = dataclasses.replace(saved_model_config(state, checkpoint), kernels="auto")
+    config = ModelConfig.from_dict({**saved.to_dict(), **(overrides or {})}, "overrides")
     classes = state.get("object_classes")
     frequencies = _saved_priors(tensors)
     if frequencies is None and config.freq:
@@ -101,7 +100,14 @@ def load_run(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = N
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
         model = build_model(config, obj_classes, frequencies)
-    load_model_tensors(model, tensors, checkpoint)
+    changed = [f"{name} {getattr(saved, name)!r} -> {value!r}" for name, value in config.to_dict().items()
+               if value != getattr(saved, name)]
+    try:
+        load_model_tensors(model, tensors, checkpoint)
+    except CheckpointError as err:
+        if not changed:
+            raise
+        raise CheckpointError(f"{err} (options changed from the checkpoint's: {', '.join(changed)})") from None
     if not use_memory:
         model.rel_memory = None
     if not isinstance(classes, list):
