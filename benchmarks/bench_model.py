@@ -22,6 +22,13 @@ resident memory of each provider's process (and, with ``--device cuda``, its pea
 memory; times are then taken between device synchronisations); writes
 benchmarks/results/model_step_<cpu|cuda>_<optimizer>_optimizer.csv.
 
+``--account`` adds the per-step accounting of each provider (benchmarks/_accounting.py, on the
+largest video of the set): GFLOP per step (FlopCounterMode), dispatched ops, kernel launches and
+host syncs (fremure.train.accounting.OpCounter), profiler leaf events, the GEMMs' time, share of the
+CPU time and GFLOP/s against torch.mm on the same shapes in isolation; summary columns go to
+model_step_<device>_<optimizer>_optimizer_account.csv, one row per GEMM shape to
+model_step_gemm_<device>_<provider>.csv (docs/benchmarks.md).
+
     PYTHONPATH=python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
 """
 
@@ -250,9 +257,18 @@ def worker(args) -> dict:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     pairs = [sum(v) for v in videos]
-    return {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
+    result = {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
+    if args.account:
+        from _accounting import account_step
+
+        # after the timing, so that the three extra steps (FLOPs, op count, profiler) cost it nothing;
+        # on the largest video of the set, the closest to the AG videos of 175-196 pairs
+        largest = max(range(len(pairs)), key=pairs.__getitem__)
+        result["account"], result["gemms"] = account_step(step, *data[largest], device=args.device)
+        result["account"]["account_pairs"] = pairs[largest]
+    return result
 
 
 def run_worker(provider: str, args) -> dict:
@@ -261,6 +277,8 @@ def run_worker(provider: str, args) -> dict:
            "--device", args.device]
     if args.memory:
         cmd.append("--memory")
+    if args.account:
+        cmd.append("--account")
     if args.published:
         cmd += ["--published", args.published]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -286,6 +304,10 @@ def main() -> None:
     parser.add_argument("--providers", default="ops,reference", help="comma-separated subset of ops,reference")
     parser.add_argument("--paired", action="store_true",
                         help="one process, providers alternating per video; per-video speed-ups (no memory figures)")
+    parser.add_argument("--account", action="store_true",
+                        help="per-step accounting of the first video in each worker: FLOPs, dispatched ops, launches, "
+                        "host syncs, GEMM time and GFLOP/s vs torch.mm on the same shapes in isolation "
+                        "(summary columns in the CSV, per-shape rows in model_step_gemm_<device>_<provider>.csv)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--provider", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -324,17 +346,40 @@ def main() -> None:
                          median_step_cpu_ms=cpu[p] * 1e3, cpu_speedup_vs_baseline=cpu[baseline] / cpu[p],
                          baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p]),
                          peak_gpu_mib=max((r["peak_gpu_mib"] or 0) for r in runs[p]) or None))
+        if args.account:
+            rows[-1].update(runs[p][-1]["account"])
         print(f"{p:10s} median step {medians[p] * 1e3:8.1f} ms  x{medians[baseline] / medians[p]:5.2f} vs {baseline}"
               f"  (CPU time {cpu[p] * 1e3:8.1f} ms, x{cpu[baseline] / cpu[p]:5.2f})"
               f"  peak RSS {rows[-1]['peak_rss_mib']:8.0f} MiB")
     RESULTS.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    path = RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer.csv"
+    # accounting runs get their own file: the plain timing CSVs back earlier README figures
+    suffix = "_account" if args.account else ""
+    path = RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer{suffix}.csv"
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     print("wrote", path)
+    if args.account:
+        write_accounting(rows, runs, kind)
+
+
+def write_accounting(rows: list[dict], runs: dict[str, list[dict]], kind: str) -> None:
+    """Prints the accounting columns of every provider and writes each one's per-shape GEMM rows."""
+    for row in rows:
+        print(f"{row['provider']:10s} {row['gflop_per_step']:7.1f} GFLOP  {row['launch_ops']:6d} launches "
+              f"({row['dispatched_ops']} dispatched, {row['profiler_leaf_events']} profiler leaf events, "
+              f"{row['host_syncs']} host syncs)  GEMMs {row['gemm_calls']} calls {row['gemm_ms']:8.1f} ms "
+              f"{row['gemm_gflops']:6.1f} GFLOP/s = {row['gemm_fraction_of_isolated']:4.2f} of isolated "
+              f"torch.mm ({row['isolated_gemm_gflops']:6.1f})")
+        gemms = runs[row["provider"]][-1]["gemms"]
+        path = RESULTS / f"model_step_gemm_{kind}_{row['provider']}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(gemms[0]))
+            writer.writeheader()
+            writer.writerows(gemms)
+        print("wrote", path)
 
 
 if __name__ == "__main__":
