@@ -355,12 +355,7 @@ def main() -> None:
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     # accounting runs get their own file: the plain timing CSVs back earlier README figures
     suffix = "_account" if args.account else ""
-    path = RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer{suffix}.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print("wrote", path)
+    write_csv(RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer{suffix}.csv", rows)
     if args.account:
         write_accounting(rows, runs, kind)
 
@@ -373,13 +368,16 @@ def write_accounting(rows: list[dict], runs: dict[str, list[dict]], kind: str) -
               f"{row['host_syncs']} host syncs)  GEMMs {row['gemm_calls']} calls {row['gemm_ms']:8.1f} ms "
               f"{row['gemm_gflops']:6.1f} GFLOP/s = {row['gemm_fraction_of_isolated']:4.2f} of isolated "
               f"torch.mm ({row['isolated_gemm_gflops']:6.1f})")
-        gemms = runs[row["provider"]][-1]["gemms"]
-        path = RESULTS / f"model_step_gemm_{kind}_{row['provider']}.csv"
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(gemms[0]))
-            writer.writeheader()
-            writer.writerows(gemms)
-        print("wrote", path)
+        write_csv(RESULTS / f"model_step_gemm_{kind}_{row['provider']}.csv", runs[row["provider"]][-1]["gemms"])
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    """Writes ``rows`` (dicts with the same keys) to ``path`` with a header line."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print("wrote", path)
 
 
 if __name__ == "__main__":
