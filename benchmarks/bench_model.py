@@ -35,7 +35,9 @@ model_step_gemm_<device>_<provider>.csv (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import json
 import os
 import pathlib
@@ -54,6 +56,7 @@ import torch.nn.functional as F
 import fremure_ext
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FREQ = {"attention": [0.46, 0.40, 0.14], "spatial": [0.17, 0.05, 0.40, 0.13, 0.22, 0.03],
         "contact": [0.01, 0.01, 0.01, 0.02, 0.26, 0.08, 0.01, 0.01, 0.02, 0.20, 0.08, 0.03, 0.01, 0.02,
@@ -203,10 +206,14 @@ def make_step(provider: str, args):
     optimizer = make_optimizer(model, provider, args.optimizer, args.published)
     kernels = "reference" if provider == "reference" else "auto"
 
+    amp = contextlib.nullcontext
+    if args.amp != "none":
+        amp = functools.partial(torch.autocast, torch.device(args.device).type, dtype=AMP_DTYPES[args.amp])
+
     def step(entry, labels):
-        with fremure_ext.dispatch.use_kernels(kernels):
+        with fremure_ext.dispatch.use_kernels(kernels), amp():
             out = model(dict(entry), "train")
-        loss = published_loss(out, labels)
+        loss = published_loss({k: v.float() for k, v in out.items() if k.endswith("_distribution")}, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5, norm_type=2)
@@ -279,6 +286,7 @@ def run_worker(provider: str, args) -> dict:
         cmd.append("--memory")
     if args.account:
         cmd.append("--account")
+    cmd += ["--amp", args.amp]
     if args.published:
         cmd += ["--published", args.published]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -308,6 +316,8 @@ def main() -> None:
                         help="per-step accounting of the first video in each worker: FLOPs, dispatched ops, launches, "
                         "host syncs, GEMM time and GFLOP/s vs torch.mm on the same shapes in isolation "
                         "(summary columns in the CSV, per-shape rows in model_step_gemm_<device>_<provider>.csv)")
+    parser.add_argument("--amp", default="none", choices=["none", *AMP_DTYPES],
+                        help="autocast of the forward pass (losses, backward and optimizer stay outside it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--provider", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -339,7 +349,7 @@ def main() -> None:
     rows = []
     for p in providers:
         rows.append(dict(provider=p, device=machine, rel_head=args.rel_head, memory=args.memory,
-                         optimizer=args.optimizer,
+                         optimizer=args.optimizer, amp=args.amp,
                          videos=args.videos, rounds=args.rounds,
                          pairs_per_video=statistics.mean(runs[p][0]["pairs"]),
                          median_step_ms=medians[p] * 1e3, speedup_vs_baseline=medians[baseline] / medians[p],
@@ -354,7 +364,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     # accounting runs get their own file: the plain timing CSVs back earlier README figures
-    suffix = "_account" if args.account else ""
+    suffix = ("_account" if args.account else "") + ("" if args.amp == "none" else f"_{args.amp}")
     write_csv(RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer{suffix}.csv", rows)
     if args.account:
         write_accounting(rows, runs, kind)
