@@ -22,13 +22,22 @@ resident memory of each provider's process (and, with ``--device cuda``, its pea
 memory; times are then taken between device synchronisations); writes
 benchmarks/results/model_step_<cpu|cuda>_<optimizer>_optimizer.csv.
 
+``--account`` adds the per-step accounting of each provider (benchmarks/_accounting.py, on the
+largest video of the set): GFLOP per step (FlopCounterMode), dispatched ops, kernel launches and
+host syncs (fremure.train.accounting.OpCounter), profiler leaf events, the GEMMs' time, share of the
+CPU time and GFLOP/s against torch.mm on the same shapes in isolation; summary columns go to
+model_step_<device>_<optimizer>_optimizer_account.csv, one row per GEMM shape to
+model_step_gemm_<device>_<provider>.csv (docs/benchmarks.md).
+
     PYTHONPATH=python python3 benchmarks/bench_model.py [--published /path/to/FReMuRe] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import json
 import os
 import pathlib
@@ -47,6 +56,7 @@ import torch.nn.functional as F
 import fremure_ext
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FREQ = {"attention": [0.46, 0.40, 0.14], "spatial": [0.17, 0.05, 0.40, 0.13, 0.22, 0.03],
         "contact": [0.01, 0.01, 0.01, 0.02, 0.26, 0.08, 0.01, 0.01, 0.02, 0.20, 0.08, 0.03, 0.01, 0.02,
@@ -196,10 +206,14 @@ def make_step(provider: str, args):
     optimizer = make_optimizer(model, provider, args.optimizer, args.published)
     kernels = "reference" if provider == "reference" else "auto"
 
+    amp = contextlib.nullcontext
+    if args.amp != "none":
+        amp = functools.partial(torch.autocast, torch.device(args.device).type, dtype=AMP_DTYPES[args.amp])
+
     def step(entry, labels):
-        with fremure_ext.dispatch.use_kernels(kernels):
+        with fremure_ext.dispatch.use_kernels(kernels), amp():
             out = model(dict(entry), "train")
-        loss = published_loss(out, labels)
+        loss = published_loss({k: v.float() for k, v in out.items() if k.endswith("_distribution")}, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5, norm_type=2)
@@ -250,9 +264,18 @@ def worker(args) -> dict:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     pairs = [sum(v) for v in videos]
-    return {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
+    result = {"provider": args.provider, "times": times, "cpu_times": cpu_times, "pairs": pairs,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
+    if args.account:
+        from _accounting import account_step
+
+        # after the timing, so that the three extra steps (FLOPs, op count, profiler) cost it nothing;
+        # on the largest video of the set, the closest to the AG videos of 175-196 pairs
+        largest = max(range(len(pairs)), key=pairs.__getitem__)
+        result["account"], result["gemms"] = account_step(step, *data[largest], device=args.device)
+        result["account"]["account_pairs"] = pairs[largest]
+    return result
 
 
 def run_worker(provider: str, args) -> dict:
@@ -261,6 +284,9 @@ def run_worker(provider: str, args) -> dict:
            "--device", args.device]
     if args.memory:
         cmd.append("--memory")
+    if args.account:
+        cmd.append("--account")
+    cmd += ["--amp", args.amp]
     if args.published:
         cmd += ["--published", args.published]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -286,6 +312,12 @@ def main() -> None:
     parser.add_argument("--providers", default="ops,reference", help="comma-separated subset of ops,reference")
     parser.add_argument("--paired", action="store_true",
                         help="one process, providers alternating per video; per-video speed-ups (no memory figures)")
+    parser.add_argument("--account", action="store_true",
+                        help="per-step accounting of the first video in each worker: FLOPs, dispatched ops, launches, "
+                        "host syncs, GEMM time and GFLOP/s vs torch.mm on the same shapes in isolation "
+                        "(summary columns in the CSV, per-shape rows in model_step_gemm_<device>_<provider>.csv)")
+    parser.add_argument("--amp", default="none", choices=["none", *AMP_DTYPES],
+                        help="autocast of the forward pass (losses, backward and optimizer stay outside it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--provider", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -317,19 +349,40 @@ def main() -> None:
     rows = []
     for p in providers:
         rows.append(dict(provider=p, device=machine, rel_head=args.rel_head, memory=args.memory,
-                         optimizer=args.optimizer,
+                         optimizer=args.optimizer, amp=args.amp,
                          videos=args.videos, rounds=args.rounds,
                          pairs_per_video=statistics.mean(runs[p][0]["pairs"]),
                          median_step_ms=medians[p] * 1e3, speedup_vs_baseline=medians[baseline] / medians[p],
                          median_step_cpu_ms=cpu[p] * 1e3, cpu_speedup_vs_baseline=cpu[baseline] / cpu[p],
                          baseline=baseline, peak_rss_mib=max(r["peak_rss_mib"] for r in runs[p]),
                          peak_gpu_mib=max((r["peak_gpu_mib"] or 0) for r in runs[p]) or None))
+        if args.account:
+            rows[-1].update(runs[p][-1]["account"])
         print(f"{p:10s} median step {medians[p] * 1e3:8.1f} ms  x{medians[baseline] / medians[p]:5.2f} vs {baseline}"
               f"  (CPU time {cpu[p] * 1e3:8.1f} ms, x{cpu[baseline] / cpu[p]:5.2f})"
               f"  peak RSS {rows[-1]['peak_rss_mib']:8.0f} MiB")
     RESULTS.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    path = RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer.csv"
+    # accounting runs get their own file: the plain timing CSVs back earlier README figures
+    suffix = ("_account" if args.account else "") + ("" if args.amp == "none" else f"_{args.amp}")
+    write_csv(RESULTS / f"model_step_{kind}_{args.optimizer}_optimizer{suffix}.csv", rows)
+    if args.account:
+        write_accounting(rows, runs, kind)
+
+
+def write_accounting(rows: list[dict], runs: dict[str, list[dict]], kind: str) -> None:
+    """Prints the accounting columns of every provider and writes each one's per-shape GEMM rows."""
+    for row in rows:
+        print(f"{row['provider']:10s} {row['gflop_per_step']:7.1f} GFLOP  {row['launch_ops']:6d} launches "
+              f"({row['dispatched_ops']} dispatched, {row['profiler_leaf_events']} profiler leaf events, "
+              f"{row['host_syncs']} host syncs)  GEMMs {row['gemm_calls']} calls {row['gemm_ms']:8.1f} ms "
+              f"{row['gemm_gflops']:6.1f} GFLOP/s = {row['gemm_fraction_of_isolated']:4.2f} of isolated "
+              f"torch.mm ({row['isolated_gemm_gflops']:6.1f})")
+        write_csv(RESULTS / f"model_step_gemm_{kind}_{row['provider']}.csv", runs[row["provider"]][-1]["gemms"])
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    """Writes ``rows`` (dicts with the same keys) to ``path`` with a header line."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

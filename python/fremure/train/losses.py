@@ -45,6 +45,68 @@ def margin_targets(lists: list[list[int]], num_classes: int, device: torch.devic
     return target
 
 
+def _binary_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of probabilities ``probs`` against ``target``; NaN when ``probs`` holds a NaN or inf.
+
+    F.binary_cross_entropy refuses NaN (an error on the CPU, a device assert on CUDA); testing for
+    it first would read the data on the host (a GPU sync, a graph break under torch.compile), so the
+    NaN is replaced for the kernel and brought back by ``0 * sum(probs)``, which adds an exact 0
+    to a finite loss."""
+    safe = probs.nan_to_num(nan=0.5).clamp(0.0, 1.0)
+    return F.binary_cross_entropy(safe, target) + 0.0 * probs.sum()
+
+
+def relation_targets(entry: dict[str, Any], mode: str, spatial_loss: str = "bce",
+                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The label tensors of one video's training ``entry``, from its per-pair label lists.
+
+    Keys: ``attention`` (int64 ``[P]``), ``spatial`` / ``contacting`` (float32 multi-hot ``[P, C]``
+    with "bce", int64 margin targets with "mlm") and, in sgcls/sgdet, ``object`` (int64 ``[N]``).
+    Built apart from the loss arithmetic so that a compiled step traces no Python label lists."""
+    if spatial_loss not in SPATIAL_LOSSES:
+        raise ValueError(f"spatial_loss must be one of {SPATIAL_LOSSES}, got {spatial_loss!r}")
+    targets = {"attention": attention_labels(entry, device)}
+    build = multi_hot if spatial_loss == "bce" else margin_targets
+    for rel_type in ("spatial", "contacting"):
+        _, gt_key, classes = REL_GT[rel_type]
+        targets[rel_type] = build(entry[gt_key], classes, device)
+    if mode != "predcls":
+        targets["object"] = entry["labels"].long().to(device)
+    return targets
+
+
+def losses_from_targets(pred: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mode: str,
+                        rel_head: str = "bayesian", obj_head: str = "linear", spatial_loss: str = "bce",
+                        eos_coef: float = 1.0) -> dict[str, torch.Tensor]:
+    """Loss terms (float32 scalars) of the model's outputs ``pred`` against :func:`relation_targets`.
+
+    Tensor arithmetic only: no host synchronisation, so it can run inside a compiled step. A NaN
+    or inf in a distribution gives a NaN term (the trainer then skips the video)."""
+    if spatial_loss not in SPATIAL_LOSSES:
+        raise ValueError(f"spatial_loss must be one of {SPATIAL_LOSSES}, got {spatial_loss!r}")
+    attention = pred["attention_distribution"].float()
+    losses = {}
+    if rel_head == "gmm":
+        losses["attention_relation_loss"] = F.nll_loss(torch.log(attention + 1e-12), targets["attention"])
+    else:
+        losses["attention_relation_loss"] = F.cross_entropy(attention, targets["attention"])
+    for rel_type, name in (("spatial", "spatial_relation_loss"), ("contacting", "contact_relation_loss")):
+        probs = pred[REL_GT[rel_type][0]].float()
+        if spatial_loss == "bce":
+            losses[name] = _binary_cross_entropy(probs, targets[rel_type])
+        else:
+            losses[name] = F.multilabel_margin_loss(probs, targets[rel_type])
+    if mode != "predcls":
+        distribution = pred["distribution"].float()
+        weight = torch.ones(distribution.shape[1], device=distribution.device)
+        weight[0] = eos_coef
+        if obj_head == "gmm":
+            losses["object_loss"] = F.nll_loss(torch.log(distribution + 1e-12), targets["object"], weight=weight)
+        else:
+            losses["object_loss"] = F.cross_entropy(distribution, targets["object"], weight=weight)
+    return losses
+
+
 def relation_losses(entry: dict[str, Any], mode: str, rel_head: str = "bayesian", obj_head: str = "linear",
                     spatial_loss: str = "bce", eos_coef: float = 1.0) -> dict[str, torch.Tensor]:
     """Loss terms (float32 scalars) of one video's training ``entry`` after the model's forward.
@@ -52,32 +114,5 @@ def relation_losses(entry: dict[str, Any], mode: str, rel_head: str = "bayesian"
     Keys: ``attention_relation_loss``, ``spatial_relation_loss``, ``contact_relation_loss`` and,
     in sgcls/sgdet, ``object_loss``. ``spatial_loss``: "bce" (default) or "mlm".
     """
-    if spatial_loss not in SPATIAL_LOSSES:
-        raise ValueError(f"spatial_loss must be one of {SPATIAL_LOSSES}, got {spatial_loss!r}")
-    attention = entry["attention_distribution"].float()
-    device = attention.device
-    losses = {}
-    labels = attention_labels(entry, device)
-    if rel_head == "gmm":
-        losses["attention_relation_loss"] = F.nll_loss(torch.log(attention + 1e-12), labels)
-    else:
-        losses["attention_relation_loss"] = F.cross_entropy(attention, labels)
-    for rel_type, name in (("spatial", "spatial_relation_loss"), ("contacting", "contact_relation_loss")):
-        key, gt_key, classes = REL_GT[rel_type]
-        probs = entry[key].float()
-        if not bool(torch.isfinite(probs).all()):     # BCE refuses NaN inputs: report a NaN loss instead
-            losses[name] = probs.sum() * float("nan")
-        elif spatial_loss == "bce":
-            losses[name] = F.binary_cross_entropy(probs.clamp(0.0, 1.0), multi_hot(entry[gt_key], classes, device))
-        else:
-            losses[name] = F.multilabel_margin_loss(probs, margin_targets(entry[gt_key], classes, device))
-    if mode != "predcls":
-        distribution = entry["distribution"].float()
-        weight = torch.ones(distribution.shape[1], device=device)
-        weight[0] = eos_coef
-        target = entry["labels"].long()
-        if obj_head == "gmm":
-            losses["object_loss"] = F.nll_loss(torch.log(distribution + 1e-12), target, weight=weight)
-        else:
-            losses["object_loss"] = F.cross_entropy(distribution, target, weight=weight)
-    return losses
+    targets = relation_targets(entry, mode, spatial_loss, entry["attention_distribution"].device)
+    return losses_from_targets(entry, targets, mode, rel_head, obj_head, spatial_loss, eos_coef)
