@@ -365,27 +365,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Runs ``python -m fremure_ext.info`` (build and device report) in this process."""
-    import importlib.util
-    import runpy
+    """Prints ``python -m fremure_ext.info`` (build and device report)."""
     try:
-        spec = importlib.util.find_spec("fremure_ext.info")
-    except ImportError as err:          # fremure_ext itself does not import (extension not built)
-        print(f"fremure {_version()}: fremure_ext does not import: {err}", file=sys.stderr)
+        from fremure_ext.info import report
+    except ImportError as err:          # fremure_ext does not import (extension not built), or has no info module
+        print(f"fremure {_version()}: no fremure_ext.info module (the build report) could be loaded: {err}",
+              file=sys.stderr)
         return 1
-    if spec is None:
-        print(f"fremure {_version()}: this installation has no fremure_ext.info module (the build report); "
-              "reinstall fremure to get it", file=sys.stderr)
-        return 1
-    saved_argv = sys.argv
-    sys.argv = ["python -m fremure_ext.info", *args.args]        # the module parses its own arguments
-    try:
-        runpy.run_module("fremure_ext.info", run_name="__main__", alter_sys=True)
-    except SystemExit as exit_info:
-        code = exit_info.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        sys.argv = saved_argv
+    print(report())
     return 0
 
 
@@ -498,21 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(p, ": where the detector and the model run")
     add_detector_options(p, target_size=96)
 
-    # Not _add_command: cmd_info's docstring is not meant as a --help description.
-    p = sub.add_parser("info", parents=[common], help="versions, build and devices (python -m fremure_ext.info)")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to python -m fremure_ext.info")
-    p.set_defaults(func=cmd_info)
+    _add_command(sub, common, "info", cmd_info, "versions, build and devices (python -m fremure_ext.info)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fremure`` console script; returns the exit code."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "info":          # info hands its arguments to fremure_ext.info
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "info":
-        args.args = list(args.args) + unknown
+    args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.verbose and args.quiet:
         parser.error("-v/--verbose and -q/--quiet exclude each other")
