@@ -260,23 +260,30 @@ def _tensorboard_check(args: argparse.Namespace, config):
     return config
 
 
-def _run_folder(config, argv: Sequence[str] | None) -> logging.Handler:
-    """Writes ``config.yaml`` (the resolved configuration, loadable with --config) and opens
-    ``train.log`` (appended) in the run folder; returns the log handler to close at the end."""
+def _command(argv: Sequence[str] | None) -> str:
+    return "fremure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
+def _write_config_yaml(config, argv: Sequence[str] | None) -> None:
+    """``config.yaml`` (the resolved configuration, loadable with --config), written once the run
+    is ready to train (after a resume succeeded), so that it always records what ran."""
     from .train.config import config_to_yaml
-    os.makedirs(config.save_path, exist_ok=True)
-    command = "fremure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    header = [f"fremure {_version()} train, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", f"command: {command}",
+    header = [f"fremure {_version()} train, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", f"command: {_command(argv)}",
               "resolved configuration: re-run with fremure train --config config.yaml"]
     path = os.path.join(config.save_path, "config.yaml")
     with open(path + ".tmp", "w") as handle:
         handle.write(config_to_yaml(config, header))
     os.replace(path + ".tmp", path)
+
+
+def _run_folder(config, argv: Sequence[str] | None) -> logging.Handler:
+    """Opens ``train.log`` (appended) in the run folder; returns the log handler to close at the end."""
+    os.makedirs(config.save_path, exist_ok=True)
     handler = logging.FileHandler(os.path.join(config.save_path, "train.log"))
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.DEBUG)
     logging.getLogger("fremure").addHandler(handler)
-    logger.info("run folder %s: %s", config.save_path, command)
+    logger.info("run folder %s: %s", config.save_path, _command(argv))
     return handler
 
 
@@ -285,14 +292,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     mR@20, clipping 5, one video per step. The run folder (--save-path) gets config.yaml (the resolved
     configuration), train.log, history.jsonl (one line per epoch) and checkpoints/."""
     # Under torchrun every process joins the group first and leaves it at the end.
+    from .train import run_folder
     from .train.config import config_to_yaml
     config = _config(args)
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if args.resume:
+        saved = run_folder.saved_config(config.save_path)
+        config = _config(args, defaults=saved)
+        run_folder.check_resume(saved, config.to_dict())
     _check_train_paths(config)
-    if args.resume and not os.path.isfile(os.path.join(config.save_path, "checkpoints", "last.json")):
-        raise UsageError(f"--resume: {os.path.join(config.save_path, 'checkpoints', 'last.json')} does not exist")
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    if not args.resume:
+        run_folder.prepare_new_run(config.save_path, overwrite=args.overwrite and rank_zero)
     config = _tensorboard_check(args, config)
     import torch
     from .train import distributed as dist_utils
@@ -310,7 +325,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if rank == 0:
             logger.info("device: %s%s", describe_device(device), " (--device auto)" if asked == "auto" else "")
         from .train.pipeline import run_training
-        trainer, history = run_training(config, resume=args.resume)
+        argv = getattr(args, "argv", None)
+        ready = (lambda trainer: _write_config_yaml(trainer.config, argv)) if rank == 0 else None
+        trainer, history = run_training(config, resume=args.resume, on_ready=ready)
     finally:
         dist_utils.destroy()
         if handler is not None:
@@ -692,7 +709,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(sub, common, "train", cmd_train, "train on cached features (published recipe by default)")
     p.add_argument("--config", default=None, help="YAML file of training options (flags override it)")
-    p.add_argument("--resume", action="store_true", help="continue from <save-path>/checkpoints/last.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <save-path>/checkpoints/last.json with its configuration (flags may change "
+                        "only --nepoch, --lr and where data, logs and checkpoints go)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --save-path that holds one, deleting the old run's files")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")
     _add_config_options(p, ("model", "train"))
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..data.cache import VideoEntrySource
 from ..pipeline import build_model, frequencies, load_split
@@ -25,7 +25,13 @@ def make_trainer(config: TrainConfig, detector=None) -> Trainer:
     return Trainer(config, model, train_src, test_src, test_ds.gt_annotations, freqs)
 
 
-def run_training(config: TrainConfig, resume: bool = False, detector=None) -> tuple[Trainer, list[dict[str, Any]]]:
-    """Builds the trainer from ``config`` and runs it; returns (trainer, history)."""
+def run_training(config: TrainConfig, resume: bool = False, detector=None,
+                 on_ready: Callable[[Trainer], None] | None = None) -> tuple[Trainer, list[dict[str, Any]]]:
+    """Builds the trainer from ``config`` and runs it; returns (trainer, history). ``on_ready`` is
+    called once the trainer is built and, with ``resume``, restored: a failed resume never reaches it."""
     trainer = make_trainer(config, detector)
-    return trainer, trainer.fit(resume=resume)
+    if resume:
+        trainer.restore()
+    if on_ready is not None:
+        on_ready(trainer)
+    return trainer, trainer.fit()
