@@ -53,6 +53,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _version() -> str:
     try:
         from . import __version__
@@ -130,6 +140,13 @@ def _need_dir(path: str | None, flag: str) -> str:
         raise UsageError(f"{flag} is required")
     if not os.path.isdir(path):
         raise UsageError(f"{flag} {path}: no such directory")
+    return path
+
+
+def _out_dir(path: str, flag: str) -> str:
+    """An output folder: UsageError when ``path`` exists as a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file, not a folder")
     return path
 
 
@@ -223,6 +240,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from .pipeline import extract_split, make_detector
     _need_dir(args.data_path, "--data-path")
+    _out_dir(args.out, "--out")
     if args.detector_checkpoint:
         _need_file(args.detector_checkpoint, "--detector-checkpoint")
     device = _device(args.device)
@@ -379,7 +397,10 @@ def _load_model_for_eval(args, config, train_ds, test_ds):
     model_config = make_config(saved)
     freqs = frequencies(model_config, train_ds, test_ds)
     model = build_model(model_config, train_ds.object_classes, freqs)
-    load_model_tensors(model, tensors, args.checkpoint)
+    differing = [f"{_flag(name)}: checkpoint {state['config'][name]!r}, asked {value!r}"
+                 for name, value in _overrides(args, ("model",)).items()
+                 if name in state["config"] and state["config"][name] != value]
+    load_model_tensors(model, tensors, args.checkpoint, differing)
     if not args.use_memory:
         model.rel_memory = None
     return model, freqs
@@ -391,6 +412,7 @@ def _eval_inputs(args):
     if bool(args.checkpoint) == bool(args.published_checkpoint):
         raise UsageError("give exactly one of --checkpoint and --published-checkpoint")
     _need_dir(args.data_path, "--data-path")
+    _out_dir(args.out, "--out")
     if args.test_cache:
         _need_dir(args.test_cache, "--test-cache")
     if args.published_checkpoint:
@@ -565,6 +587,7 @@ def cmd_freq(args: argparse.Namespace) -> int:
     import csv
     from .data.frequency import main as freq_main
     _need_dir(args.data_path, "--data-path")
+    _out_dir(args.out, "--out")
     argv = [args.data_path, "--out", args.out]
     if args.train_only:
         argv.append("--train-only")
@@ -657,8 +680,9 @@ def _add_eval_commands(sub, common) -> None:
         _device_option(p)
         _add_config_options(p, ("model",))
         if name == "eval":
-            p.add_argument("--max-videos", type=int, default=0, help="evaluate the first N test videos (0 = all)")
-            p.add_argument("--report-frames", type=int, default=4,
+            p.add_argument("--max-videos", type=_non_negative_int, default=0,
+                           help="evaluate the first N test videos (0 = all)")
+            p.add_argument("--report-frames", type=_non_negative_int, default=4,
                            help="test frames drawn with predictions into report.html (default 4; 0 = none)")
             _progress_option(p)
             _detector_options(p)
@@ -782,11 +806,15 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 def _exit_code(err: BaseException) -> int:
     """2 for input and usage errors, 1 for failures during the run."""
-    if isinstance(err, (UsageError, ValueError, FileNotFoundError, NotADirectoryError, ImportError)):
+    import pickle
+    if isinstance(err, (UsageError, ValueError, FileNotFoundError, NotADirectoryError, ImportError,
+                        pickle.UnpicklingError)):
         return 2
-    checkpoint = sys.modules.get("fremure.train.checkpoint")      # loaded whenever a CheckpointError exists
-    if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
-        return 2
+    # damaged checkpoints and feature caches; their modules are loaded whenever such an error exists
+    for module, name in (("fremure.train.checkpoint", "CheckpointError"), ("fremure.data.cache", "CacheCorruptedError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(err, getattr(loaded, name)):
+            return 2
     return 1
 
 

@@ -451,12 +451,28 @@ class Trainer:
         self._append_history(record)            # after 'last': a resumed run never repeats a line
 
 
-def load_model_tensors(model: FReMuRe, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Loads ``model.*`` weights (strict) and ``memory.*`` prototypes saved by :class:`Trainer`."""
+def load_model_tensors(model: FReMuRe, tensors: dict[str, torch.Tensor], source: str = "checkpoint",
+                       differing_options: Sequence[str] = ()) -> None:
+    """Loads ``model.*`` weights (strict) and ``memory.*`` prototypes saved by :class:`Trainer`.
+    A mismatch is a CheckpointError counting the weights that differ (a few named) and listing
+    ``differing_options`` (e.g. ``"--rel-head: checkpoint 'bayesian', asked 'gmm'"``)."""
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{source} does not fit this model configuration: {err}") from err
+        reason = ("options differ from the checkpoint's: " + "; ".join(differing_options) if differing_options
+                  else _weight_mismatch(model.state_dict(), weights))
+        raise CheckpointError(f"{source} does not fit this model configuration: {reason}") from err
     model.rel_memory = memory or None
+
+
+def _weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """'3 weights missing (e.g. a, b), 1 unexpected (e.g. c), 2 of another shape (e.g. d)'."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
+    parts = [f"{len(names)} {what} (e.g. {', '.join(names[:3])})"
+             for names, what in ((missing, "weights missing"), (unexpected, "unexpected"),
+                                 (reshaped, "of another shape")) if names]
+    return ", ".join(parts) or "the weights differ"
