@@ -33,7 +33,7 @@ from fremure.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
 TIMING = ("seconds", "videos_per_s")
-TRAIN_VIDEOS = 3
+TRAIN_VIDEOS = 2
 
 
 def _args(save_path: pathlib.Path, *extra: str) -> list[str]:
