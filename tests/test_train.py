@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -141,6 +142,8 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     victim = make_trainer(config_b)
 
     def kill(trainer):
+        if trainer.step == 1:
+            time.sleep(1.0)             # training time before the kill, which the resumed epoch must count
         if trainer.step == 2:
             raise Killed
 
@@ -158,6 +161,10 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     for kind in ("attention", "spatial", "contacting"):
         assert torch.equal(resumed.model.rel_memory[kind], reference.model.rel_memory[kind]), kind
     assert resumed.epoch == 1 and resumed.history[0]["R@20"] == reference.history[0]["R@20"]
+    # the epoch's loss covers its three videos, not only the one trained after the restart
+    assert resumed.history[0]["loss"] == reference.history[0]["loss"]
+    assert resumed.history[0]["seconds"] >= 1.0
+    assert resumed.history[0]["videos_per_s"] == 3 / resumed.history[0]["seconds"]
 
     # a damaged 'last' is reported, never loaded
     record = json.load(open(tmp_path / "b" / "checkpoints" / "last.json"))

@@ -441,6 +441,8 @@ _OFF = _offsets([2, 3, 1])
 _BAD_PACK = [
     ((_X, _OFF, 0, 1, False), ValueError, "window"),
     ((_X, _OFF, -2, 1, False), ValueError, "window"),
+    ((_X, _OFF, 2 ** 62, 1, True), ValueError, r"window must be <= 2147483647 \(2\*\*31 - 1\), got 4611686018427387904"),
+    ((_X, _OFF, 2 ** 62, 1, False), ValueError, "window must be <= 2147483647"),
     ((_X, _OFF, 2, 0, False), ValueError, "stride"),
     ((_X, _OFF, 2, -1, True), ValueError, "stride"),
     ((_X, _OFF.int(), 2, 1, False), TypeError, "frame_offsets"),

@@ -23,46 +23,17 @@ import sys
 import time
 from typing import Any, Sequence
 
-from .cli_args import (DETECTOR_DEFAULTS, UsageError, add_config_options, add_detector_options, add_device_option,
-                       add_progress_option, common_options, exit_code, file_options, given_options,
-                       make_train_config, non_negative_int, one_line, parse_bool, positive_int, setup_logging)
+from .cli_args import DETECTOR_DEFAULTS  # noqa: F401 (re-exported for scripts and tests)
+from .cli_args import (UsageError, add_config_options, add_detector_options, add_device_option, add_progress_option, common_options, exit_code, file_options, given_options,
+                       make_train_config, need_dir, need_file, non_negative_int, one_line, out_dir, parse_bool,
+                       positive_int, resolve_device, setup_logging)
+from ._version import __version__
+from .train.config import merge_values
 from .demo import DEMO_DEFAULTS
 
 logger = logging.getLogger("fremure.cli")
 DEFAULT_WORK = "fremure-demo"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _config = make_train_config           # the name earlier scripts and tests used
-
-
-def _version() -> str:
-    try:
-        from . import __version__
-        return __version__
-    except ImportError:
-        from importlib.metadata import version
-        return version("fremure")
-
-
-def _need_dir(path: str | None, flag: str) -> str:
-    if not path:
-        raise UsageError(f"{flag} is required")
-    if not os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: no such directory")
-    return path
-
-
-def _need_file(path: str, flag: str) -> str:
-    if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path} does not exist")
-    return path
-
-
-def _device(name: str) -> str:
-    """Resolved device (``auto`` -> cuda when available, else cpu), announced at the start."""
-    from .train.config import describe_device, resolve_device
-    device = resolve_device(name)
-    logger.info("device: %s%s", describe_device(device), " (--device auto)" if name == "auto" else "")
-    return device
 
 
 # ------------------------------------------------------------------ frames and data checks
@@ -73,12 +44,12 @@ def cmd_frames(args: argparse.Namespace) -> int:
     finished videos (done marker) are not decoded again. Exit 1 when a video fails (each is named), 2 on bad
     input; --verify only checks."""
     from .data.frames import dump_frames, summarize, verify
-    _need_dir(args.data_path, "--data-path")
+    need_dir(args.data_path, "--data-path")
     if args.verify:
         report, complete = verify(args.data_path, args.video)
         print(report)
         return 0 if complete else 2
-    _need_dir(args.videos, "--videos")
+    need_dir(args.videos, "--videos")
     started = time.perf_counter()
     try:
         results = dump_frames(args.videos, args.data_path, workers=args.workers, progress=args.progress,
@@ -94,7 +65,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     """Lists the annotation files each task needs (the filtersmall pickle for sgcls/sgdet) and how many
     annotated frames exist under frames/; exit 2 when something the given modes need is missing."""
     from .data.check import check_data
-    _need_dir(args.data_path, "--data-path")
+    need_dir(args.data_path, "--data-path")
     items = check_data(args.data_path, args.mode)
     for item in items:
         print(item)
@@ -107,10 +78,11 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ extract, train
 def cmd_extract(args: argparse.Namespace) -> int:
     from .pipeline import extract_split, make_detector
-    _need_dir(args.data_path, "--data-path")
+    need_dir(args.data_path, "--data-path")
+    out_dir(args.out, "--out")
     if args.detector_checkpoint:
-        _need_file(args.detector_checkpoint, "--detector-checkpoint")
-    device = _device(args.device)
+        need_file(args.detector_checkpoint, "--detector-checkpoint")
+    device = resolve_device(args.device)
     detector, description = make_detector(args.detector_checkpoint, args.target_size, args.seed, device,
                                           args.proposals)
     print(f"detector: {description}")
@@ -122,85 +94,30 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _check_train_paths(config) -> None:
-    _need_dir(config.data_path, "--data-path")
+    need_dir(config.data_path, "--data-path")
     for flag, path in (("--train-cache", config.train_cache), ("--test-cache", config.test_cache)):
         if path and not os.path.isdir(path):
             raise UsageError(f"{flag} {path}: no such directory (make it with fremure extract)")
 
 
-def _tensorboard_check(args: argparse.Namespace, config):
-    """A missing tensorboard package: an error when --tensorboard true was asked for, else a
-    warning and no TensorBoard scalars."""
-    if not config.tensorboard:
-        return config
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if getattr(args, "tensorboard", None):
-            raise UsageError("--tensorboard true needs the tensorboard package: pip install 'fremure[tensorboard]'") \
-                from None
-        logger.warning("TensorBoard scalars off: tensorboard is not installed (pip install 'fremure[tensorboard]'); "
-                       "history.jsonl and train.log still record every epoch")
-        return dataclasses.replace(config, tensorboard=False)
-    return config
-
-
-def _run_folder(config, argv: Sequence[str] | None) -> logging.Handler:
-    """Writes ``config.yaml`` (the resolved configuration, loadable with --config) and opens
-    ``train.log`` (appended) in the run folder; returns the log handler to close at the end."""
-    from .train.config import config_to_yaml
-    os.makedirs(config.save_path, exist_ok=True)
-    command = "fremure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    header = [f"fremure {_version()} train, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", f"command: {command}",
-              "resolved configuration: re-run with fremure train --config config.yaml"]
-    path = os.path.join(config.save_path, "config.yaml")
-    with open(path + ".tmp", "w") as handle:
-        handle.write(config_to_yaml(config, header))
-    os.replace(path + ".tmp", path)
-    handler = logging.FileHandler(os.path.join(config.save_path, "train.log"))
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.setLevel(logging.DEBUG)
-    logging.getLogger("fremure").addHandler(handler)
-    logger.info("run folder %s: %s", config.save_path, command)
-    return handler
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Trains FReMuRe. Defaults follow the published recipe: AdamW lr 1e-5, 10 epochs, ReduceLROnPlateau on
     mR@20, clipping 5, one video per step. The run folder (--save-path) gets config.yaml (the resolved
-    configuration), train.log, history.jsonl (one line per epoch) and checkpoints/."""
-    # Under torchrun every process joins the group first and leaves it at the end.
+    configuration), train.log, history.jsonl (one line per epoch) and checkpoints/; a folder holding a run
+    is refused unless --resume or --overwrite."""
     from .train.config import config_to_yaml
-    config = _config(args)
+    from .train.run import resumed_config, tensorboard_available, train
+    config = make_train_config(args)
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
+    if args.resume:
+        config = resumed_config(config, merge_values(file_options(args), given_options(args)))
     _check_train_paths(config)
-    if args.resume and not os.path.isfile(os.path.join(config.save_path, "checkpoints", "last.json")):
-        raise UsageError(f"--resume: {os.path.join(config.save_path, 'checkpoints', 'last.json')} does not exist")
-    config = _tensorboard_check(args, config)
-    import torch
-    from .train import distributed as dist_utils
-    from .train.config import describe_device, resolve_device
-    asked = config.device
-    device = resolve_device(asked)
-    if dist_utils.init_from_env(device) and device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}"
-        torch.cuda.set_device(local)
-    config = dataclasses.replace(config, device=device)
-    rank = dist_utils.rank()
-    handler = _run_folder(config, getattr(args, "argv", None)) if rank == 0 else None
-    try:
-        if rank == 0:
-            logger.info("device: %s%s", describe_device(device), " (--device auto)" if asked == "auto" else "")
-        from .train.run import run_training
-        trainer, history = run_training(config, resume=args.resume)
-    finally:
-        dist_utils.destroy()
-        if handler is not None:
-            logging.getLogger("fremure").removeHandler(handler)
-            handler.close()
+    config = tensorboard_available(config, asked=bool(getattr(args, "tensorboard", None)))
+    argv = getattr(args, "argv", None)
+    command = "fremure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    trainer, history = train(config, resume=args.resume, overwrite=args.overwrite, command=command)
     if trainer.rank == 0:
         for record in history:
             print(_epoch_line(record))
@@ -226,11 +143,12 @@ def _load_for_eval(args):
     from .runs import load_published, load_run
     if bool(args.checkpoint) == bool(args.published_checkpoint):
         raise UsageError("give exactly one of --checkpoint and --published-checkpoint")
-    _need_dir(args.data_path, "--data-path")
+    need_dir(args.data_path, "--data-path")
+    out_dir(args.out, "--out")
     if args.test_cache:
-        _need_dir(args.test_cache, "--test-cache")
+        need_dir(args.test_cache, "--test-cache")
     if args.published_checkpoint:
-        _need_file(args.published_checkpoint, "--published-checkpoint")
+        need_file(args.published_checkpoint, "--published-checkpoint")
         config = make_train_config(args).model
         train, test = (load_split(args.data_path, split, config.mode) for split in ("train", "test"))
         loaded = load_published(args.published_checkpoint, config, frequencies(config, train, test),
@@ -249,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import format_table, write_report
     from .pipeline import evaluate, make_detector
     loaded, _, test_ds = _load_for_eval(args)
-    device, mode = _device(args.device), loaded.config.mode
+    device, mode = resolve_device(args.device), loaded.config.mode
     detector = None
     if not args.test_cache:
         detector, description = make_detector(args.detector_checkpoint, args.target_size, 0, device, args.proposals)
@@ -259,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               progress=args.progress)
     print(format_table(results))
     details = {"checkpoint": loaded.checkpoint, "mode": mode, "test videos evaluated": len(preds),
-               "data": args.data_path, "fremure": _version()}
+               "data": args.data_path, "fremure": __version__}
     paths = write_report(args.out, results, preds, test_ds, details, args.report_frames,
                          title=f"FReMuRe {mode} evaluation")
     print(f"wrote results.json, results.txt, per_predicate_R20.png and {paths['html'].name} to {args.out}")
@@ -273,7 +191,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .eval.visualize import draw_video
     from .pipeline import to_device
     loaded, _, test_ds = _load_for_eval(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     source = VideoEntrySource(test_ds, loaded.config.mode, False, cache=args.test_cache)
     if not 0 <= args.video < len(source):
         raise UsageError(f"--video must lie in [0, {len(source)}), got {args.video}")
@@ -312,8 +230,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if bool(args.train_cache) != bool(args.test_cache):
         raise UsageError("give both --train-cache and --test-cache, or neither")
     if args.detector_checkpoint:
-        _need_file(args.detector_checkpoint, "--detector-checkpoint")
-    config = dataclasses.replace(config, device=_device(config.device))
+        need_file(args.detector_checkpoint, "--detector-checkpoint")
+    config = dataclasses.replace(config, device=resolve_device(config.device))
     if args.generate:
         generate_synthetic_ag(data_path, num_videos=args.generate, seed=config.seed, overwrite=True)
         print(f"data: generated synthetic AG with {args.generate} videos in {data_path}")
@@ -336,7 +254,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_freq(args: argparse.Namespace) -> int:
     import csv
     from .data.frequency import main as freq_main
-    _need_dir(args.data_path, "--data-path")
+    need_dir(args.data_path, "--data-path")
+    out_dir(args.out, "--out")
     argv = [args.data_path, "--out", args.out]
     if args.train_only:
         argv.append("--train-only")
@@ -354,8 +273,8 @@ def cmd_freq(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .train.bench import train_throughput
     if args.data_path:
-        _need_dir(args.data_path, "--data-path")
-    device = _device(args.device)
+        need_dir(args.data_path, "--data-path")
+    device = resolve_device(args.device)
     rows = train_throughput(args.data_path, args.work_dir, videos=args.videos, steps=args.epochs,
                             detector_checkpoint=args.detector_checkpoint, target_size=args.target_size,
                             device=device)
@@ -369,7 +288,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         from fremure_ext.info import report
     except ImportError as err:          # fremure_ext does not import (extension not built), or has no info module
-        print(f"fremure {_version()}: no fremure_ext.info module (the build report) could be loaded: {err}",
+        print(f"fremure {__version__}: no fremure_ext.info module (the build report) could be loaded: {err}",
               file=sys.stderr)
         return 1
     print(report())
@@ -422,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fremure", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[-1], parents=[common_options(False)],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"fremure {_version()}")
+    parser.add_argument("--version", action="version", version=f"fremure {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _add_command(sub, common, "frames", cmd_frames, "dump the annotated AG frames from the Charades videos (PyAV)")
@@ -454,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(sub, common, "train", cmd_train, "train on cached features (published recipe by default)")
     p.add_argument("--config", default=None, help="YAML file of training options (flags override it)")
-    p.add_argument("--resume", action="store_true", help="continue from <save-path>/checkpoints/last.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <save-path>/checkpoints/last.json with its configuration (flags may change "
+                        "only --nepoch, --lr and where data, logs and checkpoints go)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --save-path that holds one, deleting the old run's files")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")
     add_config_options(p)
 

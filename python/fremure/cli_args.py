@@ -51,6 +51,37 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def out_dir(path: str, flag: str) -> str:
+    """An output folder: UsageError when ``path`` exists as a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    return path
+
+
+def need_dir(path: str | None, flag: str) -> str:
+    if not path:
+        raise UsageError(f"{flag} is required")
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: no such directory")
+    return path
+
+
+def need_file(path: str, flag: str) -> str:
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path} does not exist")
+    return path
+
+
+def resolve_device(name: str) -> str:
+    """Resolved device (``auto`` -> cuda when available, else cpu), announced at the start."""
+    from .train.config import describe_device
+    from .train.config import resolve_device as resolve
+    device = resolve(name)
+    logging.getLogger("fremure.cli").info("device: %s%s", describe_device(device),
+                                          " (--device auto)" if name == "auto" else "")
+    return device
+
+
 # ------------------------------------------------------------------ flags generated from the configs
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
@@ -220,11 +251,15 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
 
 def exit_code(err: BaseException) -> int:
     """2 for input and usage errors, 1 for failures during the run."""
-    if isinstance(err, (UsageError, ValueError, FileNotFoundError, NotADirectoryError, ImportError)):
+    import pickle
+    if isinstance(err, (UsageError, ValueError, FileNotFoundError, NotADirectoryError, ImportError,
+                        pickle.UnpicklingError)):
         return 2
-    checkpoint = sys.modules.get("fremure.train.checkpoint")      # loaded whenever a CheckpointError exists
-    if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
-        return 2
+    # damaged checkpoints and feature caches; their modules are loaded whenever such an error exists
+    for module, name in (("fremure.train.checkpoint", "CheckpointError"), ("fremure.data.cache", "CacheCorruptedError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(err, getattr(loaded, name)):
+            return 2
     return 1
 
 

@@ -32,7 +32,7 @@ def load_split(data_path: str | os.PathLike, split: str, mode: str) -> ActionGen
     """The AG split as the published scripts load it (filtersmall pickle for sgcls/sgdet)."""
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return ActionGenome(data_path, split, filter_small_box=mode != "predcls")
+    return ActionGenome(data_path, split, filter_small_box=mode != "predcls").require_videos()
 
 
 def make_detector(checkpoint: str | None = None, target_size: int | None = None, seed: int = 0,

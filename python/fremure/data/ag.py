@@ -51,6 +51,7 @@ __all__ = [
     "REL_OFFSETS",
     "AGIssue",
     "AnnotationError",
+    "EmptySplitError",
     "ActionGenome",
     "annotation_paths",
     "read_class_file",
@@ -90,6 +91,10 @@ FILTERSMALL_NAME = "object_bbox_and_relationship_filtersmall.pkl"
 
 class AnnotationError(ValueError):
     """Raised in ``strict`` mode for the first annotation problem that would drop data."""
+
+
+class EmptySplitError(ValueError):
+    """A split without a single usable video (:meth:`ActionGenome.require_videos`)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,8 @@ class ActionGenome:
         self.missing_frame_images = self._count_missing_frames() if check_frames else None
         if logger.isEnabledFor(logging.INFO):  # the summary walks every record: only when shown
             logger.info("%s", self.summary())
+        if self.dropped_text():
+            logger.warning("AG %s: %s", self.mode, self.dropped_text())
 
     # ------------------------------------------------------------------ reading
     def _read_classes(self) -> None:
@@ -327,6 +334,10 @@ class ActionGenome:
         if split not in ("train", "test"):
             self._issue("unknown_split", "frame", f"metadata['set'] is {split!r}", video=video, frame=frame)
             return None
+        unmarked = [i for i, obj in enumerate(objs) if isinstance(obj, dict) and "visible" not in obj]
+        if unmarked and split == self.mode:
+            self._issue("object_without_visible", "object", f"objects {unmarked[:5]} have no 'visible' key",
+                        video=video, frame=frame)
         return split
 
     def _collect_candidates(self, keys: list, objects: dict) -> dict[str, list[str]]:
@@ -602,6 +613,27 @@ class ActionGenome:
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
         return len(self.video_list)
+
+    def dropped_text(self) -> str:
+        """``'12 frames and 3 objects dropped for malformed annotations (kind: count, ...)'``, or ''
+        when nothing was dropped."""
+        dropping = [issue for issue in self.issues if issue.dropped]
+        if not dropping:
+            return ""
+        dropped = Counter(issue.dropped for issue in dropping)
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in Counter(i.kind for i in dropping).most_common())
+        return (f"{dropped['frame']} frames and {dropped['object']} objects dropped for malformed annotations "
+                f"({kinds}; e.g. {dropping[0]})")
+
+    def require_videos(self) -> "ActionGenome":
+        """``self``; EmptySplitError naming the split, the pickles and what was dropped when no
+        video is left (training on it would run on nothing)."""
+        if len(self):
+            return self
+        dropped = self.dropped_text() or "no annotation entry was malformed"
+        raise EmptySplitError(f"the AG {self.mode} split of {self.data_path} has no usable video "
+                              f"({self.paths['person_bbox'].name}, {self.paths['object_bbox'].name}): {dropped}; "
+                              "see fremure check-data")
 
     def frame_paths(self, index: int) -> list[pathlib.Path]:
         """Image paths ``<data_path>/frames/VID.mp4/FRAME.png`` of kept video ``index``, in order."""

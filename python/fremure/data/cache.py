@@ -10,13 +10,17 @@ relation lists ``attention_gt`` / ``spatial_gt`` / ``contacting_gt`` as ``<name>
 and ``<name>.offsets`` (int64 ``[P+1]``). With ``dtype=float16`` only the large feature tensors
 (``features``, ``union_feat``, ``fmaps``) are stored in half precision; boxes, scores,
 distributions and masks stay float32 (half precision would move box corners by up to 0.5 px).
-Files are written to a temporary name and renamed, so a file that exists is complete.
+Files are written to a temporary name and renamed, so a file that exists is complete;
+``checksums.jsonl`` records each file's size and SHA-256 as written, and a resumed extraction
+redoes every file that no longer matches its record (truncated or altered later), so a damaged
+entry is never kept. Temporaries of a killed extraction are removed when it starts again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +36,8 @@ from .features import (GT_LIST_FIELDS, MODES, check_dataset, parse_frame_gt, vid
 CACHE_FORMAT = "fremure-feature-cache"
 CACHE_VERSION = 1
 INDEX_NAME = "index.json"
+CHECKSUMS_NAME = "checksums.jsonl"
+logger = logging.getLogger(__name__)
 FEATURE_FIELDS = ("features", "union_feat", "fmaps")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -97,6 +103,24 @@ def write_entry_file(path: str | os.PathLike, entry: dict[str, Any], dtype: torc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def _readable(path: str) -> bool:
+    """An entry file without a recorded checksum: whether its header and data are all there."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            return "boxes" in handle.keys()
+    except Exception:  # noqa: BLE001 (safetensors raises its own error type for every kind of damage)
+        return False
 
 
 def read_entry_file(path: str | os.PathLike, video: str = "?", device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -214,6 +238,46 @@ class FeatureCache:
         """Videos whose file has not been written yet."""
         return [name for name in self.videos if name not in self]
 
+    def record_written(self, video: str) -> None:
+        """Appends the size and SHA-256 of ``video``'s file, just written, to ``checksums.jsonl``."""
+        line = json.dumps({"video": video, **file_digest(self.path(video))})
+        with open(os.path.join(self.out_dir, CHECKSUMS_NAME), "a") as handle:
+            handle.write(line + "\n")
+
+    def checksums(self) -> dict[str, dict[str, Any]]:
+        """The last recorded size and SHA-256 per video (a torn last line is ignored)."""
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            with open(os.path.join(self.out_dir, CHECKSUMS_NAME)) as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                        records[record["video"]] = record
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        except FileNotFoundError:
+            pass
+        return records
+
+    def damaged(self) -> list[str]:
+        """Videos whose file exists but differs from its recorded size or SHA-256 (or, without a
+        record, cannot be read): these are extracted again on resume."""
+        records = self.checksums()
+        out = []
+        for name in self.videos:
+            path = self.path(name)
+            if not os.path.isfile(path):
+                continue
+            record = records.get(name)
+            if record is None:
+                bad = not _readable(path)
+            else:
+                bad = (os.path.getsize(path) != record.get("bytes")
+                       or file_digest(path)["sha256"] != record.get("sha256"))
+            if bad:
+                out.append(name)
+        return out
+
     def load(self, video: str | int, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The entry of one video; FileNotFoundError if it was not extracted yet."""
         name = self._name(video)
@@ -281,17 +345,47 @@ def extract_features(dataset: Any, detector, out_dir: str | os.PathLike, mode: s
              "detector_fingerprint": detector.fingerprint(), "videos": names}
     index_path = os.path.join(out_dir, INDEX_NAME)
     if resume and os.path.isfile(index_path):
-        old = _read_index(out_dir)
-        differing = [k for k in index if old.get(k) != index[k]]
-        if differing:
-            raise ValueError(f"feature cache {out_dir} was made with different {', '.join(differing)}; "
-                             "use another folder or resume=False to overwrite it")
+        _check_same_index(out_dir, _read_index(out_dir), index)
+    _remove_temporaries(out_dir)
+    if not resume:
+        _remove_if_present(os.path.join(out_dir, CHECKSUMS_NAME))
     _write_json_atomic(index_path, index)
     cache = FeatureCache(out_dir)
-    todo = [i for i, name in enumerate(names) if not (resume and name in cache)]
+    damaged = set(cache.damaged()) if resume else set()
+    if damaged:
+        logger.warning("feature cache %s: %d damaged entries are extracted again (%s)", out_dir, len(damaged),
+                       ", ".join(sorted(damaged)[:5]) + (" ..." if len(damaged) > 5 else ""))
+    todo = [i for i, name in enumerate(names) if not (resume and name in cache and name not in damaged)]
     _run_extraction(dataset, detector, cache, todo, mode, training, dtype_name, fix_human_row,
                     num_workers, progress, done=len(names) - len(todo))
     return cache
+
+
+def _check_same_index(out_dir: str, old: dict, new: dict) -> None:
+    """ValueError naming what differs between an existing cache and this extraction (and, for the
+    feature dtype, the flag that continues the cache)."""
+    differing = [k for k in new if old.get(k) != new[k]]
+    if not differing:
+        return
+    shown = "; ".join(f"{k}: cache {old.get(k)!r}, now {new[k]!r}" for k in differing if k not in ("videos",)
+                      ) or "the video list"
+    hint = f"rerun with --dtype {old['feature_dtype']} to continue it, " if "feature_dtype" in differing else ""
+    raise ValueError(f"feature cache {out_dir} was made with different {', '.join(differing)} ({shown}); "
+                     f"{hint}use another folder, or resume=False to overwrite it")
+
+
+def _remove_temporaries(out_dir: str) -> None:
+    """Temporaries of a killed extraction (``<file>.tmp-<pid>``)."""
+    for name in os.listdir(out_dir):
+        if ".tmp-" in name:
+            _remove_if_present(os.path.join(out_dir, name))
+
+
+def _remove_if_present(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _run_extraction(dataset: Any, detector, cache: FeatureCache, todo: list[int], mode: str, training: bool,
@@ -309,6 +403,7 @@ def _run_extraction(dataset: Any, detector, cache: FeatureCache, todo: list[int]
                                 fix_human_row=fix_human_row, video=name)
             write_entry_file(cache.path(name), entry, dtype_name,
                              {"video": name, "mode": mode, "training": str(int(training))})
+            cache.record_written(name)
             bar.update(1)
     finally:
         bar.close()
@@ -355,6 +450,7 @@ class VideoEntrySource:
         if self.write_back and name in self.cache.videos:
             write_entry_file(self.cache.path(name), entry, self.cache.feature_dtype,
                              {"video": name, "mode": self.mode, "training": str(int(self.training))})
+            self.cache.record_written(name)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in entry.items()}
 
     def __iter__(self) -> Iterable[dict[str, Any]]:

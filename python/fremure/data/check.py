@@ -1,8 +1,10 @@
 """``fremure check-data``: is an Action Genome folder complete for the tasks to be run?
 
 Checks the annotation files each task reads (the filtersmall pickle only for SGCls/SGDet, as
-:func:`fremure.data.ag.annotation_paths`), that the class lists have AG's line counts, and how
-many annotated frames exist under ``frames/``.
+:func:`fremure.data.ag.annotation_paths`), that the class lists have AG's line counts, that the
+pickles load (restricted unpickler) and hold usable entries (the loader's own validation: types,
+keys, box shapes; a split without a usable video is a problem, dropped entries are counted), and
+how many annotated frames exist under ``frames/`` as whole PNG files (header and end checked).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import pickle
 from typing import Sequence
 
-from .ag import OBJECT_CLASSES, RELATIONSHIP_CLASSES, annotation_paths
+from .ag import OBJECT_CLASSES, RELATIONSHIP_CLASSES, ActionGenome, annotation_paths
 from .frames import annotated_frames, frame_name, missing_frames
 
 MODES = ("predcls", "sgcls", "sgdet")
@@ -28,7 +31,7 @@ class CheckItem:
     needed_by: tuple[str, ...] = MODES
 
     def __str__(self) -> str:
-        tag = "ok     " if self.ok else "MISSING"
+        tag = "ok     " if self.ok else "MISSING" if "not found" in self.detail else "BAD    "
         needed = "" if self.ok or self.needed_by == MODES else f" (needed by {', '.join(self.needed_by)})"
         return f"{tag} {self.name}: {self.detail}{needed}"
 
@@ -70,8 +73,34 @@ def check_data(data_path: str | os.PathLike, modes: Sequence[str] = MODES, max_l
                 continue
             detail += f", {lines} lines"
         items.append(CheckItem(str(path.relative_to(root)), True, detail, relevant))
+    if all(item.ok for item in items):
+        items += _annotation_content(root, modes)
     items.append(_frame_coverage(root, max_listed))
     return items
+
+
+def _annotation_content(root: pathlib.Path, modes: Sequence[str]) -> list[CheckItem]:
+    """One item per split and object pickle the ``modes`` read: the loader's own result."""
+    items = []
+    variants = [(False, ("predcls",)), (True, ("sgcls", "sgdet"))]
+    for filter_small, needed_by in variants:
+        relevant = tuple(m for m in needed_by if m in modes)
+        if not relevant:
+            continue
+        for split in ("train", "test"):
+            name = f"annotations ({split}, {'filtersmall' if filter_small else 'full'} object pickle)"
+            items.append(_split_item(root, split, filter_small, name, relevant))
+    return items
+
+
+def _split_item(root: pathlib.Path, split: str, filter_small: bool, name: str, needed_by: tuple[str, ...]) -> CheckItem:
+    try:
+        dataset = ActionGenome(root, split, filter_small_box=filter_small)
+    except (pickle.UnpicklingError, TypeError, ValueError, OSError) as err:
+        return CheckItem(name, False, f"cannot be loaded: {err}", needed_by)
+    dropped = dataset.dropped_text()
+    detail = f"{len(dataset)} videos" + (f"; {dropped}" if dropped else "")
+    return CheckItem(name, len(dataset) > 0, detail if len(dataset) else f"no usable video; {detail}", needed_by)
 
 
 def _frame_coverage(root: pathlib.Path, max_listed: int) -> CheckItem:

@@ -102,14 +102,34 @@ def annotated_frames(data_path: str | os.PathLike) -> tuple[dict[str, list[int]]
     return {video: sorted(numbers) for video, numbers in sorted(frames.items())}, source
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def png_is_whole(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a PNG with a valid header (signature, IHDR with a non-empty size) and
+    its closing IEND chunk: a zero-byte, truncated or foreign file is False. Reads 45 bytes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(33)
+            if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+                return False
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            handle.seek(-len(PNG_END), os.SEEK_END)
+            return width > 0 and height > 0 and handle.read() == PNG_END
+    except OSError:
+        return False
+
+
 def missing_frames(frames_dir: str | os.PathLike, wanted: dict[str, Sequence[int]]) -> dict[str, list[int]]:
-    """Frame numbers of ``wanted`` without a file ``frames_dir/VIDEO/NNNNNN.png`` (videos with none missing left out)."""
+    """Frame numbers of ``wanted`` without a whole PNG ``frames_dir/VIDEO/NNNNNN.png`` (see
+    :func:`png_is_whole`; videos with none missing left out)."""
     root = pathlib.Path(frames_dir)
     out = {}
     for video, numbers in wanted.items():
         folder = root / video
         present = set(os.listdir(folder)) if folder.is_dir() else set()
-        absent = [n for n in numbers if frame_name(n) not in present]
+        absent = [n for n in numbers if frame_name(n) not in present or not png_is_whole(folder / frame_name(n))]
         if absent:
             out[video] = absent
     return out
@@ -123,7 +143,7 @@ def _marker_says_done(folder: pathlib.Path, numbers: Sequence[int]) -> bool:
         return False
     if not set(numbers) <= set(record.get("frames", ())):
         return False
-    return all((folder / frame_name(n)).is_file() for n in numbers)
+    return all(png_is_whole(folder / frame_name(n)) for n in numbers)
 
 
 def _write_png(image, path: pathlib.Path) -> None:
@@ -183,13 +203,13 @@ def dump_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, number
         folder.mkdir(parents=True, exist_ok=True)
         _clean_temporaries(folder)
         (folder / DONE_MARKER).unlink(missing_ok=True)
-        todo = {n for n in numbers if not (folder / frame_name(n)).is_file()}
+        todo = {n for n in numbers if not png_is_whole(folder / frame_name(n))}
         result.present = len(numbers) - len(todo)
         if todo:
             if not video_path.is_file():
                 raise VideoDecodeError(f"video file not found: {video_path}")
             _decode_wanted(video_path, folder, todo, result)
-        result.missing = sorted(n for n in todo if not (folder / frame_name(n)).is_file())
+        result.missing = sorted(n for n in todo if not png_is_whole(folder / frame_name(n)))
         if result.missing:
             result.error = (f"{video_path.name} ends before frame {result.missing[0]} "
                             f"({len(result.missing)} annotated frames past its end)")

@@ -197,8 +197,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     """Command line: writes predicate_frequencies.safetensors, predicate_frequencies.csv and long_tail.png."""
     args = _parser().parse_args(None if argv is None else list(argv))
     kwargs: dict[str, Any] = dict(filter_small_box=args.filter_small_box, filtersmall_path=args.filtersmall_path)
-    train = ActionGenome(args.data_path, "train", **kwargs)
-    test = None if args.train_only else ActionGenome(args.data_path, "test", **kwargs)
+    train = ActionGenome(args.data_path, "train", **kwargs).require_videos()
+    test = None if args.train_only else ActionGenome(args.data_path, "test", **kwargs).require_videos()
     sources = (train,) if test is None else (train, test)
     counts = relation_counts(*sources)
     out = pathlib.Path(args.out)

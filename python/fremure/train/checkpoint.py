@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import random
 import tempfile
@@ -41,17 +42,65 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+TEMP_PREFIX = ".tmp-"
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN/Infinity);
+    dicts, lists and tuples are copied."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def _atomic_write(path: str, write) -> None:
+    """``write(tmp)`` then rename to ``path``; the temporary is removed on any failure, and an
+    OSError (disk full, ...) names ``path``."""
     folder = os.path.dirname(path) or "."
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    handle, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
     os.close(handle)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, (OSError, SafetensorError)) and path not in str(err):
+            raise _naming(err, path) from err
         raise
+
+
+def _naming(err: BaseException, path: str) -> OSError:
+    """An OSError like ``err`` (same errno) whose message names ``path``."""
+    code = getattr(err, "errno", None)
+    text = f"cannot write {path}: {getattr(err, 'strerror', None) or err}"
+    return OSError(code, text) if code else OSError(text)
+
+
+def clean_checkpoint_folder(folder: str) -> list[str]:
+    """Removes what a killed or failed save left in ``folder``: temporaries and tensor files that no
+    ``<tag>.json`` names (written before the kill, never committed). Returns the removed names."""
+    if not os.path.isdir(folder):
+        return []
+    kept: set[str] = set()
+    damaged: list[str] = []             # tags whose JSON cannot be read: their files are left alone
+    for json_path in glob.glob(os.path.join(glob.escape(folder), "*.json")):
+        try:
+            with open(json_path) as handle:
+                kept.update(meta["name"] for meta in json.load(handle)["files"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            damaged.append(os.path.basename(json_path)[:-len(".json")] + "-")
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        orphan = name.endswith(".safetensors") and name not in kept and not name.startswith(tuple(damaged))
+        if name.startswith(TEMP_PREFIX) or orphan:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+    return removed
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

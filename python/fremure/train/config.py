@@ -83,8 +83,8 @@ class TrainConfig:
                 raise ValueError(f"config {name!r} must be a non-negative integer, got {value!r}")
         for name in ("lr", "mem_temperature", "clip"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"config {name!r} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"config {name!r} must be a positive finite number, got {value!r}")
         value = self.weight_decay
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"config 'weight_decay' must be a finite number >= 0, got {value!r}")
@@ -105,9 +105,11 @@ def check_device(name: str) -> str:
         return name
     import torch
     try:
-        torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, ValueError):
         raise ValueError(f"config 'device' must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"config 'device' must be auto, cpu, cuda or cuda:N, got {name!r} (there is one cpu device)")
     return name
 
 

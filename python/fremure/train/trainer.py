@@ -36,8 +36,8 @@ from ..model import FReMuRe
 from ..pipeline import autocast, evaluate_predictions, predict_videos, to_device
 from ..runs import load_model_tensors, model_tensors
 from . import distributed as dist_utils
-from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer, optimizer_tensors, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, clean_checkpoint_folder, finite_json, load_checkpoint, load_optimizer,
+                         optimizer_tensors, rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig, resolve_device
 from .losses import relation_losses
 from .memory import MemoryAccumulator
@@ -114,10 +114,20 @@ class Trainer:
         self.fallback_video: int | None = None      # the rank's last video with a finite loss
         self.step_loss: float | None = None         # mean loss of the last step (None: nothing applied)
         self.epoch, self.position, self.step = 0, 0, 0
+        # the current epoch's step losses and training seconds so far: saved in 'last', so that a
+        # resumed epoch's history line covers the whole epoch
+        self.epoch_losses: list[float] = []
+        self.epoch_seconds = 0.0
+        self._segment_start: float | None = None
         self.best = {"R@20": 0.0, "mR@20": 0.0}
         self.history: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self.checkpoint_dir = os.path.join(config.save_path, "checkpoints")
+        if self.rank == 0:
+            removed = clean_checkpoint_folder(self.checkpoint_dir)
+            if removed:
+                logger.warning("removed %d leftovers of an interrupted checkpoint write from %s: %s", len(removed),
+                               self.checkpoint_dir, ", ".join(removed))
         self.writer = None
         if self.rank == 0 and config.tensorboard:
             try:
@@ -140,7 +150,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "step": self.step, "best": self.best,
-                "history": self.history, "skipped": self.skipped, "config": self.config.to_dict(),
+                "epoch_losses": list(self.epoch_losses), "epoch_seconds": self._epoch_elapsed(),
+                "history": finite_json(self.history), "skipped": self.skipped, "config": self.config.to_dict(),
                 "object_classes": self.model.object_classes,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "world_size": self.world}
@@ -174,6 +185,25 @@ class Trainer:
         set_rng_state(train_tensors, state["rng"])
         self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
         self.best, self.history, self.skipped = state["best"], state["history"], state["skipped"]
+        self.epoch_losses = list(state.get("epoch_losses", []))
+        self.epoch_seconds = float(state.get("epoch_seconds") or 0.0)
+        self._apply_changed_lr(state.get("config", {}).get("lr"))
+
+    def _apply_changed_lr(self, saved_lr: float | None) -> None:
+        """A resumed run asked for another --lr than the checkpoint's: every parameter group takes
+        it from here on (the scheduler goes on reducing from it)."""
+        if saved_lr is None or saved_lr == self.config.lr:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        if self.rank == 0:
+            logger.info("resumed with lr %g instead of the checkpoint's %g", self.config.lr, saved_lr)
+
+    def _epoch_elapsed(self) -> float:
+        """Training seconds of the current epoch, including those before a resume."""
+        if self._segment_start is None:
+            return self.epoch_seconds
+        return self.epoch_seconds + time.perf_counter() - self._segment_start
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, on_step: Callable[["Trainer"], None] | None = None) -> list[dict[str, Any]]:
@@ -192,8 +222,9 @@ class Trainer:
             bar = tqdm(total=num, initial=self.position, desc=f"epoch {self.epoch}", unit="video",
                        disable=not (config.progress and self.rank == 0))
             window: list[float] = []
-            epoch_losses: list[float] = []
-            started = time.perf_counter()
+            if self.position == 0:
+                self.epoch_losses, self.epoch_seconds = [], 0.0
+            self._segment_start = time.perf_counter()
             for step_index in range(self.position // per_step, steps):
                 first = step_index * share_size
                 places = [(share[i], (i - first) * self.world + self.rank)
@@ -207,7 +238,7 @@ class Trainer:
                 bar.update(count)
                 if total is not None:
                     window.append(total)
-                    epoch_losses.append(total)
+                    self.epoch_losses.append(total)
                     bar.set_postfix(loss=f"{total:.4f}", refresh=False)
                     if self.writer is not None:
                         self.writer.add_scalar("train/loss", total, self.step)
@@ -220,8 +251,8 @@ class Trainer:
                 if on_step is not None:
                     on_step(self)
             bar.close()
-            self._finish_epoch(time.perf_counter() - started, num,
-                               float(np.mean(epoch_losses)) if epoch_losses else None)
+            seconds = self._epoch_elapsed()
+            self._finish_epoch(seconds, num, float(np.mean(self.epoch_losses)) if self.epoch_losses else None)
         if self.writer is not None:
             self.writer.flush()
         return self.history
@@ -376,14 +407,14 @@ class Trainer:
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path + ".tmp", "w") as handle:
-            handle.writelines(json.dumps(record) + "\n" for record in self.history)
+            handle.writelines(json.dumps(finite_json(record), allow_nan=False) + "\n" for record in self.history)
         os.replace(path + ".tmp", path)
 
     def _append_history(self, record: dict[str, Any]) -> None:
         path = self.history_path
         if path is not None:
             with open(path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
 
     def _finish_epoch(self, seconds: float, videos: int, loss: float | None = None) -> None:
         summary = self.validate()["with"]
@@ -412,5 +443,6 @@ class Trainer:
         self.scheduler.step(mrecall)
         self.rebuild_memory()
         self.epoch, self.position = self.epoch + 1, 0
+        self.epoch_losses, self.epoch_seconds, self._segment_start = [], 0.0, None
         self.save("last", resumable=True)
         self._append_history(record)            # after 'last': a resumed run never repeats a line

@@ -46,9 +46,16 @@ def window_count(num_frames: int, window: int, stride: int) -> int:
     return _reference.window.window_count(num_frames, window, stride)
 
 
+# Padded windows have window * (rows of the largest frame) slots, an int64 product: a window of
+# more frames than any video has (2**31) would only overflow it.
+MAX_WINDOW = 2 ** 31 - 1
+
+
 def _check_window_stride(window, stride) -> None:
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    if window > MAX_WINDOW:
+        raise ValueError(f"window must be <= {MAX_WINDOW} (2**31 - 1), got {window}")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
 
@@ -84,6 +91,7 @@ def window_pack(x: torch.Tensor, frame_offsets: torch.Tensor, window: int, strid
     check_number(stride, "stride", _INT)
     if not isinstance(padded, bool):
         raise TypeError(f"padded must be a bool, got {type(padded).__name__}")
+    _check_window_stride(window, stride)
     if not compiled("window_pack", x.device):
         check_window_pack(x, frame_offsets, window, stride)
         return WindowPack(*_reference.window_pack(x, frame_offsets, window, stride, padded))
