@@ -25,8 +25,9 @@ from typing import Any, Sequence
 
 from .cli_args import DETECTOR_DEFAULTS  # noqa: F401 (re-exported for scripts and tests)
 from .cli_args import (UsageError, add_config_options, add_detector_options, add_device_option, add_progress_option,
-                       common_options, exit_code, file_options, given_options, make_train_config, need_dir, need_file, non_negative_int, one_line, out_dir, parse_bool,
-                       positive_int, resolve_device, setup_logging)
+                       common_options, exit_code, file_options, given_options, make_train_config, need_dir,
+                       need_file, non_negative_int, one_line, out_dir, parse_bool, positive_int, resolve_device,
+                       setup_logging)
 from ._version import __version__
 from .train.config import merge_values
 from .demo import DEMO_DEFAULTS
