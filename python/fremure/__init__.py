@@ -11,7 +11,7 @@ The library's front door (what the ``fremure`` command calls)::
 train one, ``run_demo`` runs the main job. Names are imported on first use.
 """
 
-import importlib
+from ._lazy import lazy_exports
 
 from ._version import __version__
 
@@ -25,14 +25,4 @@ _RENAMED = {"report": "write_report"}
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), _RENAMED.get(name, name))
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _RENAMED)

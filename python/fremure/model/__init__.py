@@ -11,7 +11,7 @@ Names are imported on first use, so that reading a ModelConfig (the command line
 flags) does not load the modules and their compiled kernels.
 """
 
-import importlib
+from fremure._lazy import lazy_exports
 
 _EXPORTS = {
     "ModelConfig": "config", "build_model": "config", "register_model": "config",
@@ -23,14 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -130,9 +130,10 @@ class ModelConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 
 
-def coerce(name: str, value: Any, source: str) -> Any:
-    """``value`` (from YAML or JSON) as ModelConfig field ``name``'s type; bools only from true/false."""
-    kind = type(FIELDS[name].default)
+def coerce_field(field: dataclasses.Field, value: Any, source: str, none: str = "") -> Any:
+    """``value`` (from YAML or JSON) as the type of dataclass ``field``'s default (bool only from
+    true/false; None becomes ``none`` for string fields); ValueError naming ``source`` and the field."""
+    name, kind = field.name, type(field.default)
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{source}: {name!r} must be true or false, got {value!r}")
@@ -145,11 +146,16 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{source}: {name!r} must be a number, got {value!r}")
         return float(value)
-    if value is None and name == "rel_mem_compute":
-        return "none"
+    if value is None:
+        return none
     if not isinstance(value, str):
         raise ValueError(f"{source}: {name!r} must be a string, got {value!r}")
     return value
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """``value`` as ModelConfig field ``name``'s type (YAML's null for rel_mem_compute is "none")."""
+    return coerce_field(FIELDS[name], value, source, none="none")
 
 
 # ------------------------------------------------------------------ registry

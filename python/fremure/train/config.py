@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..model.config import FIELDS as MODEL_FIELDS
-from ..model.config import ModelConfig
+from ..model.config import ModelConfig, coerce_field
 
 CHOICES = {
     "spatial_loss": ("bce", "mlm"),
@@ -161,28 +161,6 @@ def config_to_yaml(config: TrainConfig, header: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Converts a YAML value to the TrainConfig field's type; bool fields accept only true/false."""
-    kind = type(FIELDS[name].default)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{source}: {name!r} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{source}: {name!r} must be an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{source}: {name!r} must be a number, got {value!r}")
-        return float(value)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"{source}: {name!r} must be a string, got {value!r}")
-    return value
-
-
 def config_values(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Checked TrainConfig values from a mapping (a YAML file, a checkpoint's saved config):
     ``{"lr": ..., "model": {"window": ...}}``. Keys may use dashes; the model's options may also
@@ -201,7 +179,7 @@ def config_values(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         elif name in MODEL_FIELDS and name not in FIELDS:
             model[name] = value
         elif name in FIELDS and name != "model":
-            values[name] = _coerce(name, value, source)
+            values[name] = coerce_field(FIELDS[name], value, source)
         else:
             known = sorted(set(FIELDS) - {"model"}) + [f"model.{n}" for n in MODEL_FIELDS]
             raise ValueError(f"{source}: unknown option {key!r} (known: {', '.join(known)})")
