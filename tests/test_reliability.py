@@ -89,7 +89,7 @@ def test_resume_refuses_options_that_cannot_change_and_keeps_config_yaml(run_dir
     assert main(["train", "--save-path", str(run), "--resume", "--nepoch", "2", "--dec-layer", "2",
                  "--seed", "3"]) == 2
     err = _error_line(capsys)
-    assert "--dec-layer 1 -> 2" in err and "--seed 0 -> 3" in err and "--nepoch" not in err.split("(only")[0]
+    assert "--model.dec-layer 1 -> 2" in err and "--seed 0 -> 3" in err and "--nepoch" not in err.split("(only")[0]
     assert (run / "config.yaml").read_bytes() == config_yaml
 
     record = json.loads((run / "checkpoints" / "last.json").read_text())
