@@ -10,7 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 from train_support import small_config
 from fremure.train.accounting import count_ops, gemm_calls
 from fremure.train.losses import losses_from_targets, relation_losses, relation_targets
-from fremure.train.pipeline import make_trainer
+from fremure.train.run import make_trainer
 
 # Kernel launches (ops below autograd that are neither views nor bare allocations) of one training
 # step of the trainer: PredCls, Bayesian head, frequency priors, 3 decoder layers, fused AdamW,

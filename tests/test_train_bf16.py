@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from train_support import small_config
-from fremure.train.pipeline import make_trainer
+from fremure.train.run import make_trainer
 
 STEPS = 20
 # Relative difference of each step's loss, bf16 autocast vs float32. bf16 keeps 8 significant bits
