@@ -331,4 +331,4 @@ def test_head_mismatch_names_the_options(run_dir, tmp_path, capsys):
     assert main(["eval", "--data-path", str(SAMPLE), "--test-cache", test, "--checkpoint",
                  str(run_dir / "checkpoints" / "last.json"), "--out", str(tmp_path), "--rel-head", "gmm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]       # after the device line
-    assert "--rel-head: checkpoint 'bayesian', asked 'gmm'" in err and len(err) < 400
+    assert "rel_head: checkpoint 'bayesian', asked 'gmm'" in err and len(err) < 400

@@ -100,14 +100,15 @@ def load_run(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = N
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no GloVe vectors")
         model = build_model(config, obj_classes, frequencies)
-    changed = [f"{name} {getattr(saved, name)!r} -> {value!r}" for name, value in config.to_dict().items()
-               if value != getattr(saved, name)]
+    changed = [f"{name}: checkpoint {getattr(saved, name)!r}, asked {value!r}"
+               for name, value in config.to_dict().items() if value != getattr(saved, name)]
     try:
         load_model_tensors(model, tensors, checkpoint)
-    except CheckpointError as err:
+    except CheckpointError:
         if not changed:
             raise
-        raise CheckpointError(f"{err} (options changed from the checkpoint's: {', '.join(changed)})") from None
+        raise CheckpointError(f"{checkpoint} does not fit the model asked for; options differ from the checkpoint's: "
+                              f"{'; '.join(changed)}") from None
     if not use_memory:
         model.rel_memory = None
     if not isinstance(classes, list):
