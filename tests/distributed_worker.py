@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from fremure import cli
 from fremure.train import run, trainer as trainer_module
+from fremure.runs import model_tensors
 
 
 def poison(epoch: int, video: int) -> None:
@@ -68,7 +69,7 @@ def main(out: str, argv: list[str]) -> int:
     record = {"code": code, "losses": losses, "saves": saves, "stdout": printed.getvalue()}
     trainer = captured.get("trainer")
     if trainer is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer._model_tensors().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors(trainer.model).items()},
                   os.path.join(out, f"rank{rank}.safetensors"))
         record.update(world=trainer.world, ddp=type(trainer.ddp).__name__, threads=torch.get_num_threads(),
                       skipped=trainer.skipped)

@@ -18,7 +18,6 @@ import pytest
 from train_support import sample_caches
 from fremure.train import load_checkpoint
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # The command line of `fremure train`, with each tensor-file write held open for 0.3 s afterwards
 # (under its temporary name), so that a kill during the write is hit reliably; nothing else changes.
 DRIVER = """
@@ -45,8 +44,9 @@ def _args(save_path: pathlib.Path, *extra: str) -> list[str]:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="2")
+    # the interpreter's own path: the fremure this test imported (an installed wheel in CI, the
+    # checkout's python/ with an in-place build in development), not the sources of the checkout
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="2")
     return subprocess.Popen([sys.executable, "-c", DRIVER, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

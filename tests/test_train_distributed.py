@@ -22,6 +22,7 @@ from train_support import small_config
 from fremure.train import distributed as dist_utils
 from fremure.train.run import make_trainer
 from fremure.train.trainer import Trainer, epoch_order, sampler_seed
+from fremure.runs import model_tensors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +115,7 @@ def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
         monkeypatch.setattr(Trainer, "_forward_loss", Trainer._forward_loss)     # undone after the test
         distributed_worker.poison(1, 2)
         reference = make_trainer(small_config(str(tmp_path / "single"), checkpoints="none", **common))
-        start = {k: v.clone() for k, v in reference._model_tensors().items()}
+        start = {k: v.clone() for k, v in model_tensors(reference.model).items()}
         reference_losses = []
         reference.fit(on_step=lambda trainer: reference_losses.append(trainer.step_loss))
         output, _ = launched.communicate(timeout=600)
@@ -137,7 +138,7 @@ def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
 
     # both ranks hold the same weights, batch-norm statistics and memory, equal to the 1-process run
     weights = [load_file(str(run_dir / f"rank{r}.safetensors")) for r in range(2)]
-    single = reference._model_tensors()
+    single = model_tensors(reference.model)
     assert weights[0].keys() == weights[1].keys() == single.keys()
     assert any(k.startswith("memory.") for k in single)
     moved = [k for k in start if k.startswith("model.") and not torch.equal(start[k], single[k])]
@@ -161,5 +162,5 @@ def test_two_gloo_processes_train_like_one(tmp_path, monkeypatch):
     restored = make_trainer(small_config(str(tmp_path / "restored"), checkpoints="none", **common))
     restored.restore(str(run_dir / "checkpoints" / "last.json"))
     assert restored.epoch == 2 and restored.step == 4
-    for key, value in restored._model_tensors().items():
+    for key, value in model_tensors(restored.model).items():
         assert torch.equal(value, weights[0][key]), key
