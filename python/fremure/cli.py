@@ -3,8 +3,9 @@
 Training options use the published code's names (``--mode``, ``--rel-head``, ``--K``,
 ``--enc-layer``, ``--dec-layer``, ``--lr``, ``--nepoch``, ``--freq``, ``--rel-mem-compute``,
 ``--mem-fusion``, ``--mem-feat-lambda``). Flags, their help and defaults and the YAML keys of
-``--config`` are all generated from :class:`fremure.train.config.TrainConfig`; flags given on the
-command line override the file. Several processes (DistributedDataParallel):
+``--config`` are all generated from :class:`fremure.train.config.TrainConfig` and the
+:class:`fremure.model.config.ModelConfig` it nests (``--model.NAME``; :mod:`fremure.cli_args`);
+flags given on the command line override the file. The commands only parse and call the library. Several processes (DistributedDataParallel):
 ``torchrun --nproc_per_node=N -m fremure train ... --videos-per-step N`` (a multiple of N).
 
 Exit codes: 0 success; 2 usage and input errors (bad or conflicting flags, missing paths, bad
