@@ -140,11 +140,7 @@ def test_bad_inputs_without_the_compiled_kernel(path, args, exc, match):
         call_without_kernel(path, fremure_ext.freq_gate_blend, args)
 
 
-def test_nan_gate_rejected_by_kernel():
-    gate = torch.rand(4)
-    gate[2] = float("nan")
-    with pytest.raises(ValueError, match="gate"):
-        torch.ops.fremure.freq_gate_blend(torch.randn(3, 4), gate, None)
+def test_gate_of_the_wrong_shape_rejected_by_kernel():
     with pytest.raises(ValueError, match="gate must have shape"):
         torch.ops.fremure.freq_gate_blend(torch.randn(3, 4), torch.rand(5), None)
 

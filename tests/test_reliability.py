@@ -170,6 +170,23 @@ def test_history_lines_are_strict_json(tmp_path):
                                                       {"epoch": 1, "loss": None, "R@20": None}]
 
 
+def test_checkpoint_json_is_strict_and_gives_back_non_finite_state(tmp_path):
+    """A fresh ReduceLROnPlateau holds best = -inf: the checkpoint JSON stays strict and the resume
+    gets -inf back (not null, which would break the scheduler's comparison)."""
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=1.0), mode="max")
+    state = {"scheduler": scheduler.state_dict(), "losses": [float("nan"), 1.5, float("inf")]}
+    path = checkpoint_module.save_checkpoint(str(tmp_path), "last", {"w": torch.ones(2)}, state)
+    parse = json.JSONDecoder(parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    parse.decode(pathlib.Path(path).read_text())
+    loaded, _, _ = checkpoint_module.load_checkpoint(path)
+    assert loaded["scheduler"]["best"] == float("-inf")
+    assert loaded["losses"][1:] == [1.5, float("inf")] and loaded["losses"][0] != loaded["losses"][0]
+    restored = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)], lr=1.0), mode="max")
+    restored.load_state_dict(loaded["scheduler"])
+    restored.step(0.5)
+    assert restored.best == 0.5
+
+
 # ------------------------------------------------------------------ 5: check-data checks content
 @pytest.mark.parametrize("damage", ["truncated", "malicious"])
 def test_check_data_loads_the_pickles(tmp_path, capsys, damage):

@@ -33,9 +33,4 @@ inline void check_index(const at::Tensor& t, const char* name) {
                    " must be an int64 or int32 tensor, got ", t.scalar_type());
 }
 
-inline void check_finite(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.numel() == 0 || at::isfinite(t).all().item<bool>(), "fremure.", op, ": ", name,
-                    " contains NaN or inf");
-}
-
 }  // namespace fremure

@@ -23,11 +23,13 @@ inline UnpackMode parse_mode(c10::string_view mode, const char* op) {
                     std::string(mode), "'");
 }
 
-// x [N, D] floating, frame_offsets int64 [b + 1] on x's device, window and stride >= 1.
+// x [N, D] floating, frame_offsets int64 [b + 1] on x's device, 1 <= window < 2**31, stride >= 1
+// (padded windows have window * (rows of the largest frame) slots: a larger window only overflows).
 inline void check_window_pack(const at::Tensor& x, const at::Tensor& frame_offsets, int64_t window, int64_t stride) {
   check_floating(x, "x");
   TORCH_CHECK_VALUE(x.dim() == 2, "fremure.window_pack: x must be [N, D] (2 dimensions), got shape ", x.sizes());
   TORCH_CHECK_VALUE(window >= 1, "fremure.window_pack: window must be >= 1, got ", window);
+  TORCH_CHECK_VALUE(window <= INT32_MAX, "fremure.window_pack: window must be <= 2147483647 (2**31 - 1), got ", window);
   TORCH_CHECK_VALUE(stride >= 1, "fremure.window_pack: stride must be >= 1, got ", stride);
   check_same_device(x, frame_offsets, "x", "frame_offsets");
   TORCH_CHECK_TYPE(frame_offsets.scalar_type() == at::kLong,
@@ -95,10 +97,10 @@ inline UnpackMode check_unpack_backward(const at::Tensor& grad_out, const at::Te
   return mode;
 }
 
-// Their values, finite and >= 0 (CPU only: on CUDA reading them would synchronise).
+// None negative (CPU only: on CUDA reading them would synchronise). NaN/inf propagate, as for
+// every tensor input of every op (docs/ops.md, non-finite inputs).
 inline void check_weight_values(const at::Tensor& weights, const char* op) {
-  check_finite(weights, op, "weights");
-  TORCH_CHECK_VALUE(weights.numel() == 0 || (weights >= 0).all().item<bool>(), "fremure.", op,
+  TORCH_CHECK_VALUE(weights.numel() == 0 || !(weights < 0).any().item<bool>(), "fremure.", op,
                     ": weights must be >= 0");
 }
 

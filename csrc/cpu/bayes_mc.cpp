@@ -68,11 +68,9 @@ struct BayesScratch {
   }
 };
 
-enum : uint8_t { kBadMu = 1, kBadLogvar = 2, kBadNoise = 4 };
-
 struct Kernels {
-  // out [B, C] = the Monte-Carlo mean; returns the kBad* flags of non-finite inputs.
-  uint8_t (*forward)(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
+  // out [B, C] = the Monte-Carlo mean.
+  void (*forward)(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
                      const BayesConfig& cfg, at::Tensor& out);
   void (*backward)(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
                    const BayesConfig& cfg, const at::Tensor& grad_out, at::Tensor& g_mu, at::Tensor& g_lv);
@@ -84,34 +82,27 @@ using namespace bayes_mc_detail;
 
 FREMURE_ISA_KERNELS_BEGIN
 
-// Unpacks mu (and sd from logvar when sampling); returns kBad* flags when `check`.
+// Unpacks mu (and sd from logvar when sampling).
 template <typename scalar_t, typename acc_t>
-uint8_t load_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, int64_t b0, int64_t rows, bool check,
-                   BayesScratch<acc_t>& s) {
-  const int64_t C = cfg.C, L = rows * C, P = lanes::padded(L);
-  uint8_t bad = 0;
+void load_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, int64_t b0, int64_t rows,
+                BayesScratch<acc_t>& s) {
+  const int64_t C = cfg.C, P = lanes::padded(rows * C);
   lanes::gather_rows(in.mu, in.mu_sb, in.mu_sc, b0, rows, C, s.mu, P);
-  if (check && !lanes::all_finite(s.mu, L)) bad |= kBadMu;
   if (cfg.sample()) {
     lanes::gather_rows(in.logvar, in.lv_sb, in.lv_sc, b0, rows, C, s.sd, P);
-    if (check && !lanes::all_finite(s.sd, L)) bad |= kBadLogvar;
     for (int64_t j = 0; j < P; ++j) s.sd[j] = fm::exp(s.sd[j]);
     sqrt_lanes(s.sd, P);
   }
-  return bad;
 }
 
-// prob = act(mu + eps_s * sd) for sample `smp` (act(mu) when not sampling); returns kBadNoise when
-// `check` finds a non-finite noise value.
+// prob = act(mu + eps_s * sd) for sample `smp` (act(mu) when not sampling).
 template <typename scalar_t, typename acc_t>
-uint8_t sample_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, int64_t smp, int64_t b0, int64_t rows,
-                     bool check, BayesScratch<acc_t>& s) {
-  const int64_t C = cfg.C, L = rows * C, P = lanes::padded(L);
-  uint8_t bad = 0;
+void sample_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, int64_t smp, int64_t b0, int64_t rows,
+                  BayesScratch<acc_t>& s) {
+  const int64_t C = cfg.C, P = lanes::padded(rows * C);
   if (cfg.sample()) {
     if (cfg.has_noise) {
       lanes::gather_rows(in.noise + smp * in.n_ss, in.n_sb, in.n_sc, b0, rows, C, s.eps, P);
-      if (check && !lanes::all_finite(s.eps, L)) bad |= kBadNoise;
     } else {
       const uint64_t offset0 = static_cast<uint64_t>((smp * cfg.B + b0) * C);
       philox_normals<scalar_t>(cfg.seed, offset0, P, s.eps, s.philox_words.data(), s.philox.data());
@@ -125,7 +116,6 @@ uint8_t sample_chunk(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, in
   } else {
     lanes::softmax_rows(s.prob, rows, C, P, s.tmp);
   }
-  return bad;
 }
 
 int64_t task_grain(const BayesConfig& cfg, int64_t chunk_lanes) {
@@ -134,32 +124,27 @@ int64_t task_grain(const BayesConfig& cfg, int64_t chunk_lanes) {
 }
 
 template <typename scalar_t>
-uint8_t forward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, scalar_t* out) {
+void forward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = cfg.B, C = cfg.C;
   const int64_t R = lanes::rows_per_chunk(C, kLanesPerChunk);
   const int64_t chunks = (B + R - 1) / R;
   const int64_t draws = cfg.sample() ? cfg.S : 1;
-  std::vector<uint8_t> bad(static_cast<size_t>(chunks), 0);
   at::parallel_for(0, chunks, task_grain(cfg, R * C), [&](int64_t begin, int64_t end) {
     BayesScratch<acc_t> s(lanes::padded(R * C));
     for (int64_t ch = begin; ch < end; ++ch) {
       const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
-      uint8_t flags = load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, true, s);
+      load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, s);
       for (int64_t j = 0; j < P; ++j) s.acc[j] = acc_t(0);
       for (int64_t smp = 0; smp < draws; ++smp) {
-        flags |= sample_chunk<scalar_t, acc_t>(in, cfg, smp, b0, rows, true, s);
+        sample_chunk<scalar_t, acc_t>(in, cfg, smp, b0, rows, s);
         for (int64_t j = 0; j < P; ++j) s.acc[j] += s.prob[j];
       }
-      bad[ch] = flags;
       scalar_t* o = out + b0 * C;
       const acc_t inv_count = acc_t(1) / acc_t(draws);
       for (int64_t j = 0; j < L; ++j) o[j] = scalar_t(s.acc[j] * inv_count);
     }
   });
-  uint8_t all = 0;
-  for (uint8_t b : bad) all |= b;
-  return all;
 }
 
 template <typename scalar_t>
@@ -178,7 +163,7 @@ void backward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, const
     acc_t* dz = g + Pmax;
     for (int64_t ch = begin; ch < end; ++ch) {
       const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
-      load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, false, s);
+      load_chunk<scalar_t, acc_t>(in, cfg, b0, rows, s);
       // The mean over draws hands each draw grad / S.
       const acc_t count = acc_t(draws);
       lanes::gather_rows(grad_out, C, 1, b0, rows, C, g, P);
@@ -189,7 +174,7 @@ void backward_cpu(const BayesInputs<scalar_t>& in, const BayesConfig& cfg, const
         s.acc2[j] = acc_t(0);  // dL/dsd
       }
       for (int64_t smp = 0; smp < draws; ++smp) {
-        sample_chunk<scalar_t, acc_t>(in, cfg, smp, b0, rows, false, s);
+        sample_chunk<scalar_t, acc_t>(in, cfg, smp, b0, rows, s);
         if (cfg.act == HeadActivation::kSigmoid) {
           for (int64_t j = 0; j < P; ++j) dz[j] = g[j] * head_sigmoid_grad<acc_t>(s.prob[j]);
         } else {
@@ -228,13 +213,11 @@ BayesInputs<scalar_t> make_inputs(const at::Tensor& mu, const at::Tensor& logvar
   return in;
 }
 
-uint8_t forward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
-                       const BayesConfig& cfg, at::Tensor& out) {
-  uint8_t bad = 0;
+void forward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
+                    const BayesConfig& cfg, at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "bayes_mc_cpu", [&] {
-    bad = forward_cpu<scalar_t>(make_inputs<scalar_t>(mu, logvar, noise), cfg, out.mutable_data_ptr<scalar_t>());
+    forward_cpu<scalar_t>(make_inputs<scalar_t>(mu, logvar, noise), cfg, out.mutable_data_ptr<scalar_t>());
   });
-  return bad;
 }
 
 void backward_kernel(const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& noise,
@@ -280,10 +263,7 @@ at::Tensor bayes_mc_cpu(const at::Tensor& mu, const at::Tensor& logvar, const st
                                       std::string_view(activation.data(), activation.size()));
   at::Tensor out = at::empty({cfg.B, cfg.C}, mu.options());
   if (out.numel() == 0) return out;
-  const uint8_t bad = kernels().forward(mu, logvar, noise, cfg, out);
-  TORCH_CHECK_VALUE(!(bad & kBadMu), "fremure.bayes_mc: mu contains NaN or inf");
-  TORCH_CHECK_VALUE(!(bad & kBadLogvar), "fremure.bayes_mc: logvar contains NaN or inf");
-  TORCH_CHECK_VALUE(!(bad & kBadNoise), "fremure.bayes_mc: noise contains NaN or inf");
+  kernels().forward(mu, logvar, noise, cfg, out);
   return out;
 }
 

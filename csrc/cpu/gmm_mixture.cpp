@@ -76,13 +76,11 @@ struct GmmScratch {
   }
 };
 
-enum : uint8_t { kBadMu = 1, kBadVarRaw = 2, kBadPiLogit = 4, kBadNoise = 8 };
-
 struct Kernels {
-  // pred (and aleatoric when `uncertainty`) [B, C]; returns the kBad* flags of non-finite inputs.
-  uint8_t (*forward)(const at::Tensor& mu, const at::Tensor& var_raw, const at::Tensor& pi_logit,
-                     const std::optional<at::Tensor>& noise, const GmmConfig& cfg, double tau, bool uncertainty,
-                     at::Tensor& pred, at::Tensor& aleatoric);
+  // pred (and aleatoric when `uncertainty`) [B, C].
+  void (*forward)(const at::Tensor& mu, const at::Tensor& var_raw, const at::Tensor& pi_logit,
+                  const std::optional<at::Tensor>& noise, const GmmConfig& cfg, double tau, bool uncertainty,
+                  at::Tensor& pred, at::Tensor& aleatoric);
   // Writes the input gradients; returns sum(dz * logit), from which the op forms dtau.
   double (*backward)(const at::Tensor& mu, const at::Tensor& var_raw, const at::Tensor& pi_logit,
                      const std::optional<at::Tensor>& noise, const GmmConfig& cfg, double tau,
@@ -112,32 +110,25 @@ GmmInputs<scalar_t> make_inputs(const at::Tensor& mu, const at::Tensor& var_raw,
 // logit), exp_raw / vpre / var (when need_var), sd / eps (when sampling), pi, prob. Component k
 // occupies lanes [k * P, k * P + L) with L = rows * C and P = L padded to a whole number of
 // vectors: element-wise loops run over the padding too (finite filler) so that no loop ends in
-// a scalar remainder. Returns the kBad* flags of non-finite inputs when `check` is set.
+// a scalar remainder.
 template <typename scalar_t, typename acc_t>
-uint8_t chunk_forward(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, acc_t tau_c, int64_t b0, int64_t rows,
-                      bool need_var, bool check, GmmScratch<acc_t>& s) {
-  const int64_t K = cfg.K, C = cfg.C, L = rows * C, P = lanes::padded(L);
+void chunk_forward(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, acc_t tau_c, int64_t b0, int64_t rows,
+                   bool need_var, GmmScratch<acc_t>& s) {
+  const int64_t K = cfg.K, C = cfg.C, P = lanes::padded(rows * C);
   const int64_t KP = K * P;
   const bool sample = cfg.has_noise || cfg.has_seed;
-  uint8_t bad = 0;
   for (int64_t k = 0; k < K; ++k) {
     acc_t* mu_k = s.logit + k * P;
     acc_t* pi_k = s.pi + k * P;
     lanes::gather_rows(in.mu.data + k * in.mu.sk, in.mu.sb, in.mu.sc, b0, rows, C, mu_k, P);
     lanes::gather_rows(in.pi_logit.data + k * in.pi_logit.sk, in.pi_logit.sb, in.pi_logit.sc, b0, rows, C, pi_k, P);
-    if (check) {
-      bad |= lanes::all_finite(mu_k, L) ? 0 : kBadMu;
-      bad |= lanes::all_finite(pi_k, L) ? 0 : kBadPiLogit;
-    }
     if (need_var) {
       acc_t* raw_k = s.raw + k * P;
       lanes::gather_rows(in.var_raw.data + k * in.var_raw.sk, in.var_raw.sb, in.var_raw.sc, b0, rows, C, raw_k, P);
-      if (check) bad |= lanes::all_finite(raw_k, L) ? 0 : kBadVarRaw;
     }
     if (cfg.has_noise) {
       acc_t* eps_k = s.eps + k * P;
       lanes::gather_rows(in.noise.data + k * in.noise.sk, in.noise.sb, in.noise.sc, b0, rows, C, eps_k, P);
-      if (check) bad |= lanes::all_finite(eps_k, L) ? 0 : kBadNoise;
     } else if (cfg.has_seed) {
       const uint64_t offset0 = static_cast<uint64_t>((k * cfg.B + b0) * C);
       philox_normals<scalar_t>(cfg.seed, offset0, P, s.eps + k * P, s.philox_words.data(), s.philox.data());
@@ -187,7 +178,6 @@ uint8_t chunk_forward(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, acc_t
     acc_t* pk = s.pi + k * P;
     for (int64_t j = 0; j < P; ++j) pk[j] = pk[j] * s.tmp2[j];
   }
-  return bad;
 }
 
 int64_t task_grain(const GmmConfig& cfg, int64_t chunk_lanes) {
@@ -196,20 +186,19 @@ int64_t task_grain(const GmmConfig& cfg, int64_t chunk_lanes) {
 }
 
 template <typename scalar_t>
-uint8_t forward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double tau, bool uncertainty,
-                    scalar_t* pred, scalar_t* aleatoric) {
+void forward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double tau, bool uncertainty,
+                 scalar_t* pred, scalar_t* aleatoric) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t K = cfg.K, B = cfg.B, C = cfg.C;
   const int64_t R = lanes::rows_per_chunk(C, kLanesPerChunk);
   const int64_t chunks = (B + R - 1) / R;
   const acc_t tau_c = gmm_tau_clamped<acc_t>(acc_t(tau));
   const bool need_var = cfg.has_noise || cfg.has_seed || uncertainty;
-  std::vector<uint8_t> bad(static_cast<size_t>(chunks), 0);
   at::parallel_for(0, chunks, task_grain(cfg, R * C), [&](int64_t begin, int64_t end) {
     GmmScratch<acc_t> s(K, lanes::padded(R * C));
     for (int64_t ch = begin; ch < end; ++ch) {
       const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
-      bad[ch] = chunk_forward<scalar_t, acc_t>(in, cfg, tau_c, b0, rows, need_var, true, s);
+      chunk_forward<scalar_t, acc_t>(in, cfg, tau_c, b0, rows, need_var, s);
       for (int64_t j = 0; j < P; ++j) s.tmp[j] = acc_t(0);
       for (int64_t k = 0; k < K; ++k) {
         const acc_t* pk = s.pi + k * P;
@@ -236,9 +225,6 @@ uint8_t forward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double 
       }
     }
   });
-  uint8_t all = 0;
-  for (uint8_t b : bad) all |= b;
-  return all;
 }
 
 // Backward over chunks: grads of mu, var_raw, pi_logit ([K, B, C], contiguous) and the sum that
@@ -263,7 +249,7 @@ double backward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double 
     acc_t* ga = g + Pmax;
     for (int64_t ch = begin; ch < end; ++ch) {
       const auto [b0, rows, L, P] = lanes::chunk_at(ch, R, B, C);
-      chunk_forward<scalar_t, acc_t>(in, cfg, tau_c, b0, rows, need_var, false, s);
+      chunk_forward<scalar_t, acc_t>(in, cfg, tau_c, b0, rows, need_var, s);
       lanes::gather_rows(grad_pred, C, 1, b0, rows, C, g, P);
       if (grad_al != nullptr) lanes::gather_rows(grad_al, C, 1, b0, rows, C, ga, P);
 
@@ -360,16 +346,13 @@ double backward_cpu(const GmmInputs<scalar_t>& in, const GmmConfig& cfg, double 
   return total;
 }
 
-uint8_t forward_kernel(const at::Tensor& mu, const at::Tensor& var_raw, const at::Tensor& pi_logit,
-                       const std::optional<at::Tensor>& noise, const GmmConfig& cfg, double tau, bool uncertainty,
-                       at::Tensor& pred, at::Tensor& aleatoric) {
-  uint8_t bad = 0;
+void forward_kernel(const at::Tensor& mu, const at::Tensor& var_raw, const at::Tensor& pi_logit,
+                    const std::optional<at::Tensor>& noise, const GmmConfig& cfg, double tau, bool uncertainty,
+                    at::Tensor& pred, at::Tensor& aleatoric) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "gmm_mixture_cpu", [&] {
-    bad = forward_cpu<scalar_t>(make_inputs<scalar_t>(mu, var_raw, pi_logit, noise), cfg, tau, uncertainty,
-                                pred.mutable_data_ptr<scalar_t>(),
-                                uncertainty ? aleatoric.mutable_data_ptr<scalar_t>() : nullptr);
+    forward_cpu<scalar_t>(make_inputs<scalar_t>(mu, var_raw, pi_logit, noise), cfg, tau, uncertainty,
+                          pred.mutable_data_ptr<scalar_t>(), uncertainty ? aleatoric.mutable_data_ptr<scalar_t>() : nullptr);
   });
-  return bad;
 }
 
 double backward_kernel(const at::Tensor& mu, const at::Tensor& var_raw, const at::Tensor& pi_logit,
@@ -427,12 +410,6 @@ GmmConfig check_gmm(const char* op, const at::Tensor& mu, const at::Tensor& var_
           static_cast<uint64_t>(seed.value_or(0)), var_eps, var_floor, var_ceiling};
 }
 
-double read_tau(const at::Tensor& tau, const char* op) {
-  const double v = tau.item().toDouble();
-  TORCH_CHECK_VALUE(std::isfinite(v), "fremure.", op, ": tau must be finite, got ", v);
-  return v;
-}
-
 std::tuple<at::Tensor, at::Tensor> gmm_mixture_cpu(const at::Tensor& mu, const at::Tensor& var_raw,
                                                    const at::Tensor& pi_logit, const at::Tensor& tau,
                                                    const std::optional<at::Tensor>& noise, std::optional<int64_t> seed,
@@ -440,15 +417,11 @@ std::tuple<at::Tensor, at::Tensor> gmm_mixture_cpu(const at::Tensor& mu, const a
                                                    c10::string_view activation, bool uncertainty) {
   const GmmConfig cfg = check_gmm(kOp, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling,
                                   std::string_view(activation.data(), activation.size()));
-  const double tau_v = read_tau(tau, kOp);
+  const double tau_v = tau.item().toDouble();
   at::Tensor pred = at::empty({cfg.B, cfg.C}, mu.options());
   at::Tensor aleatoric = uncertainty ? at::empty({cfg.B, cfg.C}, mu.options()) : at::empty({0}, mu.options());
   if (pred.numel() == 0) return {pred, aleatoric};
-  const uint8_t bad = kernels().forward(mu, var_raw, pi_logit, noise, cfg, tau_v, uncertainty, pred, aleatoric);
-  TORCH_CHECK_VALUE(!(bad & kBadMu), "fremure.gmm_mixture: mu contains NaN or inf");
-  TORCH_CHECK_VALUE(!(bad & kBadVarRaw), "fremure.gmm_mixture: var_raw contains NaN or inf");
-  TORCH_CHECK_VALUE(!(bad & kBadPiLogit), "fremure.gmm_mixture: pi_logit contains NaN or inf");
-  TORCH_CHECK_VALUE(!(bad & kBadNoise), "fremure.gmm_mixture: noise contains NaN or inf");
+  kernels().forward(mu, var_raw, pi_logit, noise, cfg, tau_v, uncertainty, pred, aleatoric);
   return {pred, aleatoric};
 }
 
@@ -470,7 +443,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_mixture_backward_
                       ": grad_aleatoric must have shape [B, C] = [", cfg.B, ", ", cfg.C, "] (or be empty), got ",
                       grad_aleatoric->sizes());
   }
-  const double tau_v = read_tau(tau, op);
+  const double tau_v = tau.item().toDouble();
   const at::Tensor gp = grad_pred.contiguous();
   const at::Tensor ga = has_ga ? grad_aleatoric->contiguous() : at::Tensor();
   at::Tensor g_mu = at::empty(mu.sizes(), mu.options());

@@ -34,20 +34,6 @@ inline HeadActivation parse_head_activation(std::string_view name, const char* o
                     "'");
 }
 
-// True when no lane is NaN or inf (an integer OR over exponent bits for float, so it vectorises).
-template <typename acc_t>
-FREMURE_HD_INLINE bool all_finite(const acc_t* x, int64_t n) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    uint32_t bad = 0;
-    for (int64_t j = 0; j < n; ++j) bad |= (fm::float_to_bits(x[j]) & 0x7f800000u) == 0x7f800000u;
-    return bad == 0;
-  } else {
-    bool ok = true;
-    for (int64_t j = 0; j < n; ++j) ok &= static_cast<bool>(__builtin_isfinite(x[j]));
-    return ok;
-  }
-}
-
 // Rows per chunk so that one chunk holds about `target` lanes (at least one row).
 inline int64_t rows_per_chunk(int64_t C, int64_t target) {
   return C <= 0 ? 1 : (target / C > 0 ? target / C : 1);

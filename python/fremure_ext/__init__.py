@@ -16,6 +16,7 @@ import torch as _torch
 from . import _loader
 from ._loader import build_info
 from . import ops, reference
+from .finite import check_finite
 from .ops import *  # noqa: F401,F403
 
 from . import triton as _triton_kernels
@@ -27,4 +28,4 @@ TRITON_REGISTERED: list[str] = (
 
 # The version compiled into _C (CMake reads it from python/fremure/_version.py, the one source).
 __version__ = _loader.build_config.VERSION
-__all__ = ["build_info", "ops", "reference", *ops.__all__]
+__all__ = ["build_info", "check_finite", "ops", "reference", *ops.__all__]

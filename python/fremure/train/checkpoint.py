@@ -45,16 +45,32 @@ def _sha256(path: str) -> str:
 TEMP_PREFIX = ".tmp-"
 
 
+def _map_floats(value: Any, fn) -> Any:
+    if isinstance(value, float):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_floats(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_floats(v, fn) for v in value]
+    return value
+
+
 def finite_json(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (strict JSON has no NaN/Infinity);
     dicts, lists and tuples are copied."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
+    return _map_floats(value, lambda x: x if math.isfinite(x) else None)
+
+
+# A checkpoint must give back what was saved (the scheduler's best starts at -inf), in strict JSON.
+_FLOAT_TAG = "__float__"
+
+
+def _tag_floats(value: Any) -> Any:
+    return _map_floats(value, lambda x: x if math.isfinite(x) else {_FLOAT_TAG: repr(x)})
+
+
+def _untag_float(obj: dict) -> Any:
+    return float(obj[_FLOAT_TAG]) if obj.keys() == {_FLOAT_TAG} else obj
 
 
 def _atomic_write(path: str, write) -> None:
@@ -177,7 +193,7 @@ def save_checkpoint(folder: str, tag: str, model_tensors: dict[str, torch.Tensor
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w") as handle:
-            json.dump(record, handle, indent=1)
+            json.dump(_tag_floats(record), handle, indent=1, allow_nan=False)
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -196,7 +212,7 @@ def load_checkpoint(path: str, verify: bool = True) -> tuple[dict[str, Any], dic
     """
     try:
         with open(path) as handle:
-            record = json.load(handle)
+            record = json.load(handle, object_hook=_untag_float)
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint {path} does not exist") from err
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:

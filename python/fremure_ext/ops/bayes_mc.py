@@ -29,8 +29,8 @@ def bayes_mc(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None 
         activation: ``"sigmoid"`` (per class) or ``"softmax"`` (over C; the attention head).
 
     Returns:
-        ``[B, C]`` tensor, differentiable in mu and logvar. NaN/inf inputs raise (checked in
-        the kernel).
+        ``[B, C]`` tensor, differentiable in mu and logvar. NaN/inf inputs propagate
+        (:mod:`fremure_ext.finite`).
     """
     check_float(mu, "mu")
     check_float(logvar, "logvar")

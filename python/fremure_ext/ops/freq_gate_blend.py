@@ -17,7 +17,7 @@ def freq_gate_blend(x: torch.Tensor, gate: torch.Tensor, valid: torch.Tensor | N
     Args:
         x: ``[..., D]`` float tensor (float32/float64; float16/bfloat16 accumulate in float32).
         gate: ``[D]`` (one gate for every row) or the shape of ``x``, same dtype and device;
-            values in (0, 1), NaN/inf rejected.
+            values in (0, 1); NaN/inf propagate (:mod:`fremure_ext.finite`).
         valid: optional bool ``[...]`` (x without its last dim); rows where it is False are
             returned unchanged (the reference's padding tokens).
 

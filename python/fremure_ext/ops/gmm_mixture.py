@@ -46,7 +46,7 @@ def gmm_mixture(mu: torch.Tensor, var_raw: torch.Tensor, pi_logit: torch.Tensor,
     Returns:
         pred ``[B, C]``, or ``(pred, aleatoric)`` with both ``[B, C]`` when ``uncertainty``.
         Differentiable in mu, var_raw, pi_logit and tau (aleatoric too; detach it for the
-        published head's no-grad uncertainty). NaN/inf inputs raise (checked in the kernel).
+        published head's no-grad uncertainty). NaN/inf inputs propagate (:mod:`fremure_ext.finite`).
     """
     for t, name in ((mu, "mu"), (var_raw, "var_raw"), (pi_logit, "pi_logit")):
         check_float(t, name)

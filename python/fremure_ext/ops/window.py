@@ -107,7 +107,7 @@ def window_unpack(y: torch.Tensor, src_index: torch.Tensor, weights: torch.Tenso
             attention.
         src_index: int64, y's shape without D: the source row of each packed row, -1 for padding
             (as returned by :func:`window_pack`); values in ``[-1, num_rows)``.
-        weights: float, src_index's shape, y's dtype, finite and >= 0; required in mode
+        weights: float, src_index's shape, y's dtype, >= 0; required in mode
             ``"weighted"`` and ignored otherwise.
         num_rows: number of source rows N.
         mode: ``"latter"``: each row takes the copy of the FIRST packed row (earliest window) that

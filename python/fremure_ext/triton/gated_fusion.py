@@ -76,7 +76,7 @@ def _fwd_kernel(head_ptr, tail_ptr, hstats_ptr, tstats_ptr, w_ptr, bias_ptr, out
     else:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
     sig = tl.sigmoid(acc * inv_temperature)
-    gate = tl.minimum(tl.maximum(sig, lo), hi)
+    gate = tl.clamp(sig, lo, hi, propagate_nan=tl.PropagateNan.ALL)
     h = _normalised_tile(head_ptr, hstats_ptr, rows, cols, row_ok, col_ok, D)
     t = _normalised_tile(tail_ptr, tstats_ptr, rows, cols, row_ok, col_ok, D)
     out = h + (1.0 - gate) * (t - h)
@@ -99,7 +99,7 @@ def _bwd_elementwise_kernel(dout_ptr, head_ptr, tail_ptr, hstats_ptr, tstats_ptr
     sig = tl.load(sig_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
     h = _normalised_tile(head_ptr, hstats_ptr, rows, cols, row_ok, col_ok, D)
     t = _normalised_tile(tail_ptr, tstats_ptr, rows, cols, row_ok, col_ok, D)
-    gate = tl.minimum(tl.maximum(sig, lo), hi)
+    gate = tl.clamp(sig, lo, hi, propagate_nan=tl.PropagateNan.ALL)
     # torch.clamp passes the gradient where lo <= sig <= hi.
     dsig = tl.where((sig >= lo) & (sig <= hi), dout * (h - t), 0.0)
     dz = dsig * sig * (1.0 - sig) * inv_temperature

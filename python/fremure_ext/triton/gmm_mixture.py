@@ -25,7 +25,7 @@ MODE_EVAL, MODE_NOISE, MODE_SEED = 0, 1, 2
 @triton.jit
 def _softplus(x):
     # torch.nn.functional.softplus with beta 1, threshold 20
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0, propagate_nan=tl.PropagateNan.ALL))))
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def _component(mu_ptr, raw_ptr, pi_ptr, noise_ptr, seed, k, offs, mask, BC, m, d
     mu = tl.load(mu_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32)
     raw = tl.load(raw_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32)
     sp = _softplus(raw) + var_eps
-    var = tl.minimum(tl.maximum(sp, var_floor), var_ceiling)
+    var = tl.clamp(sp, var_floor, var_ceiling, propagate_nan=tl.PropagateNan.ALL)
     eps = sample_noise(noise_ptr, seed, k, offs, mask, BC, MODE)
     p = tl.exp(tl.load(pi_ptr + k * BC + offs, mask=mask, other=0.0).to(tl.float32) - m) / den
     return mu + eps * tl.sqrt(var), var, eps, sp, p
@@ -60,7 +60,7 @@ def _fwd_kernel(mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_ptr, pred_ptr, alea_ptr,
                 BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     offs, mask, col_ok = class_tile(B, C, BLOCK_B, BLOCK_C)
     BC = B * C
-    inv_tau = 1.0 / tl.maximum(tl.load(tau_ptr).to(tl.float32), 1e-3)
+    inv_tau = 1.0 / tl.maximum(tl.load(tau_ptr).to(tl.float32), 1e-3, propagate_nan=tl.PropagateNan.ALL)
     m, den = _pi_max(pi_ptr, offs, mask, BC, K, BLOCK_B, BLOCK_C)
     pred = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     alea = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
@@ -93,7 +93,7 @@ def _bwd_kernel(gpred_ptr, galea_ptr, mu_ptr, raw_ptr, pi_ptr, tau_ptr, noise_pt
     offs, mask, col_ok = class_tile(B, C, BLOCK_B, BLOCK_C)
     BC = B * C
     tau = tl.load(tau_ptr).to(tl.float32)
-    tau_c = tl.maximum(tau, 1e-3)
+    tau_c = tl.maximum(tau, 1e-3, propagate_nan=tl.PropagateNan.ALL)
     inv_tau = 1.0 / tau_c
     gpred = tl.load(gpred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     galea = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
