@@ -6,6 +6,8 @@ The library's front door (what the ``fremure`` command calls)::
     run = fremure.load_run("runs/fremure")               # model, ModelConfig, priors, class names
     results, preds = fremure.evaluate(run.model, source, test.gt_annotations, run.config.mode)
     fremure.report("results/", results, preds, test)      # results.json/.txt, chart, report.html
+    predictor = fremure.Predictor.from_run("runs/fremure", "faster_rcnn_ag.pth")
+    graphs = predictor("my_video.mp4")                     # one SceneGraph per frame (docs/predict.md)
 
 ``ModelConfig`` / ``build_model`` make a model from options, ``TrainConfig`` / ``run_training``
 train one, ``run_demo`` runs the main job. Names are imported on first use.
@@ -20,6 +22,7 @@ _EXPORTS = {
     "TrainConfig": "train.config", "make_config": "train.config", "run_training": "train.run",
     "make_trainer": "train.run", "load_run": "runs", "load_published": "runs", "LoadedModel": "runs",
     "evaluate": "pipeline", "load_split": "pipeline", "report": "eval.report", "run_demo": "demo",
+    "Predictor": "predict", "SceneGraph": "predict", "predict_videos": "predict",
 }
 _RENAMED = {"report": "write_report"}
 

@@ -1,4 +1,4 @@
-"""The ``fremure`` command: frames, check-data, extract, train, eval, visualize, demo, freq, bench, info.
+"""The ``fremure`` command: frames, check-data, extract, train, eval, visualize, predict, demo, freq, bench, info.
 
 Training options use the published code's names (``--mode``, ``--rel-head``, ``--K``,
 ``--enc-layer``, ``--dec-layer``, ``--lr``, ``--nepoch``, ``--freq``, ``--rel-mem-compute``,
@@ -31,6 +31,7 @@ from .cli_args import (UsageError, add_config_options, add_detector_options, add
                        setup_logging)
 from ._version import __version__
 from .train.config import merge_values
+from .cli_predict import add_predict_command
 from .demo import DEMO_DEFAULTS
 
 logger = logging.getLogger("fremure.cli")
@@ -384,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p)
 
     _add_eval_commands(sub, common)
+    add_predict_command(sub, common)
 
     p = _add_command(sub, common, "demo", cmd_demo, "synthetic AG end to end: extract, train, evaluate (CPU, minutes)")
     p.add_argument("--work-dir", default=DEFAULT_WORK, help=f"output folder (default {DEFAULT_WORK})")
