@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from browser_support import browser, render
 from detector_fakes import small_detector
 from train_support import SAMPLE_DETECTOR
 from video_support import encode_video, sample_frames
@@ -24,6 +25,7 @@ from fremure.data.synthetic import sample_path
 from fremure.model.config import ModelConfig, build_model
 from fremure.pipeline import frequencies, load_split, predict_videos
 from fremure.predict import (FrameSelection, PredictConfig, Predictor, SceneGraph, read_frames, read_jsonl)
+from fremure.predict.predictor import clip_to_frame
 from fremure.predict import predict_videos as predict_many
 from fremure.runs import model_tensors
 from fremure.train.checkpoint import save_checkpoint
@@ -69,7 +71,8 @@ def test_predictor_on_ag_frames_gives_what_eval_predicts(sample):
         rows = np.flatnonzero(boxes[:, 0] == t)
         assert [o.label for o in graph.objects] == labels[rows].tolist()
         assert [o.track for o in graph.objects] == labels[rows].tolist()         # tracking: one track per class
-        np.testing.assert_array_equal(np.array([o.box for o in graph.objects]).reshape(-1, 4), boxes[rows, 1:])
+        expected = clip_to_frame(boxes[rows, 1:], graph.width, graph.height)     # eval's boxes, inside the frame
+        np.testing.assert_array_equal(np.array([o.box for o in graph.objects]).reshape(-1, 4), expected)
         np.testing.assert_array_equal([o.score for o in graph.objects], scores[rows])
         for relation in graph.relations:
             human, thing = (relation.object, relation.subject) if relation.type == "spatial" else \
@@ -236,3 +239,86 @@ def test_user_boxes_give_what_predcls_eval_predicts(sample, tmp_path):
     with pytest.raises(ValueError, match="no box of class 'person'"):
         Predictor(model, detector, names)([Image.open(p) for p in video_frame_paths(predcls, 0)],
                                           boxes=[b[1:] for b in boxes])
+
+
+def test_every_line_of_another_container_and_codec_validates(sample, tmp_path):
+    """A lossy yuv420 Matroska file: every JSONL line validates against the shipped JSON schema,
+    boxes lie inside the frame, relations are sorted by score."""
+    jsonschema = pytest.importorskip("jsonschema")
+    import importlib.resources
+    schema = json.loads(importlib.resources.files("fremure.predict").joinpath("scene_graph.schema.json").read_text())
+    test, _, detector, predictor = sample
+    name = test.video_list[_video_with_pairs(test, detector)][0].split("/")[0]
+    encode_video(tmp_path / "clip.mkv", sample_frames(SAMPLE)[name], "yuv420")
+    outcomes = predict_many(predictor, [tmp_path / "clip.mkv"], tmp_path / "out",
+                            PredictConfig(every=6, top_k=None, progress=False))
+    assert outcomes[0].error is None and outcomes[0].frames > 1
+    lines = (tmp_path / "out" / "clip.jsonl").read_text().splitlines()
+    assert len(lines) == outcomes[0].frames
+    for line in lines:
+        record = json.loads(line)
+        jsonschema.validate(record, schema)
+        for obj in record["objects"]:
+            x1, y1, x2, y2 = obj["box"]
+            assert 0 <= x1 <= x2 <= record["width"] - 1 and 0 <= y1 <= y2 <= record["height"] - 1, obj
+        scores = [r["score"] for r in record["relations"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_a_killed_batch_resumes_without_touching_finished_videos(sample, tmp_path):
+    test, _, _, predictor = sample
+    frames = sample_frames(SAMPLE)
+    videos = []
+    for name in sorted(frames)[:3]:
+        encode_video(tmp_path / name, frames[name], "rgb_lossless")
+        videos.append(tmp_path / name)
+    calls = []
+
+    class Interrupted:                      # Ctrl-C while the second video is predicted
+        mode = predictor.mode
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return predictor(*args, **kwargs)
+
+    config = PredictConfig(every=12, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        predict_many(Interrupted(), videos, tmp_path / "out", config)
+    first = tmp_path / "out" / f"{videos[0].stem}.jsonl"
+    assert first.is_file() and not (tmp_path / "out" / f"{videos[1].stem}.jsonl").exists()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    stamp = first.stat().st_mtime_ns
+    outcomes = predict_many(predictor, videos, tmp_path / "out", config)
+    assert [o.skipped for o in outcomes] == [True, False, False] and not any(o.error for o in outcomes)
+    assert first.stat().st_mtime_ns == stamp
+    assert all((tmp_path / "out" / f"{v.stem}.jsonl").is_file() for v in videos)
+
+
+def test_a_published_checkpoint_predicts_as_the_same_weights_in_our_format(sample, tmp_path):
+    from fremure.compat import export_reference_state_dict
+    from fremure.runs import load_published
+    test, model, detector, predictor = sample
+    train = load_split(SAMPLE, "train", "sgdet")
+    torch.save({"state_dict": export_reference_state_dict(model)}, tmp_path / "published.tar")
+    loaded = load_published(tmp_path / "published.tar", CONFIG, frequencies(CONFIG, train, test), test.object_classes)
+    images = [Image.open(p) for p in video_frame_paths(test, _video_with_pairs(test, detector))]
+    assert Predictor(loaded.model, detector, test.object_classes)(images) == predictor(images)
+
+
+@pytest.mark.skipif(browser() is None, reason="no Chromium-family browser installed (apt-get install chromium)")
+def test_the_viewer_renders_boxes_and_triplets(sample, tmp_path):
+    test, _, detector, predictor = sample
+    name = test.video_list[_video_with_pairs(test, detector)][0].split("/")[0]
+    encode_video(tmp_path / name, sample_frames(SAMPLE)[name], "rgb_lossless")
+    predict_many(predictor, [tmp_path / name], tmp_path / "out", PredictConfig(every=12, progress=False))
+    stem = pathlib.Path(name).stem
+    graphs = read_jsonl(tmp_path / "out" / f"{stem}.jsonl")
+    dom = render(tmp_path / "out" / f"{stem}.html", tmp_path / "viewer.png")
+    assert dom.count("<rect") == sum(len(g.objects) for g in graphs)
+    first = graphs[0].relations[0]
+    assert f"<td>{first.name}</td>" in dom and f"<td>{first.score:.3f}</td>" in dom
+    with Image.open(tmp_path / "viewer.png") as shot:
+        pixels = np.asarray(shot.convert("L"), dtype=np.float64)
+    assert pixels.std() > 20, pixels.std()          # frames and tables, not a blank page

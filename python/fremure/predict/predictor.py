@@ -132,7 +132,8 @@ class Predictor:
         for t, frame in enumerate(frames):
             rows = np.flatnonzero(boxes[:, 0] == t)
             where = {int(row): k for k, row in enumerate(rows)}
-            objects = tuple(SceneObject(k, tuple(float(v) for v in boxes[row, 1:5]), int(labels[row]),
+            frame_boxes = clip_to_frame(boxes[rows, 1:5], int(frame.shape[2]), int(frame.shape[1]))
+            objects = tuple(SceneObject(k, tuple(float(v) for v in frame_boxes[k]), int(labels[row]),
                                         self._name(int(labels[row])), float(scores[row]),
                                         int(labels[row]) if self.tracking else None)
                             for k, row in enumerate(rows))
@@ -144,6 +145,15 @@ class Predictor:
 
     def _name(self, label: int) -> str:
         return self.object_classes[label] if 0 <= label < len(self.object_classes) else str(label)
+
+
+def clip_to_frame(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """xyxy ``boxes [N, 4]`` clipped to the frame's pixels ``[0, width - 1] x [0, height - 1]`` (the
+    detector, as published, clips only the first frame of each chunk: docs/ag_and_eval.md 2.3)."""
+    clipped = boxes.copy()
+    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width - 1)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height - 1)
+    return clipped
 
 
 def _relations(pair_rows, pairs, where, scores, dists, constraint) -> list[Relation]:
