@@ -283,3 +283,17 @@ def test_demo_trains_well_above_the_untrained_model(tmp_path, capsys):
     assert trained["with"]["R"][20] >= untrained["with"]["R"][20] + 0.05, (trained["with"]["R"], untrained["with"]["R"])
     assert trained["no"]["R"][20] >= untrained["no"]["R"][20] + 0.20, (trained["no"]["R"], untrained["no"]["R"])
     print(f"demo test: {time.perf_counter() - started:.0f} s")
+    # what the help promises: the run folder, the checkpoint eval/predict take, the report; no silent rerun
+    run = tmp_path / "run"
+    for name in ("config.yaml", "train.log", "history.jsonl", "checkpoints/best_mrecall.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoints" / "last.json").exists()
+    assert "<table id=\"recall\">" in (tmp_path / "report.html").read_text()
+    assert f"{tmp_path / 'report.html'}" in out
+    from fremure.runs import load_run
+    assert load_run(run).config.rel_head == "linear"
+    assert main(args) == 2
+    assert "holds a finished demo" in capsys.readouterr().err
+    results = (tmp_path / "results.json").read_bytes()
+    assert main([*args, "--nepoch", "1", "--overwrite"]) == 0
+    assert (tmp_path / "results.json").read_bytes() != results and len(_history(run)) == 1

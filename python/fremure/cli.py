@@ -215,9 +215,11 @@ DEMO_SHOWN = {**DEMO_DEFAULTS, "train_cache": "<work-dir>/cache_train", "test_ca
 def cmd_demo(args: argparse.Namespace) -> int:
     """Runs the whole pipeline on the bundled synthetic AG sample (12 train / 6 test videos, or --generate N):
     feature extraction with the detector (random weights unless --detector-checkpoint; skipped with
-    --train-cache/--test-cache), the untrained model's recall, training, evaluation with/semi/no constraint;
-    writes results.json and results_untrained.json to --work-dir. The defaults shown are the demo's own; any
-    flag or --config overrides them."""
+    --train-cache/--test-cache), the untrained model's recall, training, evaluation with/semi/no constraint.
+    Writes to --work-dir: report.html, results.json, results.txt, per_predicate_R20.png, results_untrained.json,
+    the feature caches and the run folder run/ (config.yaml, train.log, history.jsonl, the best-mR@20 checkpoint
+    for fremure eval / predict). A finished demo there is refused unless --overwrite. The defaults shown are the
+    demo's own; any flag or --config overrides them."""
     from .data.synthetic import generate_synthetic_ag, sample_path
     from .demo import run_demo
     from .eval import format_table
@@ -242,14 +244,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"data: bundled synthetic AG sample {data_path}")
     demo = run_demo(config, args.work_dir, given_caches=bool(args.train_cache),
                     detector_checkpoint=args.detector_checkpoint, target_size=args.target_size,
-                    proposals=args.proposals)
+                    proposals=args.proposals, overwrite=args.overwrite)
     for record in demo.history:
         print(_epoch_line(record))
     print(f"\nuntrained model ({config.model.mode}, test videos):\n{format_table(demo.untrained)}")
     print(f"after {config.nepoch} epochs:\n{format_table(demo.results)}")
     trained, untrained = 100 * demo.results["with"]["R"][20], 100 * demo.untrained["with"]["R"][20]
     print(f"R@20 with constraint: {trained:.2f} trained vs {untrained:.2f} untrained ({trained - untrained:+.2f} points)")
-    print(f"demo finished in {demo.seconds:.0f} s; results in {args.work_dir}/results.json")
+    print(f"demo finished in {demo.seconds:.0f} s; results: {os.path.join(args.work_dir, 'report.html')} "
+          f"(and results.json); the run: {config.save_path}")
     return 0
 
 
@@ -393,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate a synthetic AG with N videos instead of using the bundled sample")
     p.add_argument("--config", default=None, help="YAML file of training options (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished demo in --work-dir (caches are reused)")
     add_detector_options(p, target_size=96, proposals=10)     # the sample's own frame height: no resizing
     add_config_options(p, shown=DEMO_SHOWN, exclude=("data_path",))
 

@@ -16,7 +16,7 @@ CHOICES = {
     "spatial_loss": ("bce", "mlm"),
     "optimizer": ("adamw", "adam", "sgd"),
     "amp": ("none", "bf16", "fp16"),
-    "checkpoints": ("all", "last", "none"),
+    "checkpoints": ("all", "best", "last", "none"),
 }
 
 
@@ -55,7 +55,8 @@ class TrainConfig:
     amp: str = option("none", "mixed precision")
     compile: bool = option(False, "torch.compile the model")
     deterministic: bool = option(False, "deterministic algorithms (torch.use_deterministic_algorithms)")
-    checkpoints: str = option("all", "which checkpoints to write (none: no checkpoint, e.g. the demo)")
+    checkpoints: str = option("all", "which checkpoints to write: all (best_recall, best_mrecall, resumable last), "
+                                     "best (best_mrecall only, e.g. the demo), last, none")
     save_every: int = option(0, "also write 'last' every N videos (0 = once per epoch)")
     log_iter: int = option(100, "log the mean loss every N steps", positive=True)
     device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...; under torchrun "

@@ -158,7 +158,8 @@ class Trainer:
 
     def save(self, tag: str, resumable: bool) -> str | None:
         """Writes checkpoint ``tag`` (rank 0 only); returns its JSON path."""
-        wanted = {"all": True, "last": tag == "last", "none": False}[self.config.checkpoints]
+        wanted = {"all": True, "best": tag == "best_mrecall", "last": tag == "last",
+                  "none": False}[self.config.checkpoints]
         if self.rank != 0 or not wanted:
             return None
         state = self._state()
