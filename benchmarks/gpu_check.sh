@@ -107,5 +107,7 @@ done
 published=()
 [[ -n "${GPU_CHECK_PUBLISHED:-}" ]] && published=(--published "$GPU_CHECK_PUBLISHED")
 run_step bench_model 120 "$python" benchmarks/bench_model.py --device cuda --videos 4 --rounds 1 "${published[@]}"
+# 5. fremure predict per frame (decode, detector, relation model) on the GPU, AG-sized frames
+run_step bench_predict 90 "$python" benchmarks/bench_predict.py --device cuda --frames 16 --rounds 3
 
 finish "$failed"
