@@ -22,13 +22,14 @@ the video's name; nothing is silently left empty.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pathlib
 import time
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -164,12 +165,14 @@ def _clean_temporaries(folder: pathlib.Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _decode_wanted(video_path: pathlib.Path, folder: pathlib.Path, todo: set[int], result: VideoResult) -> None:
-    """Decodes ``video_path`` up to the last wanted frame, writing each frame number in ``todo``."""
+@contextlib.contextmanager
+def open_video_stream(video_path: str | os.PathLike) -> Iterator[tuple[Any, Any]]:
+    """``(container, stream)``: the first video stream of ``video_path`` opened with PyAV (threaded
+    decoding), closed on exit; VideoDecodeError names the file when it cannot be opened or has no
+    video stream."""
     import av
-    from PIL import Image
     try:
-        container = av.open(str(video_path))
+        container = av.open(os.fspath(video_path))
     except (av.error.FFmpegError, OSError) as err:
         raise VideoDecodeError(f"cannot open video {video_path}: {err}") from err
     with container:
@@ -177,6 +180,14 @@ def _decode_wanted(video_path: pathlib.Path, folder: pathlib.Path, todo: set[int
             raise VideoDecodeError(f"{video_path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        yield container, stream
+
+
+def _decode_wanted(video_path: pathlib.Path, folder: pathlib.Path, todo: set[int], result: VideoResult) -> None:
+    """Decodes ``video_path`` up to the last wanted frame, writing each frame number in ``todo``."""
+    import av
+    from PIL import Image
+    with open_video_stream(video_path) as (container, stream):
         last = max(todo)
         try:
             for index, frame in enumerate(container.decode(stream), start=1):

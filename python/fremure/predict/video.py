@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..data.frames import VideoDecodeError
+from ..data.frames import VideoDecodeError, open_video_stream
 
 AG_FPS = 1.0   # about the rate of AG's annotated frames
 
@@ -71,15 +71,7 @@ def _selected(path: str, selection: FrameSelection) -> Iterator[VideoFrame]:
         raise ImportError("reading videos needs PyAV: pip install 'fremure[video]'") from err
     if not os.path.isfile(path):
         raise VideoDecodeError(f"video file not found: {path}")
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as err:
-        raise VideoDecodeError(f"cannot open video {path}: {err}") from err
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    with open_video_stream(path) as (container, stream):
         rate = float(stream.average_rate) if stream.average_rate else None
         last_bin, last_wanted = -1, max(selection.numbers) if selection.numbers else None
         try:
