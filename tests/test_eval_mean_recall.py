@@ -118,3 +118,18 @@ def test_multi_constraint_evaluator_passes_the_options_on():
 def test_unknown_option_is_rejected_naming_the_argument(name, value):
     with pytest.raises(ValueError, match=name):
         SceneGraphEvaluator("predcls", **{name: value})
+
+
+def test_fremure_eval_flags_reach_the_evaluator():
+    from fremure.cli import build_parser
+    from fremure.cli_args import mean_recall_options
+    from fremure.pipeline import evaluate_predictions
+    args = build_parser().parse_args(["eval", "--data-path", "ag", "--out", "out", "--mean-recall", "per_frame",
+                                      "--mean-recall-predicates", "seen"])
+    options = mean_recall_options(args)
+    assert options == {"mean_recall": "per_frame", "mean_recall_predicates": "seen"}
+    gt, pred = example()
+    results = evaluate_predictions("predcls", [(0, pred)], [gt], evaluator_options=options)
+    assert results["with"]["mR"][20] == pytest.approx(2 / 3, abs=1e-9)
+    default = build_parser().parse_args(["eval", "--data-path", "ag", "--out", "out"])
+    assert mean_recall_options(default) == {"mean_recall": "pooled", "mean_recall_predicates": "all"}
