@@ -17,7 +17,9 @@ COMMANDS = {"demo": ["--detector-checkpoint", "--nepoch", "--work-dir", "--confi
             "train": ["--mode", "--rel-head", "--K", "--enc-layer", "--dec-layer", "--lr", "--nepoch", "--freq",
                       "--rel-mem-compute", "--mem-fusion", "--resume", "--amp", "--compile", "--deterministic",
                       "--config", "--videos-per-step", "--save-every"],
-            "eval": ["--checkpoint", "--published-checkpoint", "--test-cache", "--out", "--use-memory"],
+            "eval": ["--checkpoint", "--published-checkpoint", "--test-cache", "--out", "--use-memory",
+                     "--mean-recall", "--mean-recall-predicates", "per_frame", "seen"],
+            "prepare": ["AG_ROOT", "--overwrite", "filtersmall"],
             "bench": ["--videos", "--epochs", "--device"],
             "visualize": ["--video", "--top-k", "--out"],
             "freq": ["--data-path", "--out", "--train-only"]}

@@ -1,4 +1,4 @@
-"""The ``fremure`` command: frames, check-data, extract, train, eval, visualize, predict, demo, freq, bench, info.
+"""The ``fremure`` command: frames, check-data, prepare, extract, train, eval, visualize, predict, demo, freq, bench, info.
 
 Training options use the published code's names (``--mode``, ``--rel-head``, ``--K``,
 ``--enc-layer``, ``--dec-layer``, ``--lr``, ``--nepoch``, ``--freq``, ``--rel-mem-compute``,
@@ -25,12 +25,13 @@ import time
 from typing import Any, Sequence
 
 from .cli_args import DETECTOR_DEFAULTS  # noqa: F401 (re-exported for scripts and tests)
-from .cli_args import (UsageError, add_config_options, add_detector_options, add_device_option, add_progress_option,
-                       common_options, exit_code, file_options, given_options, make_train_config, need_dir,
-                       need_file, non_negative_int, one_line, out_dir, parse_bool, positive_int, resolve_device,
-                       setup_logging)
+from .cli_args import (UsageError, add_config_options, add_detector_options, add_device_option, add_mean_recall_options,
+                       add_progress_option, common_options, exit_code, file_options, given_options, make_train_config,
+                       mean_recall_options, need_dir, need_file, non_negative_int, one_line, out_dir, parse_bool,
+                       positive_int, resolve_device, setup_logging)
 from ._version import __version__
 from .train.config import merge_values
+from .cli_data import add_freq_command, add_prepare_command
 from .cli_predict import add_predict_command
 from .demo import DEMO_DEFAULTS
 
@@ -177,9 +178,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"detector: {description}")
     source = VideoEntrySource(test_ds, mode, False, detector=detector, cache=args.test_cache or None)
     results, preds = evaluate(loaded.model, source, test_ds.gt_annotations, mode, args.max_videos, device,
-                              progress=args.progress)
+                              progress=args.progress, evaluator_options=mean_recall_options(args))
     print(format_table(results))
     details = {"checkpoint": loaded.checkpoint, "mode": mode, "test videos evaluated": len(preds),
+               "mR@K": f"{args.mean_recall}, over {args.mean_recall_predicates} predicates",
                "data": args.data_path, "fremure": __version__}
     paths = write_report(args.out, results, preds, test_ds, details, args.report_frames,
                          title=f"FReMuRe {mode} evaluation")
@@ -256,26 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ freq, bench, info
-def cmd_freq(args: argparse.Namespace) -> int:
-    import csv
-    from .data.frequency import main as freq_main
-    need_dir(args.data_path, "--data-path")
-    out_dir(args.out, "--out")
-    argv = [args.data_path, "--out", args.out]
-    if args.train_only:
-        argv.append("--train-only")
-    if args.mode != "predcls":
-        argv.append("--filter-small-box")
-    code = freq_main(argv)
-    with open(os.path.join(args.out, "predicate_frequencies.csv"), newline="") as handle:
-        rows = list(csv.reader(handle))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
-    return code
-
-
+# ------------------------------------------------------------------ bench, info
 def cmd_bench(args: argparse.Namespace) -> int:
     from .train.bench import train_throughput
     if args.data_path:
@@ -332,6 +315,7 @@ def _add_eval_commands(sub, common) -> None:
                            help="test frames drawn with predictions into report.html (default 4; 0 = none)")
             add_progress_option(p)
             add_detector_options(p)
+            add_mean_recall_options(p)
         else:
             p.add_argument("--video", type=int, default=0, help="test video index (default 0)")
             p.add_argument("--top-k", type=positive_int, default=3, help="relations drawn per frame (default 3)")
@@ -365,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="AG root")
     p.add_argument("--mode", nargs="+", choices=["predcls", "sgcls", "sgdet"], default=["predcls", "sgcls", "sgdet"],
                    help="tasks to check for (default all three)")
+    add_prepare_command(sub, common)
 
     p = _add_command(sub, common, "extract", cmd_extract, "run the detector once per video into a feature cache")
     p.add_argument("--data-path", required=True, help="AG root")
@@ -400,12 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p, target_size=96, proposals=10)     # the sample's own frame height: no resizing
     add_config_options(p, shown=DEMO_SHOWN, exclude=("data_path",))
 
-    p = _add_command(sub, common, "freq", cmd_freq, "predicate frequency table, priors file and long-tail plot")
-    p.add_argument("--data-path", required=True, help="AG root")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mode", choices=["predcls", "sgcls", "sgdet"], default="predcls",
-                   help="sgcls/sgdet count the filtersmall annotations, as training does")
-    p.add_argument("--train-only", action="store_true", help="count train labels only (non-reference)")
+    add_freq_command(sub, common)
 
     p = _add_command(sub, common, "bench", cmd_bench,
                      "training throughput: cached features vs the detector every epoch")

@@ -199,6 +199,23 @@ def add_detector_options(p: argparse.ArgumentParser, target_size: int | None = N
                    help=f"RPN proposals per frame in sgdet (default {shown_proposals})")
 
 
+def add_mean_recall_options(p: argparse.ArgumentParser) -> None:
+    """How mR@K is aggregated (SceneGraphEvaluator's mean_recall / mean_recall_predicates; choices
+    from fremure.eval.evaluator, without importing it when the parser is built)."""
+    p.add_argument("--mean-recall", choices=["pooled", "per_frame"], default="pooled",
+                   help="mR@K per predicate: pooled = hits / GT summed over all test frames (TEMPURA and FReMuRe "
+                        "report this; STTran reports no mR@K) or per_frame = each frame's hits / GT of the "
+                        "predicate, averaged over the frames holding it (default pooled)")
+    p.add_argument("--mean-recall-predicates", choices=["all", "seen"], default="all",
+                   help="mR@K averages over all 26 predicates, unseen ones counting 0 (published), or over those "
+                        "seen in the test GT (default all)")
+
+
+def mean_recall_options(args: argparse.Namespace) -> dict[str, str]:
+    """The evaluator options of ``add_mean_recall_options``."""
+    return {"mean_recall": args.mean_recall, "mean_recall_predicates": args.mean_recall_predicates}
+
+
 def add_device_option(p: argparse.ArgumentParser, text: str = "") -> None:
     p.add_argument("--device", default="auto", help=f"auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...{text} "
                                                     "(default auto)")

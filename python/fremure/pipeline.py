@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -111,9 +111,11 @@ def predict_videos(model: FReMuRe, source, indices: Sequence[int], device: str |
 
 
 def evaluate_predictions(mode: str, predictions: Sequence[tuple[int, dict]], gt_annotations: Sequence,
-                         constraints: Sequence[str] = ("with", "semi", "no")) -> dict[str, dict[str, Any]]:
-    """R@K / mR@K summaries per constraint of predictions in video order."""
-    evaluator = MultiConstraintEvaluator(mode, tuple(constraints))
+                         constraints: Sequence[str] = ("with", "semi", "no"),
+                         evaluator_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """R@K / mR@K summaries per constraint of predictions in video order; ``evaluator_options`` go to
+    every ``SceneGraphEvaluator`` (e.g. ``mean_recall="per_frame"``)."""
+    evaluator = MultiConstraintEvaluator(mode, tuple(constraints), **dict(evaluator_options or {}))
     for index, pred in sorted(predictions, key=lambda item: item[0]):
         evaluator.add_video(gt_annotations[index], pred)
     return evaluator.summary()
@@ -121,15 +123,17 @@ def evaluate_predictions(mode: str, predictions: Sequence[tuple[int, dict]], gt_
 
 def evaluate(model: torch.nn.Module, source, gt_annotations: Sequence, mode: str, videos: int = 0,
              device: str | torch.device = "cpu", amp: str = "none", constraints: Sequence[str] = ("with", "semi", "no"),
-             progress: bool = False) -> tuple[dict[str, dict[str, Any]], list[tuple[int, dict[str, Any]]]]:
+             progress: bool = False, evaluator_options: Mapping[str, Any] | None = None,
+             ) -> tuple[dict[str, dict[str, Any]], list[tuple[int, dict[str, Any]]]]:
     """R@K / mR@K of ``model`` on the first ``videos`` videos of ``source`` (0: all) against
-    ``gt_annotations`` (the split's, same order): ``(results per constraint, predictions)``."""
+    ``gt_annotations`` (the split's, same order): ``(results per constraint, predictions)``.
+    ``evaluator_options`` as for ``evaluate_predictions``."""
     if isinstance(videos, bool) or not isinstance(videos, int) or videos < 0:
         raise ValueError(f"videos must be an integer >= 0 (0 = all), got {videos!r}")
     count = min(len(source), videos) if videos else len(source)
     model.to(device)
     predictions = predict_videos(model, source, range(count), device, amp, progress=progress)
-    return evaluate_predictions(mode, predictions, gt_annotations, constraints), predictions
+    return evaluate_predictions(mode, predictions, gt_annotations, constraints, evaluator_options), predictions
 
 
 def to_device(entry: dict[str, Any], device) -> dict[str, Any]:

@@ -74,13 +74,15 @@ def check_data(data_path: str | os.PathLike, modes: Sequence[str] = MODES, max_l
             detail += f", {lines} lines"
         items.append(CheckItem(str(path.relative_to(root)), True, detail, relevant))
     if all(item.ok for item in items):
-        items += _annotation_content(root, modes)
+        items += annotation_items(root, modes)
     items.append(_frame_coverage(root, max_listed))
     return items
 
 
-def _annotation_content(root: pathlib.Path, modes: Sequence[str]) -> list[CheckItem]:
-    """One item per split and object pickle the ``modes`` read: the loader's own result."""
+def annotation_items(root: str | os.PathLike, modes: Sequence[str] = MODES) -> list[CheckItem]:
+    """One item per split and object pickle the ``modes`` read: the loader's own result (the files
+    must exist; ``check_data`` checks that first)."""
+    root = pathlib.Path(root)
     items = []
     variants = [(False, ("predcls",)), (True, ("sgcls", "sgdet"))]
     for filter_small, needed_by in variants:

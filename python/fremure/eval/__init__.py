@@ -13,13 +13,15 @@ Drop-in for the STTran/TEMPURA/FReMuRe evaluator::
 
 from .classes import (ATTENTION_PREDICATES, CONTACTING_PREDICATES, NUM_PREDICATES, OBJECT_CLASSES, PREDICATES,
                       SPATIAL_PREDICATES)
-from .evaluator import KS, MultiConstraintEvaluator, SceneGraphEvaluator
+from .evaluator import (KS, MEAN_RECALL_AGGREGATIONS, MEAN_RECALL_PREDICATES, PUBLISHED_MEAN_RECALL,
+                        MultiConstraintEvaluator, SceneGraphEvaluator)
 from .inputs import PackedGT, PackedPrediction, pack_gt, pack_prediction
 from .matching import box_iou_plus1, paired_iou_plus1
 from .report import format_table, plot_per_predicate, read_json, write_html, write_json, write_report
 
 __all__ = [
-    "ATTENTION_PREDICATES", "CONTACTING_PREDICATES", "KS", "NUM_PREDICATES", "OBJECT_CLASSES", "PREDICATES",
+    "ATTENTION_PREDICATES", "CONTACTING_PREDICATES", "KS", "MEAN_RECALL_AGGREGATIONS", "MEAN_RECALL_PREDICATES",
+    "NUM_PREDICATES", "PUBLISHED_MEAN_RECALL", "OBJECT_CLASSES", "PREDICATES",
     "SPATIAL_PREDICATES", "MultiConstraintEvaluator", "PackedGT", "PackedPrediction", "SceneGraphEvaluator",
     "box_iou_plus1", "format_table", "pack_gt", "pack_prediction", "paired_iou_plus1", "plot_per_predicate",
     "read_json", "write_html", "write_json", "write_report",

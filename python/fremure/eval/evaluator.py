@@ -10,6 +10,11 @@ Definitions (reference semantics):
 - R@K: mean over all scored frames of (#GT triplets matched by the frame's top-K predictions) / #GT.
 - per-predicate recall at K: hits / (GT count + 1e-10), pooled over every frame seen; mR@K: their
   mean over all 26 predicates, including predicates never seen in GT (they count as 0).
+
+``mean_recall`` and ``mean_recall_predicates`` select other published conventions of mR@K (the
+pooled one above is the default, TEMPURA's and FReMuRe's; STTran's evaluator has no mR@K):
+'per_frame' averages each predicate's recall over the frames holding it, 'seen' averages over the
+predicates with at least one GT triplet (docs/ag_and_eval.md 3.5 works an example).
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ from .triplets import CONSTRAINTS, SEMI_ROW_TYPES, ScoreBlocks, predict_triplets
 
 KS: tuple[int, ...] = (10, 20, 50, 100)
 EMPTY_GT_POLICIES = ("raise", "skip")
+# How a predicate's recall is aggregated over frames: 'pooled' = sum of hits / sum of GT counts over
+# all frames (TEMPURA/FReMuRe); 'per_frame' = mean over the frames holding the predicate of that
+# frame's hits / GT count (the per-image convention of image scene-graph benchmarks).
+MEAN_RECALL_AGGREGATIONS = ("pooled", "per_frame")
+# Which predicates the mean runs over: 'all' 26 (unseen ones count 0, TEMPURA/FReMuRe) or 'seen'
+# (those with at least one GT triplet).
+MEAN_RECALL_PREDICATES = ("all", "seen")
+# mR@K as each published evaluator computes it (None: it has no mR@K), for docs, CLI help and tests.
+PUBLISHED_MEAN_RECALL: dict[str, tuple[str, str] | None] = {
+    "sttran": None, "tempura": ("pooled", "all"), "fremure": ("pooled", "all")}
 
 GTInput = Sequence[Sequence[Mapping[str, Any]]] | PackedGT
 PredInput = Mapping[str, Any] | PackedPrediction
@@ -121,6 +136,11 @@ class SceneGraphEvaluator:
             'block' uses the row's position (identical for strictly positive probabilities).
         on_empty_gt: 'raise' (default) rejects a frame without GT triplets, which the reference cannot
             score; 'skip' leaves such frames out of every statistic.
+        mean_recall: how a predicate's recall is aggregated over frames: 'pooled' (default, reference:
+            hits and GT counts summed over all frames, then divided) or 'per_frame' (each frame's
+            hits / GT count of the predicate, averaged over the frames holding it).
+        mean_recall_predicates: what mR@K averages over: 'all' 26 predicates (default, reference;
+            a predicate without GT counts 0) or 'seen' (those with at least one GT triplet).
         no_top: cells kept per frame by the 'no' constraint (100 in the reference).
         ks: the K values.
         batch_frames: queued videos are scored together once this many frames are waiting (and
@@ -129,9 +149,12 @@ class SceneGraphEvaluator:
 
     def __init__(self, mode: str, constraint: str = "with", iou_threshold: float = 0.5,
                  semi_threshold: float = 0.9, *, epoch_reset: bool = False, attention_logits: bool = False,
-                 semi_row_type: str = "scores", on_empty_gt: str = "raise", no_top: int = 100,
-                 ks: Sequence[int] = KS, batch_frames: int = 4096) -> None:
+                 semi_row_type: str = "scores", on_empty_gt: str = "raise", mean_recall: str = "pooled",
+                 mean_recall_predicates: str = "all", no_top: int = 100, ks: Sequence[int] = KS,
+                 batch_frames: int = 4096) -> None:
         _check_choice("mode", mode, MODES)
+        _check_choice("mean_recall", mean_recall, MEAN_RECALL_AGGREGATIONS)
+        _check_choice("mean_recall_predicates", mean_recall_predicates, MEAN_RECALL_PREDICATES)
         _check_choice("constraint", constraint, CONSTRAINTS)
         _check_choice("semi_row_type", semi_row_type, SEMI_ROW_TYPES)
         _check_choice("on_empty_gt", on_empty_gt, EMPTY_GT_POLICIES)
@@ -154,6 +177,8 @@ class SceneGraphEvaluator:
         self.attention_logits = bool(attention_logits)
         self.semi_row_type = semi_row_type
         self.on_empty_gt = on_empty_gt
+        self.mean_recall = mean_recall
+        self.mean_recall_predicates = mean_recall_predicates
         self.no_top = no_top
         self.ks = ks
         self._k_sorted = np.sort(np.asarray(ks, dtype=np.int64))
@@ -163,6 +188,10 @@ class SceneGraphEvaluator:
         self._recalls: list[np.ndarray] = []
         self._hits = np.zeros((len(ks), NUM_PREDICATES), dtype=np.int64)
         self._counts = np.zeros((len(ks), NUM_PREDICATES), dtype=np.int64)
+        # for mean_recall='per_frame': per K and predicate, the sum over frames of hits / GT count,
+        # and the number of frames holding the predicate
+        self._frame_recall_sums = np.zeros((len(ks), NUM_PREDICATES), dtype=np.float64)
+        self._frames_with = np.zeros(NUM_PREDICATES, dtype=np.int64)
 
     def add_video(self, gt_annotation: GTInput, pred: PredInput) -> None:
         """Adds one video. Inputs are checked now; scoring runs in batches of videos (see ``batch_frames``).
@@ -229,6 +258,21 @@ class SceneGraphEvaluator:
         self._recalls.append(recall[self._k_rank])
         self._hits += hits[self._k_rank]
         self._counts += by_predicate.sum(axis=1)[None, :]
+        if self.mean_recall == "per_frame":
+            self._accumulate_per_frame(gt, level)
+
+    def _accumulate_per_frame(self, gt: GTBatch, level: np.ndarray) -> None:
+        """Adds each frame's per-predicate recall (hits / GT count of the predicate in the frame)."""
+        num_k = len(self.ks)
+        cell = (gt.rel_frame * NUM_PREDICATES + gt.rel_predicate) * (num_k + 1) + level
+        by_cell = np.bincount(cell, minlength=gt.num_frames * NUM_PREDICATES * (num_k + 1))
+        by_cell = by_cell.reshape(gt.num_frames, NUM_PREDICATES, num_k + 1)
+        hits = np.cumsum(by_cell, axis=2)[:, :, :num_k]                                # [F, 26, K sorted]
+        counts = by_cell.sum(axis=2)                                                   # [F, 26]
+        held = counts > 0
+        ratios = np.where(held[:, :, None], hits / np.maximum(counts, 1)[:, :, None], 0.0)
+        self._frame_recall_sums += ratios.sum(axis=0).T[self._k_rank]
+        self._frames_with += held.sum(axis=0)
 
     def reset(self, counts: bool | None = None) -> None:
         """Starts a new evaluation round (queued videos are scored first).
@@ -242,6 +286,8 @@ class SceneGraphEvaluator:
         if self.epoch_reset if counts is None else counts:
             self._hits[:] = 0
             self._counts[:] = 0
+            self._frame_recall_sums[:] = 0
+            self._frames_with[:] = 0
 
     @property
     def num_frames(self) -> int:
@@ -273,21 +319,40 @@ class SceneGraphEvaluator:
 
         Returns:
             ``{"R": {K: float}, "mR": {K: float}, "per_predicate": {K: [26 floats]}, "num_frames": int,
-            "mode": str, "constraint": str}``. R@K is NaN before any frame; per-predicate values are in
-            the order of ``classes.PREDICATES``.
+            "mode": str, "constraint": str, "mean_recall": str, "mean_recall_predicates": str}``. R@K
+            is NaN before any frame; per-predicate values (aggregated as ``mean_recall`` says) are in
+            the order of ``classes.PREDICATES``; mR@K is NaN with 'seen' before any GT triplet.
         """
         recalls = self.frame_recalls      # scores the queued videos
-        per_predicate = self._hits / (self._counts + 1e-10)
-        # Sequential sum over predicates (np.add.accumulate), the reference's order of additions.
-        mean_recall = np.add.accumulate(per_predicate, axis=1)[:, -1] / NUM_PREDICATES
+        per_predicate = self._per_predicate()
         return {
             "R": {k: float(np.mean(recalls[k])) if recalls[k].size else float("nan") for k in self.ks},
-            "mR": {k: float(mean_recall[i]) for i, k in enumerate(self.ks)},
+            "mR": {k: float(v) for k, v in zip(self.ks, self._mean_over_predicates(per_predicate))},
             "per_predicate": {k: per_predicate[i].tolist() for i, k in enumerate(self.ks)},
             "num_frames": int(recalls[self.ks[0]].shape[0]),
             "mode": self.mode,
             "constraint": self.constraint,
+            "mean_recall": self.mean_recall,
+            "mean_recall_predicates": self.mean_recall_predicates,
         }
+
+    def _per_predicate(self) -> np.ndarray:
+        """``[K, 26]`` recall per predicate, aggregated over frames as ``mean_recall`` says."""
+        if self.mean_recall == "per_frame":
+            return self._frame_recall_sums / np.maximum(self._frames_with, 1)[None, :]
+        return self._hits / (self._counts + 1e-10)
+
+    def _mean_over_predicates(self, per_predicate: np.ndarray) -> np.ndarray:
+        """``[K]`` mR@K: the mean over all 26 predicates or over those seen in GT."""
+        if self.mean_recall_predicates == "seen":
+            seen = self._counts[0] > 0          # every K counts the same GT triplets
+            if not seen.any():
+                return np.full(len(self.ks), np.nan)
+            per_predicate, number = per_predicate[:, seen], int(seen.sum())
+        else:
+            number = NUM_PREDICATES
+        # Sequential sum over predicates (np.add.accumulate), the reference's order of additions.
+        return np.add.accumulate(per_predicate, axis=1)[:, -1] / number
 
     def per_predicate_recall(self, k: int) -> dict[str, float]:
         """``{predicate name: recall at k}``, the content of the reference's per-class pickles."""
@@ -297,7 +362,8 @@ class SceneGraphEvaluator:
 
     def __repr__(self) -> str:
         return (f"SceneGraphEvaluator(mode={self.mode!r}, constraint={self.constraint!r}, "
-                f"iou_threshold={self.iou_threshold}, epoch_reset={self.epoch_reset})")
+                f"iou_threshold={self.iou_threshold}, epoch_reset={self.epoch_reset}, "
+                f"mean_recall={self.mean_recall!r}, mean_recall_predicates={self.mean_recall_predicates!r})")
 
 
 class MultiConstraintEvaluator:
