@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from .ag import FILTERSMALL_NAME, OBJECT_CLASS_RENAMES, OBJECT_CLASSES, RELATIONSHIP_CLASSES, RELATIONSHIP_RENAMES
+from .prepare import filter_small_boxes
 
 __all__ = ["ClassBehaviour", "CLASS_BEHAVIOURS", "SyntheticAG", "SyntheticVideo", "SAMPLE_CONFIG",
            "generate_synthetic_ag", "sample_path", "write_sample", "raw_class_lines", "main"]
@@ -500,22 +501,6 @@ def _generate_video(rng, name, split, kind, num_frames, num_objects, size, p_no_
     return frames
 
 
-def _filter_small(objects: dict[str, list[dict]], edge: float) -> dict[str, list[dict]]:
-    """The filtersmall variant: a visible box whose short side is <= ``edge`` px becomes
-    not visible (bbox and relations None); list lengths stay, so every frame keeps its split."""
-    out = {}
-    for key, entries in objects.items():
-        rows = []
-        for entry in entries:
-            entry = dict(entry, metadata=dict(entry["metadata"]))
-            if entry["visible"] and min(entry["bbox"][2], entry["bbox"][3]) <= edge:
-                entry.update(visible=False, bbox=None, attention_relationship=None,
-                             spatial_relationship=None, contacting_relationship=None)
-            rows.append(entry)
-        out[key] = rows
-    return out
-
-
 def _plan_videos(rng, num_videos, test_fraction, frames_per_video, objects_per_video, edge_case_videos):
     num_test = int(round(num_videos * test_fraction))
     splits = ["test"] * num_test + ["train"] * (num_videos - num_test)
@@ -636,7 +621,7 @@ def _write_annotations(root, person_bbox, object_bbox, write_filtersmall, small_
     _write_pickle(ann / "person_bbox.pkl", person_bbox, protocol)
     _write_pickle(ann / "object_bbox_and_relationship.pkl", object_bbox, protocol)
     if write_filtersmall:
-        _write_pickle(ann / FILTERSMALL_NAME, _filter_small(object_bbox, small_box_edge), protocol)
+        _write_pickle(ann / FILTERSMALL_NAME, filter_small_boxes(object_bbox, small_box_edge), protocol)
 
 
 # ---------------------------------------------------------------------------------------- sample
