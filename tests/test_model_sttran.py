@@ -208,3 +208,12 @@ def test_one_epoch_trains_evaluates_saves_and_reloads(tmp_path):
     loaded = load_run(tmp_path)
     assert isinstance(loaded.model, STTran) and loaded.config.name == "sttran"
     _same_predictions(_predictions(loaded.model), _predictions(trainer.model))
+
+
+def test_demo_runs_sttran_with_its_recipe(capsys):
+    """``fremure demo --model sttran`` trains STTran with the demo's sizes over STTran's recipe (the
+    whole demo takes minutes and is not run here; this checks the configuration it trains)."""
+    from fremure.cli import main
+    assert main(["demo", "--model", "sttran", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "  name: sttran" in printed and "spatial_loss: mlm" in printed and "  rel_head: linear" in printed
