@@ -75,7 +75,7 @@ def test_every_model_option_is_reachable_from_yaml_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"rel_head": "mlp"}, "'rel_head' must be one of"),
-    ({"name": "sttran9"}, "'name' must be one of \\['fremure'\\]"),
+    ({"name": "sttran9"}, "'name' must be one of \\['fremure', 'sttran'\\]"),
     ({"K": 0}, "'K' must be a positive integer"),
     ({"window": True}, "'window' must be a positive integer"),
     ({"window": 2 ** 62}, "'window' must be at most 4096"),

@@ -1,4 +1,5 @@
-"""FReMuRe model: glocal transformer, relation heads, object classifier and the relation model.
+"""FReMuRe model (and STTran, its baseline): glocal transformer, relation heads, object classifier and
+the relation models.
 
 Every module keeps the published parameter names (published checkpoints load through
 :mod:`fremure.compat`) and computes on packed tokens through the fremure ops, which run their
@@ -18,7 +19,7 @@ _EXPORTS = {
     "GlocalTransformer": "glocal", "TransformerOutput": "glocal",
     "BayesianHead": "heads", "GMMHead": "heads", "GMMHeadPlus": "heads", "LinearHead": "heads", "make_rel_head": "heads",
     "FreqGate": "layers", "LogFreqGate": "layers", "frequency_statistics": "layers",
-    "ObjectClassifier": "objects", "FReMuRe": "relation_model",
+    "ObjectClassifier": "objects", "FReMuRe": "relation_model", "STTran": "sttran",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,12 +1,18 @@
 """``ModelConfig``: every option of a model of the family, validated in one place, and the registry
 that builds a model from it.
 
-A config names its model (``name``: ``fremure``) and holds the constructor options under the
+A config names its model (``name``: ``fremure`` or ``sttran``) and holds the constructor options under the
 published option names (``enc_layer``, ``dec_layer``, ``rel_mem_compute``, ``mem_feat_lambda``, ...).
 Every checkpoint stores it (``config["model"]``), the command line has a flag per field
 (``--model.window``; the older flat flags such as ``--rel-head`` are aliases) and ``config.yaml``
 has a ``model:`` section. ``build_model(config, obj_classes, frequencies)`` looks the name up in
 the registry and calls that class's ``from_config``.
+
+The field defaults are FReMuRe's. A registered model may bring its own defaults (``defaults``:
+STTran's linear heads, no memory, no priors), which ``ModelConfig.from_dict`` (and so the command
+line, YAML and checkpoints) applies beneath the values given, its training recipe
+(``train_defaults``, applied by :func:`fremure.train.config.make_config`) and a ``check`` that
+refuses options the model does not have, naming them.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ class ModelConfig:
     """Options of one model of the family. Defaults are FReMuRe's published training recipe
     (``lib/config.py`` of the published code and its README's commands)."""
 
-    name: str = option("fremure", "model of the family (registered: fremure)")
+    name: str = option("fremure", "model of the family: fremure, or sttran (STTran, ICCV'21: its own defaults "
+                                  "for the options below, see docs/configuration.md)")
     mode: str = option("predcls", "task: predcls, sgcls or sgdet")
     rel_head: str = option("bayesian", "relation head")
     obj_head: str = option("linear", "object head")
@@ -105,6 +112,9 @@ class ModelConfig:
         if self.stride > self.window:
             raise ValueError(f"model option 'stride' ({self.stride}) must not exceed 'window' ({self.window}): "
                              f"frames between windows would belong to none")
+        check = MODEL_CHECKS.get(self.name)
+        if check is not None:
+            check(self)
 
     @property
     def memory(self) -> str | None:
@@ -116,10 +126,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "model config") -> "ModelConfig":
-        """ModelConfig from a mapping of its fields (dashes or underscores); unknown keys and wrong
-        types raise ValueError naming ``source`` and the key. YAML's null for rel_mem_compute is "none"."""
+        """ModelConfig from a mapping of its fields (dashes or underscores), over the defaults of the
+        model it names (``name``; FReMuRe's field defaults, or those ``register_model`` gave);
+        unknown keys and wrong types raise ValueError naming ``source`` and the key. YAML's null for
+        rel_mem_compute is "none"."""
         fields = {}
-        for key, value in values.items():
+        name = values.get("name", FIELDS["name"].default)
+        for key, value in {**model_defaults(name), **values}.items():
             name = str(key).replace("-", "_")
             if name not in FIELDS:
                 raise ValueError(f"{source}: unknown model option {key!r} (known: {', '.join(FIELDS)})")
@@ -160,13 +173,37 @@ def coerce(name: str, value: Any, source: str) -> Any:
 
 # ------------------------------------------------------------------ registry
 MODELS: dict[str, Callable[[], type]] = {}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
+MODEL_CHECKS: dict[str, Callable[[ModelConfig], None]] = {}
 
 
-def register_model(name: str, load: Callable[[], type]) -> None:
+def register_model(name: str, load: Callable[[], type], defaults: Mapping[str, Any] | None = None,
+                   train_defaults: Mapping[str, Any] | None = None,
+                   check: Callable[[ModelConfig], None] | None = None) -> None:
     """Registers model ``name``; ``load()`` returns its class (imported on first use, so that reading
     configs does not load the model and its kernels). The class has ``from_config(config,
-    obj_classes, frequencies)``."""
+    obj_classes, frequencies)``. ``defaults``: ModelConfig fields whose default differs for this
+    model; ``train_defaults``: TrainConfig fields of its published recipe; ``check(config)``
+    raises ValueError naming the options this model does not have."""
+    unknown = sorted(set(defaults or {}) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"defaults of model {name!r} name unknown ModelConfig fields {unknown}")
     MODELS[name] = load
+    MODEL_DEFAULTS[name] = dict(defaults or {})
+    TRAIN_DEFAULTS[name] = dict(train_defaults or {})
+    if check is not None:
+        MODEL_CHECKS[name] = check
+
+
+def model_defaults(name: Any) -> dict[str, Any]:
+    """The ModelConfig fields whose default model ``name`` changes ({} for FReMuRe or an unknown name)."""
+    return dict(MODEL_DEFAULTS.get(name, {})) if isinstance(name, str) else {}
+
+
+def train_defaults(name: Any) -> dict[str, Any]:
+    """The TrainConfig fields of model ``name``'s published recipe ({} for FReMuRe or an unknown name)."""
+    return dict(TRAIN_DEFAULTS.get(name, {})) if isinstance(name, str) else {}
 
 
 def model_class(name: str) -> type:
@@ -188,7 +225,37 @@ def _fremure() -> type:
     return FReMuRe
 
 
+def _sttran() -> type:
+    from .sttran import STTran
+    return STTran
+
+
+# STTran (yrcong/STTran, README's train.py commands and lib/config.py): linear heads, no memory, no
+# frequency priors, a plain spatial encoder (1 layer) and temporal decoder (3 layers) over windows
+# of 2 frames; AdamW lr 1e-5 for 10 epochs, multi-label margin loss for spatial/contacting.
+STTRAN_FIXED = {"rel_head": "linear", "obj_head": "linear", "rel_mem_compute": "none", "obj_mem_compute": False,
+                "take_obj_mem_feat": False, "tracking": False, "freq": False, "decouple": "shared",
+                "keep_unused": False}
+# options of FReMuRe's memory, GMM heads and frequency branch, which STTran does not have: they
+# must keep their default values (a value given for them would be silently without effect)
+STTRAN_ABSENT = ("K", "mem_fusion", "mem_feat_lambda", "selection", "freq_include_test", "gate")
+
+
+def check_sttran(config: ModelConfig) -> None:
+    """Refuses, naming them, the options STTran does not have (see ``STTRAN_FIXED``, ``STTRAN_ABSENT``)."""
+    wrong = [f"{n}={getattr(config, n)!r} (STTran has {v!r})" for n, v in STTRAN_FIXED.items()
+             if getattr(config, n) != v]
+    wrong += [f"{n}={getattr(config, n)!r} (STTran has no such option; leave it at {FIELDS[n].default!r})"
+              for n in STTRAN_ABSENT if getattr(config, n) != FIELDS[n].default]
+    if wrong:
+        raise ValueError(f"model 'sttran' does not take the model options {', '.join(wrong)}; "
+                         f"ModelConfig.from_dict({{'name': 'sttran', ...}}) (and --model sttran) start from STTran's "
+                         f"defaults")
+
+
 register_model("fremure", _fremure)
+register_model("sttran", _sttran, defaults=STTRAN_FIXED, train_defaults={"spatial_loss": "mlm"}, check=check_sttran)
 
 
-__all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "coerce", "model_class", "register_model"]
+__all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "coerce", "model_class", "model_defaults",
+           "register_model", "train_defaults"]

@@ -70,6 +70,9 @@ class GlocalTransformer(nn.Module):
         gate: "stats" (published six-statistic FreqGate) or "log_inverse" (the paper's Eq. 2).
         keep_unused: build ``global_attention_tail`` and ``fusion_gate_global``, which the
             published forward never uses but its checkpoints contain.
+        frequency_branch: build the tail branch (``local_attention_tail``, ``fusion_gate_*``,
+            ``freq_mapper``). False leaves STTran's transformer (spatial encoder, temporal decoder,
+            frame position embedding; the STTran model), which refuses requests with ``freq``.
 
     Padding of the temporal decoder is explicit (see ``zero_sum_padding`` of
     :class:`~fremure.model.published.PublishedTransformer` for the published rule).
@@ -78,7 +81,8 @@ class GlocalTransformer(nn.Module):
     def __init__(self, embed_dim: int = 1936, nhead: int = 8, dim_feedforward: int = 2048, enc_layer_num: int = 1,
                  dec_layer_num: int = 3, dropout: float = 0.1, mode: str = "latter", mem_compute: str | None = None,
                  mem_fusion: str = "late", selection: str = "manual", selection_lambda: float = 0.5,
-                 window: int = 2, stride: int = 1, gate: str = "stats", keep_unused: bool = True):
+                 window: int = 2, stride: int = 1, gate: str = "stats", keep_unused: bool = True,
+                 frequency_branch: bool = True):
         super().__init__()
         _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride)
         self.embed_dim = embed_dim
@@ -89,8 +93,11 @@ class GlocalTransformer(nn.Module):
         self.selection_lambda = float(selection_lambda)
         self.window, self.stride = window, stride
 
+        self.frequency_branch = bool(frequency_branch)
         self.local_attention = LayerStack(EncoderLayer(embed_dim, nhead, dim_feedforward, dropout), enc_layer_num)
-        self.local_attention_tail = FrequencyAwareEncoder(embed_dim, nhead, enc_layer_num, dropout=dropout, gate=gate)
+        if self.frequency_branch:
+            self.local_attention_tail = FrequencyAwareEncoder(embed_dim, nhead, enc_layer_num, dropout=dropout,
+                                                              gate=gate)
         if self.mem_compute == "seperate":
             self.mem_attention = nn.ModuleDict({r: nn.MultiheadAttention(embed_dim, 1, 0.0, bias=False)
                                                 for r in SEPARATE_MEMORY_ORDER})
@@ -99,16 +106,17 @@ class GlocalTransformer(nn.Module):
         if self.mem_compute is not None and selection == "automated":
             self.selector = nn.Linear(embed_dim, 1)
         self.global_attention = LayerStack(DecoderLayer(embed_dim, nhead, dim_feedforward, dropout), dec_layer_num)
-        if keep_unused:
+        if keep_unused and self.frequency_branch:
             self.global_attention_tail = FrequencyAwareDecoder(embed_dim, nhead, dec_layer_num, dropout=dropout)
         self.position_embedding = nn.Embedding(window, embed_dim)
         nn.init.uniform_(self.position_embedding.weight)
         if mode == "weighted":
             self.window_weight = nn.Parameter(torch.zeros(window))
-        self.fusion_gate_local = FusionGate(embed_dim, FREQ_EMBED)
-        if keep_unused:
-            self.fusion_gate_global = FusionGate(embed_dim, FREQ_EMBED)
-        self.freq_mapper = nn.ModuleDict({r: nn.Linear(c, FREQ_EMBED) for r, c in REL_CLASSES.items()})
+        if self.frequency_branch:
+            self.fusion_gate_local = FusionGate(embed_dim, FREQ_EMBED)
+            if keep_unused:
+                self.fusion_gate_global = FusionGate(embed_dim, FREQ_EMBED)
+            self.freq_mapper = nn.ModuleDict({r: nn.Linear(c, FREQ_EMBED) for r, c in REL_CLASSES.items()})
 
     # ------------------------------------------------------------------ public API
 
@@ -175,6 +183,9 @@ class GlocalTransformer(nn.Module):
         rel_type = canonical_rel_type(rel_type)
         if freq is None:
             return rel_type, None
+        if not self.frequency_branch:
+            raise ValueError("freq must be None: this transformer was built without the frequency branch "
+                             "(frequency_branch=False, the STTran transformer)")
         if rel_type not in self.freq_mapper:
             raise ValueError(f"rel_type must be one of {list(self.freq_mapper)} when freq is given, got {rel_type!r}")
         if not isinstance(freq, torch.Tensor):

@@ -54,7 +54,8 @@ class FReMuRe(nn.Module):
     Args (beyond the reference): decouple ("shared": one
         transformer, as published; "separate": one per relation type), gate ("stats" | "log_inverse"),
         window, stride, window_mode ("latter" | "both" | "mean" | "weighted"), glove (GloVe path or
-        table for the class embeddings), keep_unused (see :class:`GlocalTransformer`), dropout.
+        table for the class embeddings), keep_unused and frequency_branch (see
+        :class:`GlocalTransformer`; without the branch, priors are refused), dropout.
     """
 
     def __init__(self, mode: str = "predcls", attention_class_num: int = 3, spatial_class_num: int = 6,
@@ -66,13 +67,15 @@ class FReMuRe(nn.Module):
                  freq_attention: torch.Tensor | None = None, freq_spatial: torch.Tensor | None = None,
                  freq_contact: torch.Tensor | None = None, *, decouple: str = "shared",
                  gate: str = "stats", window: int = 2, stride: int = 1, window_mode: str = "latter",
-                 glove: Any = None, keep_unused: bool = True, dropout: float = 0.1):
+                 glove: Any = None, keep_unused: bool = True, dropout: float = 0.1,
+                 frequency_branch: bool = True):
         super().__init__()
         self.config: ModelConfig | None = None      # set by from_config: what checkpoints record
         if mode not in ("predcls", "sgcls", "sgdet"):
             raise ValueError(f"mode must be 'predcls', 'sgcls' or 'sgdet', got {mode!r}")
         if decouple not in ("shared", "separate"):
             raise ValueError(f"decouple must be 'shared' or 'separate', got {decouple!r}")
+        self.frequency_branch = bool(frequency_branch)
         if take_obj_mem_feat and mode == "predcls":
             raise ValueError("take_obj_mem_feat=True needs the object classifier's features (sgcls/sgdet)")
         self.mode, self.decouple, self.rel_head, self.obj_head = mode, decouple, rel_head, obj_head
@@ -108,7 +111,7 @@ class FReMuRe(nn.Module):
                                      dec_layer_num=dec_layer_num, dropout=dropout, mode=window_mode,
                                      mem_compute=rel_mem_compute, mem_fusion=mem_fusion, selection=selection,
                                      selection_lambda=selection_lambda, window=window, stride=stride,
-                                     gate=gate, keep_unused=keep_unused)
+                                     gate=gate, keep_unused=keep_unused, frequency_branch=frequency_branch)
 
         if decouple == "shared":
             self.glocal_transformer = transformer()
@@ -169,6 +172,8 @@ class FReMuRe(nn.Module):
         if unknown:
             raise ValueError(f"frequency priors must be keyed by {list(sizes)}, got {sorted(unknown)}")
         given = {r: f for r, f in freqs.items() if f is not None}
+        if given and not self.frequency_branch:
+            raise ValueError(f"this model has no frequency branch, so it takes no frequency priors; got {sorted(given)}")
         if given and len(given) != 3:
             raise ValueError(f"give all three frequency priors or none, got only {sorted(given)}")
         for rel_type, (_, _, attr) in REL_KEYS.items():

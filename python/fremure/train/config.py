@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..model.config import FIELDS as MODEL_FIELDS
-from ..model.config import ModelConfig, coerce_field
+from ..model.config import ModelConfig, coerce_field, train_defaults
 
 CHOICES = {
     "spatial_loss": ("bce", "mlm"),
@@ -229,7 +229,10 @@ def merge_values(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def make_config(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig from defaults <- file values <- explicit overrides (None values are ignored). Both
+    """TrainConfig from defaults <- the named model's recipe (``train_defaults``; STTran: the
+    multi-label margin loss) <- file values <- explicit overrides (None values are ignored). Both
     take the layout of :func:`config_values` (flat model options too)."""
     values = merge_values(config_values(file_values or {}, "config"), config_values(overrides or {}, "options"))
-    return TrainConfig(**values)
+    # the named model's published recipe (STTran's margin loss) sits beneath everything given
+    recipe = train_defaults(values.get("model", {}).get("name", MODEL_FIELDS["name"].default))
+    return TrainConfig(**merge_values(recipe, values))
