@@ -266,13 +266,11 @@ def _new_person(rng: np.random.Generator, size: tuple[int, int], num_frames: int
     image_w, image_h = size
     height = image_h * rng.uniform(0.6, 0.8)
     width = max(image_w * rng.uniform(0.2, 0.3), 8.0)
-    return _Person(
-        width=width, height=height, cx0=image_w * rng.uniform(0.3, 0.7),
-        vx=image_w * rng.uniform(-0.02, 0.02), amp=image_w * rng.uniform(0.0, 0.06),
-        omega=rng.uniform(0.3, 0.9), phase=rng.uniform(0, 2 * math.pi),
-        floor_y=image_h * rng.uniform(0.86, 0.97), facing=int(rng.choice((-1, 1))),
-        flip_at=int(rng.integers(1, num_frames)) if num_frames > 1 and rng.random() < 0.3 else -1,
-    )
+    return _Person(width=width, height=height, cx0=image_w * rng.uniform(0.3, 0.7),
+                   vx=image_w * rng.uniform(-0.02, 0.02), amp=image_w * rng.uniform(0.0, 0.06),
+                   omega=rng.uniform(0.3, 0.9), phase=rng.uniform(0, 2 * math.pi),
+                   floor_y=image_h * rng.uniform(0.86, 0.97), facing=int(rng.choice((-1, 1))),
+                   flip_at=int(rng.integers(1, num_frames)) if num_frames > 1 and rng.random() < 0.3 else -1)
 
 
 def _new_object(rng: np.random.Generator, cls: str, person: _Person, size: tuple[int, int]) -> _Object:
@@ -296,12 +294,10 @@ def _new_object(rng: np.random.Generator, cls: str, person: _Person, size: tuple
     front = mode in _FRONT_MODES or (mode in ("touch", "scene") and rng.random() < 0.35)
     if mode == "worn":
         front = cls != "bag"
-    return _Object(
-        cls=cls, mode=mode, front=bool(front), width=width, height=height, primary=primary,
-        secondary=secondary, side=int(rng.choice((-1, 1))), amp=rng.uniform(0.05, 0.25) * min(person.width, width),
-        omega=rng.uniform(0.3, 1.0), phase=rng.uniform(0, 2 * math.pi), anchor=anchor,
-        drift=image_w * rng.uniform(-0.01, 0.01),
-    )
+    return _Object(cls=cls, mode=mode, front=bool(front), width=width, height=height, primary=primary,
+                   secondary=secondary, side=int(rng.choice((-1, 1))),
+                   amp=rng.uniform(0.05, 0.25) * min(person.width, width), omega=rng.uniform(0.3, 1.0),
+                   phase=rng.uniform(0, 2 * math.pi), anchor=anchor, drift=image_w * rng.uniform(-0.01, 0.01))
 
 
 # ---------------------------------------------------------------------------------------- labels
@@ -488,11 +484,9 @@ def _generate_video(rng, name, split, kind, num_frames, num_objects, size, p_no_
         for obj, box in zip(objects, boxes):
             relations = {}
             if box is not None:
-                relations = {
-                    "attention_relationship": _attention(obj, box, person_box, facing, rng),
-                    "spatial_relationship": _spatial(box, person_box, obj.front),
-                    "contacting_relationship": _contacting(obj, box, person_box, rng),
-                }
+                relations = {"attention_relationship": _attention(obj, box, person_box, facing, rng),
+                             "spatial_relationship": _spatial(box, person_box, obj.front),
+                             "contacting_relationship": _contacting(obj, box, person_box, rng)}
             entries.append(_object_entry(obj, name, stem, split, box, relations))
         drawn_person = None if no_person else person_box
         image = _draw_frame(size, background, drawn_person, facing, objects, boxes) if draw else None
@@ -561,24 +555,12 @@ def _write_pickle(path: pathlib.Path, data: Any, protocol: int) -> None:
         pickle.dump(data, f, protocol=protocol)
 
 
-def generate_synthetic_ag(
-    root: str | os.PathLike,
-    num_videos: int = 18,
-    frames_per_video: tuple[int, int] = (6, 10),
-    seed: int = 0,
-    image_size: tuple[int, int] = (128, 96),
-    *,
-    test_fraction: float = 1 / 3,
-    objects_per_video: tuple[int, int] = (1, 5),
-    p_no_person: float = 0.05,
-    p_no_visible: float = 0.05,
-    edge_case_videos: bool = True,
-    small_box_edge: float = 16.0,
-    write_frames: bool = True,
-    write_filtersmall: bool = True,
-    pickle_protocol: int = 4,
-    overwrite: bool = False,
-) -> SyntheticAG:
+def generate_synthetic_ag(root: str | os.PathLike, num_videos: int = 18, frames_per_video: tuple[int, int] = (6, 10),
+                         seed: int = 0, image_size: tuple[int, int] = (128, 96), *, test_fraction: float = 1 / 3,
+                         objects_per_video: tuple[int, int] = (1, 5), p_no_person: float = 0.05,
+                         p_no_visible: float = 0.05, edge_case_videos: bool = True, small_box_edge: float = 16.0,
+                         write_frames: bool = True, write_filtersmall: bool = True, pickle_protocol: int = 4,
+                         overwrite: bool = False) -> SyntheticAG:
     """Write a synthetic AG dataset under ``root`` and return what was written.
 
     ``num_videos`` normal videos (``round(num_videos * test_fraction)`` of them test) with
@@ -680,12 +662,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample:
         result = write_sample(args.out, overwrite=args.overwrite)
     else:
-        result = generate_synthetic_ag(
-            args.out, args.videos, tuple(args.frames), args.seed, tuple(args.size),
-            test_fraction=args.test_fraction, objects_per_video=tuple(args.objects),
-            edge_case_videos=not args.no_edge_cases, write_frames=not args.no_frames,
-            write_filtersmall=not args.no_filtersmall, overwrite=args.overwrite,
-        )
+        result = generate_synthetic_ag(args.out, args.videos, tuple(args.frames), args.seed, tuple(args.size),
+                                       test_fraction=args.test_fraction, objects_per_video=tuple(args.objects),
+                                       edge_case_videos=not args.no_edge_cases, write_frames=not args.no_frames,
+                                       write_filtersmall=not args.no_filtersmall, overwrite=args.overwrite)
     frames = sum(len(v.frame_keys) for v in result.videos)
     print(f"wrote {len(result.videos)} videos ({len(result.video_names('train'))} train, "
           f"{len(result.video_names('test'))} test), {frames} frames to {result.root}")
