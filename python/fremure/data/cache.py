@@ -53,9 +53,7 @@ def _dtype_name(dtype: torch.dtype | str) -> str:
     raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Entry <-> tensors
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ entry <-> tensors
 def entry_to_tensors(entry: dict[str, Any], dtype: torch.dtype | str = torch.float32) -> dict[str, torch.Tensor]:
     """Flatten an entry into CPU tensors for safetensors (relation lists as values + offsets)."""
     feature_dtype = DTYPES[_dtype_name(dtype)]
@@ -146,9 +144,7 @@ def read_entry_file(path: str | os.PathLike, video: str = "?", device: str | tor
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in entry.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Fingerprints and the index
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ fingerprints and the index
 def dataset_fingerprint(dataset: Any) -> str:
     """sha256 over frame keys, GT boxes, classes and relation lists of every video."""
     check_dataset(dataset)
@@ -289,9 +285,7 @@ class FeatureCache:
     __getitem__ = load
 
 
-# ---------------------------------------------------------------------------------------------
-# Extraction
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ extraction
 def _infer_training(dataset: Any, training: bool | None) -> bool:
     if training is not None:
         return bool(training)
