@@ -116,15 +116,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "model config") -> "ModelConfig":
-        """ModelConfig from a mapping of its fields (dashes or underscores); unknown keys and wrong
-        types raise ValueError naming ``source`` and the key. YAML's null for rel_mem_compute is "none"."""
-        fields = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in FIELDS:
-                raise ValueError(f"{source}: unknown model option {key!r} (known: {', '.join(FIELDS)})")
-            fields[name] = coerce(name, value, source)
-        return cls(**fields)
+        """ModelConfig from a mapping of its fields (see :func:`model_values`)."""
+        return cls(**model_values(values, source))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
@@ -153,9 +146,17 @@ def coerce_field(field: dataclasses.Field, value: Any, source: str, none: str = 
     return value
 
 
-def coerce(name: str, value: Any, source: str) -> Any:
-    """``value`` as ModelConfig field ``name``'s type (YAML's null for rel_mem_compute is "none")."""
-    return coerce_field(FIELDS[name], value, source, none="none")
+def model_values(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """ModelConfig field values from a mapping (keys with dashes or underscores), each of its field's
+    type; unknown keys and wrong types raise ValueError naming ``source`` and the key. YAML's null for
+    rel_mem_compute is "none"."""
+    fields = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise ValueError(f"{source}: unknown model option {key!r} (known: {', '.join(FIELDS)})")
+        fields[name] = coerce_field(FIELDS[name], value, source, none="none")
+    return fields
 
 
 # ------------------------------------------------------------------ registry
@@ -191,4 +192,5 @@ def _fremure() -> type:
 register_model("fremure", _fremure)
 
 
-__all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "coerce", "model_class", "register_model"]
+__all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "model_class", "model_values",
+           "register_model"]
