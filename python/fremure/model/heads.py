@@ -185,11 +185,6 @@ class GMMHeadPlus(nn.Module):
         else:
             self.register_buffer("tau", torch.tensor(float(init_tau)), persistent=False)
 
-    @torch.no_grad()
-    def set_temperature(self, tau: float) -> None:
-        """Sets the temperature in place."""
-        self.tau.fill_(float(tau))
-
     def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All components' (mu, var_raw, pi_logit), each ``[K, B, C]``, from one packed GEMM."""
         names = [f"mu_{i}" for i in range(1, self.k + 1)] + [f"var_{i}" for i in range(1, self.k + 1)] \
@@ -223,9 +218,7 @@ class GMMHeadPlus(nn.Module):
             with torch.no_grad():
                 _, aleatoric = fremure_ext.gmm_mixture(mu, var_raw, pi_logit, tau, uncertainty=True, **options)
             return aleatoric, torch.zeros_like(aleatoric)
-        seed = None
-        if train and noise is None:
-            seed = _draw_seed(generator)
+        seed = _draw_seed(generator) if train and noise is None else None
         if not train:
             noise = None
         return fremure_ext.gmm_mixture(mu, var_raw, pi_logit, tau, noise=noise, seed=seed, **options)
