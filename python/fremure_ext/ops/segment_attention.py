@@ -148,16 +148,7 @@ def _backward(ctx, grad_out, grad_lse):
     else:
         grads = torch.ops.fremure.segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, ctx.scale,
                                                              dropout_p, seed)
-    dq, dk, dv = grads
-    return (
-        dq if ctx.needs_input_grad[0] else None,
-        dk if ctx.needs_input_grad[1] else None,
-        dv if ctx.needs_input_grad[2] else None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3])), None, None, None, None)
 
 
 torch.library.register_autograd("fremure::segment_attention", _backward, setup_context=_setup_context)
