@@ -146,16 +146,10 @@ class SceneGraphEvaluator:
         ks = tuple(ks)
         if not ks or len(set(ks)) != len(ks) or any(not isinstance(k, int) or k < 1 for k in ks):
             raise ValueError(f"ks: expected distinct positive ints, got {ks!r}")
-        self.mode = mode
-        self.constraint = constraint
-        self.iou_threshold = float(iou_threshold)
-        self.semi_threshold = float(semi_threshold)
-        self.epoch_reset = bool(epoch_reset)
-        self.attention_logits = bool(attention_logits)
-        self.semi_row_type = semi_row_type
-        self.on_empty_gt = on_empty_gt
-        self.no_top = no_top
-        self.ks = ks
+        self.mode, self.constraint, self.semi_row_type, self.on_empty_gt = mode, constraint, semi_row_type, on_empty_gt
+        self.iou_threshold, self.semi_threshold = float(iou_threshold), float(semi_threshold)
+        self.epoch_reset, self.attention_logits = bool(epoch_reset), bool(attention_logits)
+        self.no_top, self.ks = no_top, ks
         self._k_sorted = np.sort(np.asarray(ks, dtype=np.int64))
         self._k_rank = np.searchsorted(self._k_sorted, np.asarray(ks, dtype=np.int64))   # K order as given
         self._queue = _Queue(batch_frames)
@@ -231,12 +225,9 @@ class SceneGraphEvaluator:
         self._counts += by_predicate.sum(axis=1)[None, :]
 
     def reset(self, counts: bool | None = None) -> None:
-        """Starts a new evaluation round (queued videos are scored first).
-
-        Args:
-            counts: also clear the per-predicate hits and counts (mR@K). ``None`` follows
-                ``epoch_reset`` (default ``False``: reference behaviour, mR@K keeps accumulating).
-        """
+        """Starts a new evaluation round (queued videos are scored first). ``counts``: also clear the
+        per-predicate hits and counts (mR@K); ``None`` follows ``epoch_reset`` (default ``False``:
+        reference behaviour, mR@K keeps accumulating)."""
         self._flush()
         self._recalls = []
         if self.epoch_reset if counts is None else counts:
@@ -280,14 +271,10 @@ class SceneGraphEvaluator:
         per_predicate = self._hits / (self._counts + 1e-10)
         # Sequential sum over predicates (np.add.accumulate), the reference's order of additions.
         mean_recall = np.add.accumulate(per_predicate, axis=1)[:, -1] / NUM_PREDICATES
-        return {
-            "R": {k: float(np.mean(recalls[k])) if recalls[k].size else float("nan") for k in self.ks},
-            "mR": {k: float(mean_recall[i]) for i, k in enumerate(self.ks)},
-            "per_predicate": {k: per_predicate[i].tolist() for i, k in enumerate(self.ks)},
-            "num_frames": int(recalls[self.ks[0]].shape[0]),
-            "mode": self.mode,
-            "constraint": self.constraint,
-        }
+        return {"R": {k: float(np.mean(recalls[k])) if recalls[k].size else float("nan") for k in self.ks},
+                "mR": {k: float(mean_recall[i]) for i, k in enumerate(self.ks)},
+                "per_predicate": {k: per_predicate[i].tolist() for i, k in enumerate(self.ks)},
+                "num_frames": int(recalls[self.ks[0]].shape[0]), "mode": self.mode, "constraint": self.constraint}
 
     def per_predicate_recall(self, k: int) -> dict[str, float]:
         """``{predicate name: recall at k}``, the content of the reference's per-class pickles."""

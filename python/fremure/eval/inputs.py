@@ -163,8 +163,6 @@ def pack_gt(gt_annotation: Sequence[Sequence[Mapping[str, Any]]], allow_empty_fr
             arrays or lists).
         allow_empty_frames: accept frames with no object (hence no GT triplet); the reference cannot
             score them (it asserts or divides by zero), so by default they raise.
-    Returns:
-        ``PackedGT``.
     """
     if not isinstance(gt_annotation, (list, tuple)):
         raise TypeError(f"gt_annotation: expected a list of frames, got {type(gt_annotation).__name__}")
@@ -336,8 +334,6 @@ def pack_prediction(pred: Mapping[str, Any], mode: str, num_frames: int,
             the reference (which compares the float ``im_idx`` with each frame index).
         attention_logits: the attention input is logits (STTran); softmax it first, in its own dtype
             with torch, as the STTran evaluator does.
-    Returns:
-        ``PackedPrediction``.
     """
     if not isinstance(pred, Mapping):
         raise TypeError(f"pred: expected a dict, got {type(pred).__name__}")
