@@ -66,10 +66,7 @@ class ClassBehaviour:
     actions: dict[str, float]
 
 
-def _cb(weight, size, modes, actions) -> ClassBehaviour:
-    return ClassBehaviour(weight, size, modes, actions)
-
-
+_cb = ClassBehaviour   # a short name for the table below
 # Ordered roughly by AG's object frequency; weights fall off like a Zipf law.
 CLASS_BEHAVIOURS: dict[str, ClassBehaviour] = {
     "table": _cb(10, (1.6, 0.45), {"touch": 0.6, "scene": 0.4}, {"touching": 3, "leaning_on": 1}),
@@ -115,17 +112,13 @@ _FRONT_MODES = {"held", "cover"}  # drawn over the person
 _CONTACT_MODES = {"held", "worn", "support", "cover"}
 # COCO-17 keypoints as fractions of the person box (nose, eyes, ears, shoulders, elbows, wrists,
 # hips, knees, ankles); only stored, the loaders ignore them.
-_KEYPOINTS_REL = (
-    (0.5, 0.08), (0.45, 0.06), (0.55, 0.06), (0.4, 0.08), (0.6, 0.08), (0.3, 0.22), (0.7, 0.22),
-    (0.2, 0.38), (0.8, 0.38), (0.15, 0.52), (0.85, 0.52), (0.35, 0.55), (0.65, 0.55), (0.35, 0.76),
-    (0.65, 0.76), (0.35, 0.97), (0.65, 0.97),
-)
+_KEYPOINTS_REL = ((0.5, 0.08), (0.45, 0.06), (0.55, 0.06), (0.4, 0.08), (0.6, 0.08), (0.3, 0.22), (0.7, 0.22),
+                  (0.2, 0.38), (0.8, 0.38), (0.15, 0.52), (0.85, 0.52), (0.35, 0.55), (0.65, 0.55), (0.35, 0.76),
+                  (0.65, 0.76), (0.35, 0.97), (0.65, 0.97))
 
-SAMPLE_CONFIG: dict[str, Any] = dict(
-    num_videos=18, frames_per_video=(6, 10), seed=0, image_size=(128, 96), test_fraction=1 / 3,
-    objects_per_video=(1, 5), p_no_person=0.05, p_no_visible=0.05, edge_case_videos=True,
-    small_box_edge=16.0, pickle_protocol=4,
-)
+SAMPLE_CONFIG: dict[str, Any] = dict(num_videos=18, frames_per_video=(6, 10), seed=0, image_size=(128, 96),
+                                     test_fraction=1 / 3, objects_per_video=(1, 5), p_no_person=0.05,
+                                     p_no_visible=0.05, edge_case_videos=True, small_box_edge=16.0, pickle_protocol=4)
 
 
 @dataclass

@@ -76,13 +76,9 @@ class GlocalTransformer(nn.Module):
                  window: int = 2, stride: int = 1, gate: str = "stats", keep_unused: bool = True):
         super().__init__()
         _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride)
-        self.embed_dim = embed_dim
-        self.mode = mode
+        self.embed_dim, self.mode, self.window, self.stride = embed_dim, mode, window, stride
         self.mem_compute = "joint" if mem_compute is True else mem_compute
-        self.mem_fusion = mem_fusion
-        self.selection = selection
-        self.selection_lambda = float(selection_lambda)
-        self.window, self.stride = window, stride
+        self.mem_fusion, self.selection, self.selection_lambda = mem_fusion, selection, float(selection_lambda)
 
         self.local_attention = LayerStack(EncoderLayer(embed_dim, nhead, dim_feedforward, dropout), enc_layer_num)
         self.local_attention_tail = FrequencyAwareEncoder(embed_dim, nhead, enc_layer_num, dropout=dropout, gate=gate)
