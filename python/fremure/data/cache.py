@@ -18,6 +18,7 @@ entry is never kept. Temporaries of a killed extraction are removed when it star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -243,16 +244,11 @@ class FeatureCache:
     def checksums(self) -> dict[str, dict[str, Any]]:
         """The last recorded size and SHA-256 per video (a torn last line is ignored)."""
         records: dict[str, dict[str, Any]] = {}
-        try:
-            with open(os.path.join(self.out_dir, CHECKSUMS_NAME)) as handle:
-                for line in handle:
-                    try:
-                        record = json.loads(line)
-                        records[record["video"]] = record
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError), open(os.path.join(self.out_dir, CHECKSUMS_NAME)) as handle:
+            for line in handle:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    record = json.loads(line)
+                    records[record["video"]] = record
         return records
 
     def damaged(self) -> list[str]:
@@ -376,10 +372,8 @@ def _remove_temporaries(out_dir: str) -> None:
 
 
 def _remove_if_present(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _run_extraction(dataset: Any, detector, cache: FeatureCache, todo: list[int], mode: str, training: bool,

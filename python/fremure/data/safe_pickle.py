@@ -84,10 +84,9 @@ class _RestrictedMixin:
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to load global '{module}.{name}'; annotation pickles may only "
-                "contain dicts, lists, tuples, str, int, float, bool, None and numpy arrays/scalars"
-            ) from None
+            raise UnsafePickleError(f"{self._source}: refusing to load global '{module}.{name}'; annotation pickles "
+                                    "may only contain dicts, lists, tuples, str, int, float, bool, None and numpy "
+                                    "arrays/scalars") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"{self._source}: refusing persistent id {pid!r}")

@@ -109,7 +109,6 @@ assert set(CLASS_BEHAVIOURS) == set(OBJECT_CLASSES[2:]), "every AG object class 
 
 _WALL_CLASSES = {"picture", "window", "light", "mirror", "shelf", "television"}
 _FRONT_MODES = {"held", "cover"}  # drawn over the person
-_CONTACT_MODES = {"held", "worn", "support", "cover"}
 # COCO-17 keypoints as fractions of the person box (nose, eyes, ears, shoulders, elbows, wrists,
 # hips, knees, ankles); only stored, the loaders ignore them.
 _KEYPOINTS_REL = ((0.5, 0.08), (0.45, 0.06), (0.55, 0.06), (0.4, 0.08), (0.6, 0.08), (0.3, 0.22), (0.7, 0.22),
