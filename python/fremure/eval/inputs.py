@@ -286,19 +286,13 @@ def gt_batch(videos: Sequence[PackedGT]) -> GTBatch:
     thing = num_frames + rel_object_of                 # objects follow the T person boxes
     is_spatial = np.zeros(rel_object_of.shape[0], dtype=bool)
     is_spatial[num_objects:num_objects + spa_obj.shape[0]] = True
-    return GTBatch(
-        num_frames=num_frames,
-        boxes=np.concatenate([person_boxes, object_boxes]),
-        classes=np.concatenate([np.full(num_frames, PERSON_CLASS, dtype=np.int64)]
-                               + [v.object_classes for v in videos]),
-        rel_frame=rel_frame,
-        rel_subject=np.where(is_spatial, thing, human),
-        rel_object=np.where(is_spatial, human, thing),
-        rel_predicate=np.concatenate([v.attention for v in videos]
-                                     + [v.spatial + SPATIAL_OFFSET for v in videos]
-                                     + [v.contacting + CONTACTING_OFFSET for v in videos]),
-        rels_per_frame=np.bincount(rel_frame, minlength=num_frames),
-    )
+    predicates = ([v.attention for v in videos] + [v.spatial + SPATIAL_OFFSET for v in videos]
+                  + [v.contacting + CONTACTING_OFFSET for v in videos])
+    classes = [np.full(num_frames, PERSON_CLASS, dtype=np.int64)] + [v.object_classes for v in videos]
+    return GTBatch(num_frames=num_frames, boxes=np.concatenate([person_boxes, object_boxes]),
+                   classes=np.concatenate(classes), rel_frame=rel_frame, rel_subject=np.where(is_spatial, thing, human),
+                   rel_object=np.where(is_spatial, human, thing), rel_predicate=np.concatenate(predicates),
+                   rels_per_frame=np.bincount(rel_frame, minlength=num_frames))
 
 
 # ------------------------------------------------------------------------------------- predictions
