@@ -49,11 +49,6 @@ def memory_read(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tens
     return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
 
 
-def canonical_rel_type(rel_type: str | None) -> str | None:
-    """The published frequency-mapper key of ``rel_type`` ('contacting' -> 'contact'); None stays None."""
-    return relation_type(rel_type).key if rel_type is not None else None
-
-
 class GlocalTransformer(nn.Module):
     """Local (per-frame) + tail (per-slot, frequency-gated) encoders, gated fusion, windowed
     temporal decoder and TEMPURA memory; the published ``transformer`` module.
@@ -163,7 +158,7 @@ class GlocalTransformer(nn.Module):
         return layout, self._check_memory(memory, features), checked
 
     def _check_request(self, rel_type, freq, features):
-        rel_type = canonical_rel_type(rel_type)
+        rel_type = None if rel_type is None else relation_type(rel_type).key   # 'contacting' -> 'contact'
         if freq is None:
             return rel_type, None
         if rel_type not in self.freq_mapper:
@@ -305,5 +300,4 @@ def _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, wi
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "UNPACK_MODES", "canonical_rel_type",
-           "memory_read"]
+__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "UNPACK_MODES", "memory_read"]
