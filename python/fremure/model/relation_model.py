@@ -262,13 +262,7 @@ def _check_entry(entry: Any) -> None:
     if p and (int(pair.min()) < 0 or int(pair.max()) >= n):
         raise ValueError(f"entry['pair_idx'] indexes rows [{int(pair.min())}, {int(pair.max())}] but there are "
                          f"{n} boxes")
-    if entry["pred_labels"].shape != (n,):
-        raise ValueError(f"entry['pred_labels'] must be [{n}], got {tuple(entry['pred_labels'].shape)}")
-    if entry["union_feat"].shape[0] != p or tuple(entry["union_feat"].shape[1:]) != (UNION_CHANNELS, 7, 7):
-        raise ValueError(f"entry['union_feat'] must be [{p}, {UNION_CHANNELS}, 7, 7], got "
-                         f"{tuple(entry['union_feat'].shape)}")
-    if tuple(entry["spatial_masks"].shape) != (p, 2, MASK_SIZE, MASK_SIZE):
-        raise ValueError(f"entry['spatial_masks'] must be [{p}, 2, {MASK_SIZE}, {MASK_SIZE}], got "
-                         f"{tuple(entry['spatial_masks'].shape)}")
-    if entry["im_idx"].shape != (p,):
-        raise ValueError(f"entry['im_idx'] must be [{p}] (one frame per pair), got {tuple(entry['im_idx'].shape)}")
+    for key, shape in (("pred_labels", [n]), ("union_feat", [p, UNION_CHANNELS, 7, 7]),
+                       ("spatial_masks", [p, 2, MASK_SIZE, MASK_SIZE]), ("im_idx", [p])):
+        if list(entry[key].shape) != shape:
+            raise ValueError(f"entry[{key!r}] must be {shape}, got {tuple(entry[key].shape)}")
