@@ -122,6 +122,13 @@ def _readable(path: str) -> bool:
         return False
 
 
+def _intact(path: str, record: dict[str, Any] | None) -> bool:
+    """An entry file of the size and SHA-256 its ``record`` holds (without one: :func:`_readable`)."""
+    if record is None:
+        return _readable(path)
+    return os.path.getsize(path) == record.get("bytes") and file_digest(path)["sha256"] == record.get("sha256")
+
+
 def read_entry_file(path: str | os.PathLike, video: str = "?", device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read one entry file; CacheCorruptedError names the file and the video if it is unreadable."""
     path = os.fspath(path)
@@ -255,20 +262,8 @@ class FeatureCache:
         """Videos whose file exists but differs from its recorded size or SHA-256 (or, without a
         record, cannot be read): these are extracted again on resume."""
         records = self.checksums()
-        out = []
-        for name in self.videos:
-            path = self.path(name)
-            if not os.path.isfile(path):
-                continue
-            record = records.get(name)
-            if record is None:
-                bad = not _readable(path)
-            else:
-                bad = (os.path.getsize(path) != record.get("bytes")
-                       or file_digest(path)["sha256"] != record.get("sha256"))
-            if bad:
-                out.append(name)
-        return out
+        return [name for name in self.videos if os.path.isfile(self.path(name))
+                and not _intact(self.path(name), records.get(name))]
 
     def load(self, video: str | int, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The entry of one video; FileNotFoundError if it was not extracted yet."""
