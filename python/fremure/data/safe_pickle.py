@@ -78,7 +78,9 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = _build_allow_list()
 
 
 class _RestrictedMixin:
-    _source: str
+    def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
+        super().__init__(file, encoding=encoding)
+        self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -95,10 +97,6 @@ class _RestrictedMixin:
 class _RestrictedUnpickler(_RestrictedMixin, pickle.Unpickler):
     """The fast C unpickler; safe while no copyreg extension codes are registered."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
-        super().__init__(file, encoding=encoding)
-        self._source = source
-
 
 class _RestrictedPyUnpickler(_RestrictedMixin, pickle._Unpickler):  # type: ignore[name-defined]
     """Pure-Python unpickler that also refuses EXT opcodes.
@@ -107,10 +105,6 @@ class _RestrictedPyUnpickler(_RestrictedMixin, pickle._Unpickler):  # type: igno
     calling ``find_class``; only the Python one lets us intercept that, so it is used whenever the
     process has registered extension codes.
     """
-
-    def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
-        super().__init__(file, encoding=encoding)
-        self._source = source
 
     def get_extension(self, code: int) -> None:
         raise UnsafePickleError(f"{self._source}: refusing copyreg extension code {code}")
