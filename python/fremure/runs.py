@@ -110,9 +110,7 @@ def load_run(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = N
                               f"{'; '.join(changed)}") from None
     if not use_memory:
         model.rel_memory = None
-    if not isinstance(classes, list):
-        classes = None
-    return LoadedModel(model.eval(), config, frequencies, classes, checkpoint)
+    return LoadedModel(model.eval(), config, frequencies, classes if isinstance(classes, list) else None, checkpoint)
 
 
 def load_published(path: str | os.PathLike, config: ModelConfig, frequencies: Mapping[str, torch.Tensor] | None,
@@ -160,10 +158,8 @@ def _mismatch(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], err: 
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     shapes = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
-        if keys:
-            parts.append(f"{len(keys)} parameters {label} (e.g. {', '.join(keys[:3])})")
+    parts = [f"{len(keys)} parameters {label} (e.g. {', '.join(keys[:3])})" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys]
     return "; ".join(parts) or str(err).splitlines()[0]
 
 
