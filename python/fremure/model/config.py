@@ -1,12 +1,7 @@
-"""``ModelConfig``: every option of a model of the family, validated in one place, and the registry
-that builds a model from it.
-
-A config names its model (``name``: ``fremure``) and holds the constructor options under the
-published option names (``enc_layer``, ``dec_layer``, ``rel_mem_compute``, ``mem_feat_lambda``, ...).
-Every checkpoint stores it (``config["model"]``), the command line has a flag per field
-(``--model.window``; the older flat flags such as ``--rel-head`` are aliases) and ``config.yaml``
-has a ``model:`` section. ``build_model(config, obj_classes, frequencies)`` looks the name up in
-the registry and calls that class's ``from_config``.
+"""``ModelConfig``: every option of a model of the family (``name``: ``fremure``) under the published
+option names, validated in one place, and the registry that builds a model from it
+(``build_model(config, obj_classes, frequencies)`` calls the named class's ``from_config``).
+Checkpoints, the command line (``--model.NAME``) and ``config.yaml`` (``model:``) carry it.
 """
 
 from __future__ import annotations
