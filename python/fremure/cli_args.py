@@ -31,24 +31,22 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def out_dir(path: str, flag: str) -> str:
@@ -144,6 +142,7 @@ def add_config_options(parser: argparse.ArgumentParser, train: bool = True, show
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
     """The config values given as flags: ``{"lr": ..., "model": {"window": ...}}`` (flags not given
     are left out)."""
+    from .train.config import FIELDS as TRAIN_FIELDS
     values: dict[str, Any] = {}
     model: dict[str, Any] = {}
     for key, value in vars(args).items():
@@ -151,16 +150,11 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if key.startswith("model."):
             model[key[len("model."):]] = value
-        elif key in _train_fields():
+        elif key in TRAIN_FIELDS and key != "model":
             values[key] = value
     if model:
         values["model"] = model
     return values
-
-
-def _train_fields() -> set[str]:
-    from .train.config import FIELDS
-    return set(FIELDS) - {"model"}
 
 
 def file_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -40,20 +40,12 @@ def make_detector(checkpoint: str | None = None, target_size: int | None = None,
     """AG Faster R-CNN from ``checkpoint`` (published faster_rcnn_ag.pth), or randomly initialised
     weights when None (features then carry no learned appearance). Returns (detector, description)."""
     from .data.detector import AGFasterRCNN, DetectorConfig, load_ag_detector, randomize_detector_
-    options = {}
-    if target_size is not None:
-        options["target_size"] = target_size
-    if proposals is not None:
-        options["rpn_post_nms_top_n"] = proposals
-    config = DetectorConfig(**options)
+    options = {k: v for k, v in (("target_size", target_size), ("rpn_post_nms_top_n", proposals)) if v is not None}
     if checkpoint:
-        detector = load_ag_detector(checkpoint, device=device)
-        if options:
-            import dataclasses
-            detector.config = dataclasses.replace(detector.config, **options)
+        detector = load_ag_detector(checkpoint, device=device, config=DetectorConfig(**options))
         return detector.eval(), f"AG Faster R-CNN from {checkpoint}"
     with torch.device("meta"):              # every tensor is set by randomize_detector_
-        detector = AGFasterRCNN(config)
+        detector = AGFasterRCNN(DetectorConfig(**options))
     detector = randomize_detector_(detector.to_empty(device="cpu"), seed).to(device).eval()
     return detector, f"randomly initialised detector (seed {seed}; no --detector-checkpoint given)"
 

@@ -20,6 +20,7 @@ import torch
 from .model import ModelConfig
 from .model.config import FIELDS as MODEL_FIELDS
 from .model.config import build_model
+from .train.checkpoint import CheckpointError, load_checkpoint
 
 # Tensor-name prefixes of our checkpoints' model files (fremure.train.checkpoint).
 WEIGHTS, MEMORY, PRIORS = "model.", "memory.", "priors."
@@ -60,7 +61,6 @@ def find_checkpoint(path: str | os.PathLike) -> str:
 def saved_model_config(state: Mapping[str, Any], source: str) -> ModelConfig:
     """The ModelConfig a checkpoint state records: ``state["config"]["model"]``, or the flat model
     options of a checkpoint written before ModelConfig (mapped; training-only keys ignored)."""
-    from .train.checkpoint import CheckpointError
     saved = state.get("config") if isinstance(state, Mapping) else None
     if not isinstance(saved, Mapping):
         raise CheckpointError(f"{source} has no training configuration (not written by fremure train)")
@@ -87,7 +87,6 @@ def load_run(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = N
             before priors were saved): they are recomputed from its annotations.
     The kernel choice is not taken from the checkpoint (``auto`` unless overridden): where a run
     trained says nothing about the machine that loads it."""
-    from .train.checkpoint import CheckpointError, load_checkpoint
     checkpoint = find_checkpoint(path)
     state, tensors, _ = load_checkpoint(checkpoint)
     saved = dataclasses.replace(saved_model_config(state, checkpoint), kernels="auto")
@@ -111,9 +110,7 @@ def load_run(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = N
                               f"{'; '.join(changed)}") from None
     if not use_memory:
         model.rel_memory = None
-    if not isinstance(classes, list):
-        classes = None
-    return LoadedModel(model.eval(), config, frequencies, classes, checkpoint)
+    return LoadedModel(model.eval(), config, frequencies, classes if isinstance(classes, list) else None, checkpoint)
 
 
 def load_published(path: str | os.PathLike, config: ModelConfig, frequencies: Mapping[str, torch.Tensor] | None,
@@ -141,7 +138,6 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_model_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Loads ``model.*`` weights (strict), ``memory.*`` prototypes and ``priors.*`` (when present)
     into ``model``; CheckpointError names the options that differ when the weights do not fit."""
-    from .train.checkpoint import CheckpointError
     weights = {k[len(WEIGHTS):]: v for k, v in tensors.items() if k.startswith(WEIGHTS)}
     memory = {k[len(MEMORY):]: v for k, v in tensors.items() if k.startswith(MEMORY)}
     try:
@@ -162,10 +158,8 @@ def _mismatch(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], err: 
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     shapes = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
-        if keys:
-            parts.append(f"{len(keys)} parameters {label} (e.g. {', '.join(keys[:3])})")
+    parts = [f"{len(keys)} parameters {label} (e.g. {', '.join(keys[:3])})" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys]
     return "; ".join(parts) or str(err).splitlines()[0]
 
 
@@ -175,7 +169,6 @@ def _saved_priors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def _class_count(tensors: Mapping[str, torch.Tensor], source: str) -> int:
-    from .train.checkpoint import CheckpointError
     embed = tensors.get(f"{WEIGHTS}obj_embed.weight")
     if embed is None:
         raise CheckpointError(f"{source} has no obj_embed.weight: not a FReMuRe checkpoint")
@@ -184,7 +177,6 @@ def _class_count(tensors: Mapping[str, torch.Tensor], source: str) -> int:
 
 def _priors_from_data(config: ModelConfig, data_path, source: str, classes):
     """(priors, object classes) recomputed from the AG annotations, for checkpoints without priors."""
-    from .train.checkpoint import CheckpointError
     if not data_path:
         raise CheckpointError(f"{source} does not record its frequency priors (written before they were saved): "
                               f"give the AG folder it was trained on (data_path / --data-path) to recompute them")

@@ -22,9 +22,8 @@ from .ops import *  # noqa: F401,F403
 from . import triton as _triton_kernels
 
 # Triton kernels become the CUDA implementation of their ops only where they can run.
-TRITON_REGISTERED: list[str] = (
+TRITON_REGISTERED: list[str] = \
     _triton_kernels.register_all() if _triton_kernels.AVAILABLE and _torch.cuda.is_available() else []
-)
 
 # The version compiled into _C (CMake reads it from python/fremure/_version.py, the one source).
 __version__ = _loader.build_config.VERSION

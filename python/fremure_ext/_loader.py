@@ -53,21 +53,17 @@ def torch_mismatch(config, running: dict | None = None) -> str | None:
         reasons.append(f"C++11 ABI differs (built {int(bool(config.CXX11_ABI))}, running {int(now['cxx11_abi'])})")
     if not reasons:
         return None
-    return (
-        f"fremure_ext._C was built for {built} but this interpreter runs {here}: "
-        f"{', '.join(reasons)}. {REBUILD_HINT} (`pip install torch=={_public(config.TORCH_VERSION)}`)."
-    )
+    return (f"fremure_ext._C was built for {built} but this interpreter runs {here}: "
+            f"{', '.join(reasons)}. {REBUILD_HINT} (`pip install torch=={_public(config.TORCH_VERSION)}`).")
 
 
 def _load():
     try:
         from . import _build_config
     except ImportError as exc:
-        raise ImportError(
-            "fremure_ext is not built (no fremure_ext/_build_config.py next to _C). Install the package "
-            "with `pip install --no-build-isolation .` (torch must already be installed), or build it in "
-            f"place for development with `scripts/dev_build.sh`. Original error: {exc}"
-        ) from exc
+        raise ImportError("fremure_ext is not built (no fremure_ext/_build_config.py next to _C). Install the package "
+                          "with `pip install --no-build-isolation .` (torch must already be installed), or build it "
+                          f"in place for development with `scripts/dev_build.sh`. Original error: {exc}") from exc
     problem = torch_mismatch(_build_config)
     if problem:
         raise ImportError(problem)
@@ -77,15 +73,11 @@ def _load():
         if "undefined symbol" in str(exc):
             # The recorded versions agree, yet the binary does not fit this torch (e.g. a nightly
             # of the same version, or torch replaced under a dev build): still a torch mismatch.
-            raise ImportError(
-                f"fremure_ext._C does not match the running torch {torch.__version__} (built for torch "
-                f"{_build_config.TORCH_VERSION}): {exc}. {REBUILD_HINT}."
-            ) from exc
-        raise ImportError(
-            "fremure_ext._C could not be loaded. Reinstall with `pip install --no-build-isolation .` "
-            f"(torch must already be installed) or rebuild in place with `scripts/dev_build.sh`. "
-            f"Original error: {exc}"
-        ) from exc
+            raise ImportError(f"fremure_ext._C does not match the running torch {torch.__version__} (built for "
+                              f"torch {_build_config.TORCH_VERSION}): {exc}. {REBUILD_HINT}.") from exc
+        raise ImportError("fremure_ext._C could not be loaded. Reinstall with `pip install --no-build-isolation .` "
+                          "(torch must already be installed) or rebuild in place with `scripts/dev_build.sh`. "
+                          f"Original error: {exc}") from exc
     return _build_config, _C
 
 
@@ -102,10 +94,6 @@ def build_info() -> dict:
     ``nvcc_version`` (str) and ``native_cpu`` (bool, built with -march=native).
     """
     info = dict(_C.build_info())
-    info.update(
-        torch_cuda_version=build_config.TORCH_CUDA_VERSION,
-        cxx11_abi=bool(build_config.CXX11_ABI),
-        nvcc_version=build_config.NVCC_VERSION,
-        native_cpu=bool(build_config.NATIVE_CPU),
-    )
+    info.update(torch_cuda_version=build_config.TORCH_CUDA_VERSION, cxx11_abi=bool(build_config.CXX11_ABI),
+                nvcc_version=build_config.NVCC_VERSION, native_cpu=bool(build_config.NATIVE_CPU))
     return info

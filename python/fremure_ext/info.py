@@ -50,13 +50,9 @@ def collect() -> dict:
         "Triton kernels for": ", ".join(op.name for op in OPS if op.triton),
     }
     cap = os.environ.get("FREMURE_CPU_ISA")
-    if torch.cuda.is_available():
-        cuda_here = ", ".join(
-            f"{i}: {torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
-            for i in range(torch.cuda.device_count())
-        )
-    else:
-        cuda_here = "none"
+    cuda_here = ", ".join(f"{i}: {torch.cuda.get_device_name(i)} "
+                          f"(sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
+                          for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)) or "none"
     here = {
         "python": platform.python_version(),
         "torch": f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})",

@@ -64,12 +64,10 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return dict(
         enc_layer=_count_layers(keys, f"{_TRANSFORMER}local_attention.layers."),
         dec_layer=_count_layers(keys, f"{_TRANSFORMER}global_attention.layers."),
-        rel_head=rel_head, obj_head=obj_head, K=k_rel or k_obj or 6,
-        rel_mem_compute=rel_mem,
+        rel_head=rel_head, obj_head=obj_head, K=k_rel or k_obj or 6, rel_mem_compute=rel_mem,
         obj_mem_compute="object_classifier.mem_attention.in_proj_weight" in state_dict,
         selection="automated" if automated else "manual",
-        take_obj_mem_feat=tuple(state_dict["subj_fc.weight"].shape) != (512, 2048) if "subj_fc.weight" in state_dict
-        else False,
+        take_obj_mem_feat="subj_fc.weight" in state_dict and tuple(state_dict["subj_fc.weight"].shape) != (512, 2048),
         tracking=any(k.startswith("object_classifier.encoder_tran.") for k in keys),
         obj_classes=int(state_dict["obj_embed.weight"].shape[0]) if "obj_embed.weight" in state_dict else 37,
         keep_unused=f"{_TRANSFORMER}fusion_gate_global.0.weight" in state_dict,

@@ -67,35 +67,22 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
     mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
                   for k in sorted(set(expected) & set(state_dict))
                   if not isinstance(state_dict[k], torch.Tensor) or state_dict[k].shape != expected[k].shape]
-    if mismatched:
-        problems.append(f"shape mismatches (given vs expected) ({len(mismatched)}): {_format_keys(mismatched)}")
+    problems = [f"{label} ({len(keys)}): {_format_keys(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("shape mismatches (given vs expected)", mismatched)) if keys]
     if problems:
         raise ValueError(f"{source} does not fit {type(module).__name__} (another architecture or configuration?): "
                          + "; ".join(problems))
 
 
 def load_reference_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Loads a published-code state dict (whole FReMuRe model, its transformer, or one head) into
-    the matching fremure module, strictly.
-
-    Args:
-        module: a fremure module built with the published configuration.
-        state_dict: published keys -> tensors (e.g. a checkpoint's ``state_dict``).
-
-    Returns:
-        ``module`` (loaded in place).
-
-    Raises:
-        TypeError if ``state_dict`` is not a mapping; ValueError listing missing/unexpected keys
-        and shape mismatches.
+    """Loads a published-code ``state_dict`` (published keys -> tensors, e.g. a checkpoint's
+    ``state_dict``: a whole FReMuRe model, its transformer, or one head) strictly into ``module``
+    (a fremure module built with the published configuration) and returns it. TypeError if
+    ``state_dict`` is not a mapping; ValueError listing missing/unexpected keys and shape mismatches.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of parameter names to tensors, got {type(state_dict).__name__}")

@@ -40,22 +40,9 @@ import torch
 from ..relations import NAMES, RELATION_TYPES
 from .safe_pickle import safe_load
 
-__all__ = [
-    "OBJECT_CLASSES",
-    "RELATIONSHIP_CLASSES",
-    "OBJECT_CLASS_RENAMES",
-    "RELATIONSHIP_RENAMES",
-    "REL_TYPES",
-    "REL_SLICES",
-    "REL_SIZES",
-    "REL_OFFSETS",
-    "AGIssue",
-    "AnnotationError",
-    "EmptySplitError",
-    "ActionGenome",
-    "annotation_paths",
-    "read_class_file",
-]
+__all__ = ["OBJECT_CLASSES", "RELATIONSHIP_CLASSES", "OBJECT_CLASS_RENAMES", "RELATIONSHIP_RENAMES", "REL_TYPES",
+           "REL_SLICES", "REL_SIZES", "REL_OFFSETS", "AGIssue", "AnnotationError", "EmptySplitError", "ActionGenome",
+           "annotation_paths", "read_class_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +105,8 @@ class AGIssue:
         return f"{self.file} [{where}] {self.kind}: {self.message}"
 
 
-def annotation_paths(
-    data_path: str | os.PathLike,
-    filter_small_box: bool = False,
-    filtersmall_path: str | os.PathLike | None = None,
-) -> dict[str, pathlib.Path]:
+def annotation_paths(data_path: str | os.PathLike, filter_small_box: bool = False,
+                     filtersmall_path: str | os.PathLike | None = None) -> dict[str, pathlib.Path]:
     """Paths of the four annotation files the loader reads, keyed by role.
 
     Keys: ``object_classes``, ``relationship_classes``, ``person_bbox``, ``object_bbox`` (the
@@ -135,21 +119,16 @@ def annotation_paths(
         object_bbox = pathlib.Path(filtersmall_path) if filtersmall_path is not None else ann / FILTERSMALL_NAME
     else:
         object_bbox = ann / "object_bbox_and_relationship.pkl"
-    return {
-        "object_classes": ann / "object_classes.txt",
-        "relationship_classes": ann / "relationship_classes.txt",
-        "person_bbox": ann / "person_bbox.pkl",
-        "object_bbox": object_bbox,
-    }
+    return {"object_classes": ann / "object_classes.txt", "relationship_classes": ann / "relationship_classes.txt",
+            "person_bbox": ann / "person_bbox.pkl", "object_bbox": object_bbox}
 
 
 def _letters(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-def read_class_file(
-    path: str | os.PathLike, expected_lines: int, renames: Mapping[int, str], prefix: Iterable[str] = ()
-) -> tuple[list[str], list[str]]:
+def read_class_file(path: str | os.PathLike, expected_lines: int, renames: Mapping[int, str],
+                    prefix: Iterable[str] = ()) -> tuple[list[str], list[str]]:
     """Read a class list the way the reference does; return ``(names, mismatches)``.
 
     Each line loses only its trailing newline (other whitespace stays), ``prefix`` entries are
@@ -209,20 +188,10 @@ class ActionGenome:
     ``non_heatmap_nums``. ``issues`` lists every problem found; ``report()`` counts everything.
     """
 
-    def __init__(
-        self,
-        data_path: str | os.PathLike,
-        mode: str = "train",
-        datasize: str = "large",
-        filter_nonperson_box_frame: bool = True,
-        filter_small_box: bool = False,
-        *,
-        filtersmall_path: str | os.PathLike | None = None,
-        check_frames: bool = False,
-        sort_frames: bool = False,
-        strict: bool = False,
-        mini_keys: int = MINI_DATASIZE_KEYS,
-    ) -> None:
+    def __init__(self, data_path: str | os.PathLike, mode: str = "train", datasize: str = "large",
+                 filter_nonperson_box_frame: bool = True, filter_small_box: bool = False, *,
+                 filtersmall_path: str | os.PathLike | None = None, check_frames: bool = False,
+                 sort_frames: bool = False, strict: bool = False, mini_keys: int = MINI_DATASIZE_KEYS) -> None:
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if datasize not in ("large", "mini"):
@@ -256,12 +225,10 @@ class ActionGenome:
 
     # ------------------------------------------------------------------ reading
     def _read_classes(self) -> None:
-        self.object_classes, obj_mismatch = read_class_file(
-            self.paths["object_classes"], len(OBJECT_CLASSES) - 1, OBJECT_CLASS_RENAMES, prefix=["__background__"]
-        )
-        self.relationship_classes, rel_mismatch = read_class_file(
-            self.paths["relationship_classes"], len(RELATIONSHIP_CLASSES), RELATIONSHIP_RENAMES
-        )
+        self.object_classes, obj_mismatch = read_class_file(self.paths["object_classes"], len(OBJECT_CLASSES) - 1,
+                                                            OBJECT_CLASS_RENAMES, prefix=["__background__"])
+        self.relationship_classes, rel_mismatch = read_class_file(self.paths["relationship_classes"],
+                                                                  len(RELATIONSHIP_CLASSES), RELATIONSHIP_RENAMES)
         for key, mismatches in (("object_classes", obj_mismatch), ("relationship_classes", rel_mismatch)):
             for message in mismatches:
                 self._issue("class_file_mismatch", None, message, file=self.paths[key])
@@ -270,10 +237,8 @@ class ActionGenome:
         self.contacting_relationships = self.relationship_classes[REL_SLICES["contacting"]]
         # The reference resolves names with list.index, i.e. the first occurrence wins.
         self._class_index = {n: i for i, n in reversed(list(enumerate(self.object_classes)))}
-        self._rel_index = {
-            t: {n: i for i, n in reversed(list(enumerate(self.relationship_classes[REL_SLICES[t]])))}
-            for t in REL_TYPES
-        }
+        self._rel_index = {t: {n: i for i, n in reversed(list(enumerate(self.relationship_classes[REL_SLICES[t]])))}
+                           for t in REL_TYPES}
         self._rel_tables = [self._rel_index[t] for t in REL_TYPES]
 
     def _read_pickles(self) -> tuple[dict, dict]:
@@ -281,10 +246,8 @@ class ActionGenome:
         for role in ("person_bbox", "object_bbox"):
             path = self.paths[role]
             if role == "object_bbox" and self.filter_small_box and not path.is_file():
-                raise FileNotFoundError(
-                    f"filtersmall pickle not found: {path} (the reference read "
-                    f"./dataloader/{FILTERSMALL_NAME}; pass filtersmall_path=)"
-                )
+                raise FileNotFoundError(f"filtersmall pickle not found: {path} (the reference read "
+                                        f"./dataloader/{FILTERSMALL_NAME}; pass filtersmall_path=)")
             data = safe_load(path)
             if not isinstance(data, dict):
                 raise TypeError(f"{path}: expected a pickled dict keyed by 'VIDEO.mp4/FRAME.png', got {type(data).__name__}")
@@ -292,16 +255,10 @@ class ActionGenome:
         return loaded[0], loaded[1]
 
     def _reset_counters(self) -> None:
-        self.valid_nums = 0
-        self.non_gt_human_nums = 0
+        self.valid_nums = self.non_gt_human_nums = self.non_person_video = self.one_frame_video = 0
+        self.two_frame_video = self.empty_video = self.frames_in_split = 0
+        self.frames_without_visible_object = self.videos_without_visible_object = 0
         self.non_heatmap_nums = 0  # never incremented by the reference either; kept for API parity
-        self.non_person_video = 0
-        self.one_frame_video = 0
-        self.two_frame_video = 0
-        self.empty_video = 0
-        self.frames_in_split = 0
-        self.frames_without_visible_object = 0
-        self.videos_without_visible_object = 0
         self.videos_in_split: list[str] = []
         self.video_list: list[list[str]] = []
         self.video_size: list[tuple[int, int] | None] = []
@@ -376,11 +333,9 @@ class ActionGenome:
     def _count_orphan_object_keys(self, person: dict, objects: dict) -> None:
         orphans = [k for k in objects if k not in person]
         if orphans:
-            self._issue(
-                "object_key_without_person_entry", None,
-                f"{len(orphans)} keys of the object pickle are absent from person_bbox.pkl and ignored "
-                f"(as the reference does), e.g. {orphans[:3]}",
-            )
+            self._issue("object_key_without_person_entry", None,
+                        f"{len(orphans)} keys of the object pickle are absent from person_bbox.pkl and ignored "
+                        f"(as the reference does), e.g. {orphans[:3]}")
         self.object_keys_without_person_entry = len(orphans)
 
     # ------------------------------------------------------------------ per video
@@ -436,11 +391,8 @@ class ActionGenome:
     def _check_frame_order(self, video: str, kept_keys: list[str]) -> None:
         order = [_frame_order_key(k) for k in kept_keys]
         if any(a >= b for a, b in zip(order, order[1:])):
-            self._issue(
-                "unsorted_frames", None,
-                "frames are not in increasing frame-number order; kept in person_bbox key order (sort_frames=True sorts)",
-                file=self.paths["person_bbox"], video=video,
-            )
+            self._issue("unsorted_frames", None, "frames are not in increasing frame-number order; kept in person_bbox "
+                        "key order (sort_frames=True sorts)", file=self.paths["person_bbox"], video=video)
 
     def _video_size(self, video: str, keys: list[str], person: dict) -> tuple[int, int] | None:
         """The reference takes bbox_size of the video's last candidate frame, kept or not (Q-D6)."""

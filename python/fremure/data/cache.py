@@ -18,6 +18,7 @@ entry is never kept. Temporaries of a killed extraction are removed when it star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -53,9 +54,7 @@ def _dtype_name(dtype: torch.dtype | str) -> str:
     raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Entry <-> tensors
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ entry <-> tensors
 def entry_to_tensors(entry: dict[str, Any], dtype: torch.dtype | str = torch.float32) -> dict[str, torch.Tensor]:
     """Flatten an entry into CPU tensors for safetensors (relation lists as values + offsets)."""
     feature_dtype = DTYPES[_dtype_name(dtype)]
@@ -123,6 +122,13 @@ def _readable(path: str) -> bool:
         return False
 
 
+def _intact(path: str, record: dict[str, Any] | None) -> bool:
+    """An entry file of the size and SHA-256 its ``record`` holds (without one: :func:`_readable`)."""
+    if record is None:
+        return _readable(path)
+    return os.path.getsize(path) == record.get("bytes") and file_digest(path)["sha256"] == record.get("sha256")
+
+
 def read_entry_file(path: str | os.PathLike, video: str = "?", device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read one entry file; CacheCorruptedError names the file and the video if it is unreadable."""
     path = os.fspath(path)
@@ -146,9 +152,7 @@ def read_entry_file(path: str | os.PathLike, video: str = "?", device: str | tor
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in entry.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Fingerprints and the index
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ fingerprints and the index
 def dataset_fingerprint(dataset: Any) -> str:
     """sha256 over frame keys, GT boxes, classes and relation lists of every video."""
     check_dataset(dataset)
@@ -247,36 +251,19 @@ class FeatureCache:
     def checksums(self) -> dict[str, dict[str, Any]]:
         """The last recorded size and SHA-256 per video (a torn last line is ignored)."""
         records: dict[str, dict[str, Any]] = {}
-        try:
-            with open(os.path.join(self.out_dir, CHECKSUMS_NAME)) as handle:
-                for line in handle:
-                    try:
-                        record = json.loads(line)
-                        records[record["video"]] = record
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError), open(os.path.join(self.out_dir, CHECKSUMS_NAME)) as handle:
+            for line in handle:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    record = json.loads(line)
+                    records[record["video"]] = record
         return records
 
     def damaged(self) -> list[str]:
         """Videos whose file exists but differs from its recorded size or SHA-256 (or, without a
         record, cannot be read): these are extracted again on resume."""
         records = self.checksums()
-        out = []
-        for name in self.videos:
-            path = self.path(name)
-            if not os.path.isfile(path):
-                continue
-            record = records.get(name)
-            if record is None:
-                bad = not _readable(path)
-            else:
-                bad = (os.path.getsize(path) != record.get("bytes")
-                       or file_digest(path)["sha256"] != record.get("sha256"))
-            if bad:
-                out.append(name)
-        return out
+        return [name for name in self.videos if os.path.isfile(self.path(name))
+                and not _intact(self.path(name), records.get(name))]
 
     def load(self, video: str | int, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The entry of one video; FileNotFoundError if it was not extracted yet."""
@@ -289,9 +276,7 @@ class FeatureCache:
     __getitem__ = load
 
 
-# ---------------------------------------------------------------------------------------------
-# Extraction
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ extraction
 def _infer_training(dataset: Any, training: bool | None) -> bool:
     if training is not None:
         return bool(training)
@@ -382,10 +367,8 @@ def _remove_temporaries(out_dir: str) -> None:
 
 
 def _remove_if_present(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _run_extraction(dataset: Any, detector, cache: FeatureCache, todo: list[int], mode: str, training: bool,

@@ -67,23 +67,15 @@ class DetectorConfig:
                 raise ValueError(f"DetectorConfig.{name} must be positive, got {getattr(self, name)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoint key mapping: published (jwyang faster-rcnn.pytorch "resnet" class) -> this module.
-# Inside each prefix the names are identical (torchvision and the reference share Bottleneck
-# naming: conv1/bn1/conv2/bn2/conv3/bn3/downsample.0/downsample.1).
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ checkpoint key mapping
+# Published (jwyang faster-rcnn.pytorch "resnet" class) -> this module. Inside each prefix the names
+# are identical (torchvision and the reference share Bottleneck naming: conv1/bn1/conv2/bn2/conv3/bn3/
+# downsample.0/downsample.1).
 PUBLISHED_TO_OURS = (
-    ("RCNN_base.0.", "backbone.conv1."),
-    ("RCNN_base.1.", "backbone.bn1."),
-    ("RCNN_base.4.", "backbone.layer1."),
-    ("RCNN_base.5.", "backbone.layer2."),
-    ("RCNN_base.6.", "backbone.layer3."),
-    ("RCNN_top.0.", "res5."),
-    ("RCNN_rpn.RPN_Conv.", "rpn.conv."),
-    ("RCNN_rpn.RPN_cls_score.", "rpn.objectness."),
-    ("RCNN_rpn.RPN_bbox_pred.", "rpn.deltas."),
-    ("RCNN_cls_score.", "cls_score."),
-    ("RCNN_bbox_pred.", "bbox_pred."),
+    ("RCNN_base.0.", "backbone.conv1."), ("RCNN_base.1.", "backbone.bn1."), ("RCNN_base.4.", "backbone.layer1."),
+    ("RCNN_base.5.", "backbone.layer2."), ("RCNN_base.6.", "backbone.layer3."), ("RCNN_top.0.", "res5."),
+    ("RCNN_rpn.RPN_Conv.", "rpn.conv."), ("RCNN_rpn.RPN_cls_score.", "rpn.objectness."),
+    ("RCNN_rpn.RPN_bbox_pred.", "rpn.deltas."), ("RCNN_cls_score.", "cls_score."), ("RCNN_bbox_pred.", "bbox_pred."),
 )
 # Batch-norm step counters exist in checkpoints written by PyTorch >= 0.4.1; frozen BN ignores them.
 OPTIONAL_SUFFIX = "num_batches_tracked"
@@ -115,9 +107,7 @@ def _summarise(title: str, items: list[str], limit: int = 25) -> str:
     return f"{title} ({len(items)}): {shown}{more}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Anchors and box coding
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ anchors and box coding
 def generate_anchors(base_size: int = FEAT_STRIDE, ratios=ANCHOR_RATIOS, scales=ANCHOR_SCALES) -> torch.Tensor:
     """Reference anchors around the cell ``[0, 0, base_size-1, base_size-1]``: float32 ``[R*S, 4]``.
 
@@ -160,9 +150,7 @@ def clip_boxes_(boxes: torch.Tensor, height: torch.Tensor | float, width: torch.
     return boxes
 
 
-# ---------------------------------------------------------------------------------------------
-# Modules
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ modules
 def _caffe_resnet101() -> nn.Module:
     """torchvision ResNet-101 (no weights) rearranged into the caffe layout the checkpoint expects."""
     net = torchvision.models.resnet101(weights=None, norm_layer=FrozenBatchNorm2d)
@@ -359,10 +347,8 @@ class AGFasterRCNN(nn.Module):
         first_of_group[1:] = kept_group[1:] != kept_group[:-1]
         keep = keep[(cls[keep] != 1) | first_of_group]
         frame_col = (frame[keep] + frame_offset).to(boxes.dtype).unsqueeze(1)
-        return {"boxes": torch.cat([frame_col, cand_boxes[keep]], 1),
-                "labels": cls[keep],
-                "scores": cand_scores[keep],
-                "features": features[frame[keep], proposal[keep]]}
+        return {"boxes": torch.cat([frame_col, cand_boxes[keep]], 1), "labels": cls[keep],
+                "scores": cand_scores[keep], "features": features[frame[keep], proposal[keep]]}
 
     # -- checkpoints -------------------------------------------------------------------------
     def load_published_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -397,12 +383,8 @@ class AGFasterRCNN(nn.Module):
         missing = [our_key_to_published(k) for k in ours if k not in mapped and k not in bad_targets]
         if missing or unexpected or mis_shaped:
             parts = [f"{source} does not match the AG Faster R-CNN (ResNet-101, 37 classes)"]
-            if missing:
-                parts.append(_summarise("missing keys", missing))
-            if unexpected:
-                parts.append(_summarise("unexpected keys", unexpected))
-            if mis_shaped:
-                parts.append(_summarise("mis-shaped keys", mis_shaped))
+            parts += [_summarise(title, keys) for title, keys in
+                      (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mis_shaped)) if keys]
             raise CheckpointMismatchError("; ".join(parts))
         # A model built on the meta device (no initialisation cost) takes the checkpoint tensors as they are.
         on_meta = any(t.is_meta for t in ours.values())

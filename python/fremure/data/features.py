@@ -38,9 +38,7 @@ MODES = ("predcls", "sgcls", "sgdet")
 GT_LIST_FIELDS = ("attention_gt", "spatial_gt", "contacting_gt")
 
 
-# ---------------------------------------------------------------------------------------------
-# Ground truth of one video
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ ground truth of one video
 @dataclasses.dataclass
 class FrameGT:
     """GT of one frame: person box, object boxes ``[K,4]`` (float64), classes and relation lists."""
@@ -120,9 +118,7 @@ def gt_layout(frames: Sequence[FrameGT]) -> GTLayout:
                     [r for f in frames for r in f.contacting])
 
 
-# ---------------------------------------------------------------------------------------------
-# sgdet training: matching detections to GT (docs/ag_and_eval.md 2.4)
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------ sgdet training: matching detections to GT (docs/ag_and_eval.md 2.4)
 @dataclasses.dataclass
 class FrameMatch:
     """Matching result of one frame.
@@ -181,9 +177,7 @@ def match_detections(det_boxes: torch.Tensor, frames: Sequence[FrameGT],
     return matches, assigned
 
 
-# ---------------------------------------------------------------------------------------------
-# Entry builder
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ entry builder
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
@@ -368,9 +362,7 @@ def build_entry(detector: AGFasterRCNN, images: torch.Tensor, im_info: torch.Ten
                 "im_info": im_info[0, 2].clone()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Dataset access
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ dataset access
 def check_dataset(dataset: Any) -> None:
     """Raise TypeError/ValueError unless ``dataset`` has data_path, video_list and gt_annotations of equal length."""
     for name in ("data_path", "video_list", "gt_annotations"):

@@ -136,6 +136,11 @@ def missing_frames(frames_dir: str | os.PathLike, wanted: dict[str, Sequence[int
     return out
 
 
+def _av_version() -> str:
+    import av
+    return av.__version__
+
+
 def _marker_says_done(folder: pathlib.Path, numbers: Sequence[int]) -> bool:
     """True when the done marker lists every wanted frame and each file is still there."""
     try:
@@ -242,16 +247,6 @@ def dump_video(video_path: str | os.PathLike, out_dir: str | os.PathLike, number
     return result
 
 
-def _av_version() -> str:
-    import av
-    return av.__version__
-
-
-def _dump_one(job: tuple[str, str, list[int]]) -> VideoResult:
-    video_path, out_dir, numbers = job
-    return dump_video(video_path, out_dir, numbers)
-
-
 def dump_frames(videos_dir: str | os.PathLike, data_path: str | os.PathLike, workers: int = 1,
                 progress: bool = True, only: Sequence[str] | None = None) -> list[VideoResult]:
     """Dumps every annotated frame of ``data_path`` (see :func:`annotated_frames`) from
@@ -276,21 +271,15 @@ def dump_frames(videos_dir: str | os.PathLike, data_path: str | os.PathLike, wor
     logger.info("%d videos, %d annotated frames (from %s)", len(jobs), sum(len(j[2]) for j in jobs), source)
     from tqdm.auto import tqdm
     bar = tqdm(total=len(jobs), desc="frames", unit="video", disable=not progress)
-    results: list[VideoResult] = []
     try:
-        if workers == 1:
-            for job in jobs:
-                results.append(_record(_dump_one(job), bar))
-        else:
-            for result in _run_in_workers(jobs, workers):
-                results.append(_record(result, bar))
+        done = (dump_video(*job) for job in jobs) if workers == 1 else _run_in_workers(jobs, workers)
+        return [_record(result, bar) for result in done]
     finally:
         bar.close()
-    return results
 
 
 def _run_in_workers(jobs: list[tuple[str, str, list[int]]], workers: int) -> Iterable[VideoResult]:
-    """Yields :func:`_dump_one` of each job, in job order, from ``workers`` spawned processes.
+    """Yields :func:`dump_video` of each job, in job order, from ``workers`` spawned processes.
 
     Spawned, not forked: a child forked from a process in which FFmpeg (or torch) already started
     threads inherits their locks in whatever state they were, and FFmpeg's scaler then waits
@@ -302,7 +291,7 @@ def _run_in_workers(jobs: list[tuple[str, str, list[int]]], workers: int) -> Ite
                                                   mp_context=multiprocessing.get_context("spawn"))
     finished = False
     try:
-        yield from pool.map(_dump_one, jobs, chunksize=1)
+        yield from pool.map(dump_video, *zip(*jobs), chunksize=1)
         finished = True
     finally:
         if finished:

@@ -35,10 +35,8 @@ def _annotations(source: Annotations, name: str) -> Sequence:
 
 def _labels(gt_annotations: Sequence, rel_type: str) -> np.ndarray:
     key = f"{rel_type}_relationship"
-    chunks = [
-        obj[key] for video in gt_annotations for frame in video for obj in frame
-        if key in obj  # the person dict (element 0 of a frame) has no relation keys
-    ]
+    # the person dict (element 0 of a frame) has no relation keys
+    chunks = [obj[key] for video in gt_annotations for frame in video for obj in frame if key in obj]
     if not chunks:
         return np.zeros(0, dtype=np.int64)
     if all(isinstance(c, torch.Tensor) for c in chunks):  # the loader's records: one cat, not N conversions
@@ -70,9 +68,8 @@ def normalise_counts(counts: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array / (array.sum() + 1e-12))
 
 
-def predicate_frequencies(
-    train: Annotations, test: Annotations | None = None, *, include_test: bool = True
-) -> dict[str, torch.Tensor]:
+def predicate_frequencies(train: Annotations, test: Annotations | None = None, *,
+                          include_test: bool = True) -> dict[str, torch.Tensor]:
     """Frequency priors ``{'attention': [3], 'spatial': [6], 'contacting': [17]}`` (float32, each sums to 1).
 
     As published (``include_test=True``) the labels of ``train`` and ``test`` are pooled; with
@@ -134,14 +131,9 @@ def write_frequency_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike)
 _GROUP_COLOURS = {"attention": "#2a9d8f", "spatial": "#457b9d", "contacting": "#e76f51"}
 
 
-def plot_long_tail(
-    counts: dict[str, np.ndarray],
-    path: str | os.PathLike,
-    *,
-    title: str = "Action Genome predicate frequencies",
-    log_scale: bool = True,
-    predicate_names: Sequence[str] = RELATIONSHIP_CLASSES,
-) -> pathlib.Path:
+def plot_long_tail(counts: dict[str, np.ndarray], path: str | os.PathLike, *,
+                   title: str = "Action Genome predicate frequencies", log_scale: bool = True,
+                   predicate_names: Sequence[str] = RELATIONSHIP_CLASSES) -> pathlib.Path:
     """Bar chart of the 26 predicates sorted by count (coloured by group) with the cumulative share
     of labels on a second axis; written with the Agg canvas (no display needed). Returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -22,7 +22,6 @@ import torch
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 TARGET_SIZE = 600
-MAX_SIZE = 1000
 
 
 def read_frame_bgr(path: str | os.PathLike) -> torch.Tensor:

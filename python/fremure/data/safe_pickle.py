@@ -78,16 +78,17 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = _build_allow_list()
 
 
 class _RestrictedMixin:
-    _source: str
+    def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
+        super().__init__(file, encoding=encoding)
+        self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to load global '{module}.{name}'; annotation pickles may only "
-                "contain dicts, lists, tuples, str, int, float, bool, None and numpy arrays/scalars"
-            ) from None
+            raise UnsafePickleError(f"{self._source}: refusing to load global '{module}.{name}'; annotation pickles "
+                                    "may only contain dicts, lists, tuples, str, int, float, bool, None and numpy "
+                                    "arrays/scalars") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"{self._source}: refusing persistent id {pid!r}")
@@ -95,10 +96,6 @@ class _RestrictedMixin:
 
 class _RestrictedUnpickler(_RestrictedMixin, pickle.Unpickler):
     """The fast C unpickler; safe while no copyreg extension codes are registered."""
-
-    def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
-        super().__init__(file, encoding=encoding)
-        self._source = source
 
 
 class _RestrictedPyUnpickler(_RestrictedMixin, pickle._Unpickler):  # type: ignore[name-defined]
@@ -108,10 +105,6 @@ class _RestrictedPyUnpickler(_RestrictedMixin, pickle._Unpickler):  # type: igno
     calling ``find_class``; only the Python one lets us intercept that, so it is used whenever the
     process has registered extension codes.
     """
-
-    def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
-        super().__init__(file, encoding=encoding)
-        self._source = source
 
     def get_extension(self, code: int) -> None:
         raise UnsafePickleError(f"{self._source}: refusing copyreg extension code {code}")

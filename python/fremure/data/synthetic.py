@@ -67,10 +67,7 @@ class ClassBehaviour:
     actions: dict[str, float]
 
 
-def _cb(weight, size, modes, actions) -> ClassBehaviour:
-    return ClassBehaviour(weight, size, modes, actions)
-
-
+_cb = ClassBehaviour   # a short name for the table below
 # Ordered roughly by AG's object frequency; weights fall off like a Zipf law.
 CLASS_BEHAVIOURS: dict[str, ClassBehaviour] = {
     "table": _cb(10, (1.6, 0.45), {"touch": 0.6, "scene": 0.4}, {"touching": 3, "leaning_on": 1}),
@@ -113,20 +110,15 @@ assert set(CLASS_BEHAVIOURS) == set(OBJECT_CLASSES[2:]), "every AG object class 
 
 _WALL_CLASSES = {"picture", "window", "light", "mirror", "shelf", "television"}
 _FRONT_MODES = {"held", "cover"}  # drawn over the person
-_CONTACT_MODES = {"held", "worn", "support", "cover"}
 # COCO-17 keypoints as fractions of the person box (nose, eyes, ears, shoulders, elbows, wrists,
 # hips, knees, ankles); only stored, the loaders ignore them.
-_KEYPOINTS_REL = (
-    (0.5, 0.08), (0.45, 0.06), (0.55, 0.06), (0.4, 0.08), (0.6, 0.08), (0.3, 0.22), (0.7, 0.22),
-    (0.2, 0.38), (0.8, 0.38), (0.15, 0.52), (0.85, 0.52), (0.35, 0.55), (0.65, 0.55), (0.35, 0.76),
-    (0.65, 0.76), (0.35, 0.97), (0.65, 0.97),
-)
+_KEYPOINTS_REL = ((0.5, 0.08), (0.45, 0.06), (0.55, 0.06), (0.4, 0.08), (0.6, 0.08), (0.3, 0.22), (0.7, 0.22),
+                  (0.2, 0.38), (0.8, 0.38), (0.15, 0.52), (0.85, 0.52), (0.35, 0.55), (0.65, 0.55), (0.35, 0.76),
+                  (0.65, 0.76), (0.35, 0.97), (0.65, 0.97))
 
-SAMPLE_CONFIG: dict[str, Any] = dict(
-    num_videos=18, frames_per_video=(6, 10), seed=0, image_size=(128, 96), test_fraction=1 / 3,
-    objects_per_video=(1, 5), p_no_person=0.05, p_no_visible=0.05, edge_case_videos=True,
-    small_box_edge=16.0, pickle_protocol=4,
-)
+SAMPLE_CONFIG: dict[str, Any] = dict(num_videos=18, frames_per_video=(6, 10), seed=0, image_size=(128, 96),
+                                     test_fraction=1 / 3, objects_per_video=(1, 5), p_no_person=0.05,
+                                     p_no_visible=0.05, edge_case_videos=True, small_box_edge=16.0, pickle_protocol=4)
 
 
 @dataclass
@@ -267,13 +259,11 @@ def _new_person(rng: np.random.Generator, size: tuple[int, int], num_frames: int
     image_w, image_h = size
     height = image_h * rng.uniform(0.6, 0.8)
     width = max(image_w * rng.uniform(0.2, 0.3), 8.0)
-    return _Person(
-        width=width, height=height, cx0=image_w * rng.uniform(0.3, 0.7),
-        vx=image_w * rng.uniform(-0.02, 0.02), amp=image_w * rng.uniform(0.0, 0.06),
-        omega=rng.uniform(0.3, 0.9), phase=rng.uniform(0, 2 * math.pi),
-        floor_y=image_h * rng.uniform(0.86, 0.97), facing=int(rng.choice((-1, 1))),
-        flip_at=int(rng.integers(1, num_frames)) if num_frames > 1 and rng.random() < 0.3 else -1,
-    )
+    return _Person(width=width, height=height, cx0=image_w * rng.uniform(0.3, 0.7),
+                   vx=image_w * rng.uniform(-0.02, 0.02), amp=image_w * rng.uniform(0.0, 0.06),
+                   omega=rng.uniform(0.3, 0.9), phase=rng.uniform(0, 2 * math.pi),
+                   floor_y=image_h * rng.uniform(0.86, 0.97), facing=int(rng.choice((-1, 1))),
+                   flip_at=int(rng.integers(1, num_frames)) if num_frames > 1 and rng.random() < 0.3 else -1)
 
 
 def _new_object(rng: np.random.Generator, cls: str, person: _Person, size: tuple[int, int]) -> _Object:
@@ -297,12 +287,10 @@ def _new_object(rng: np.random.Generator, cls: str, person: _Person, size: tuple
     front = mode in _FRONT_MODES or (mode in ("touch", "scene") and rng.random() < 0.35)
     if mode == "worn":
         front = cls != "bag"
-    return _Object(
-        cls=cls, mode=mode, front=bool(front), width=width, height=height, primary=primary,
-        secondary=secondary, side=int(rng.choice((-1, 1))), amp=rng.uniform(0.05, 0.25) * min(person.width, width),
-        omega=rng.uniform(0.3, 1.0), phase=rng.uniform(0, 2 * math.pi), anchor=anchor,
-        drift=image_w * rng.uniform(-0.01, 0.01),
-    )
+    return _Object(cls=cls, mode=mode, front=bool(front), width=width, height=height, primary=primary,
+                   secondary=secondary, side=int(rng.choice((-1, 1))),
+                   amp=rng.uniform(0.05, 0.25) * min(person.width, width), omega=rng.uniform(0.3, 1.0),
+                   phase=rng.uniform(0, 2 * math.pi), anchor=anchor, drift=image_w * rng.uniform(-0.01, 0.01))
 
 
 # ---------------------------------------------------------------------------------------- labels
@@ -489,11 +477,9 @@ def _generate_video(rng, name, split, kind, num_frames, num_objects, size, p_no_
         for obj, box in zip(objects, boxes):
             relations = {}
             if box is not None:
-                relations = {
-                    "attention_relationship": _attention(obj, box, person_box, facing, rng),
-                    "spatial_relationship": _spatial(box, person_box, obj.front),
-                    "contacting_relationship": _contacting(obj, box, person_box, rng),
-                }
+                relations = {"attention_relationship": _attention(obj, box, person_box, facing, rng),
+                             "spatial_relationship": _spatial(box, person_box, obj.front),
+                             "contacting_relationship": _contacting(obj, box, person_box, rng)}
             entries.append(_object_entry(obj, name, stem, split, box, relations))
         drawn_person = None if no_person else person_box
         image = _draw_frame(size, background, drawn_person, facing, objects, boxes) if draw else None
@@ -546,24 +532,12 @@ def _write_pickle(path: pathlib.Path, data: Any, protocol: int) -> None:
         pickle.dump(data, f, protocol=protocol)
 
 
-def generate_synthetic_ag(
-    root: str | os.PathLike,
-    num_videos: int = 18,
-    frames_per_video: tuple[int, int] = (6, 10),
-    seed: int = 0,
-    image_size: tuple[int, int] = (128, 96),
-    *,
-    test_fraction: float = 1 / 3,
-    objects_per_video: tuple[int, int] = (1, 5),
-    p_no_person: float = 0.05,
-    p_no_visible: float = 0.05,
-    edge_case_videos: bool = True,
-    small_box_edge: float = 16.0,
-    write_frames: bool = True,
-    write_filtersmall: bool = True,
-    pickle_protocol: int = 4,
-    overwrite: bool = False,
-) -> SyntheticAG:
+def generate_synthetic_ag(root: str | os.PathLike, num_videos: int = 18, frames_per_video: tuple[int, int] = (6, 10),
+                         seed: int = 0, image_size: tuple[int, int] = (128, 96), *, test_fraction: float = 1 / 3,
+                         objects_per_video: tuple[int, int] = (1, 5), p_no_person: float = 0.05,
+                         p_no_visible: float = 0.05, edge_case_videos: bool = True, small_box_edge: float = 16.0,
+                         write_frames: bool = True, write_filtersmall: bool = True, pickle_protocol: int = 4,
+                         overwrite: bool = False) -> SyntheticAG:
     """Write a synthetic AG dataset under ``root`` and return what was written.
 
     ``num_videos`` normal videos (``round(num_videos * test_fraction)`` of them test) with
@@ -665,12 +639,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample:
         result = write_sample(args.out, overwrite=args.overwrite)
     else:
-        result = generate_synthetic_ag(
-            args.out, args.videos, tuple(args.frames), args.seed, tuple(args.size),
-            test_fraction=args.test_fraction, objects_per_video=tuple(args.objects),
-            edge_case_videos=not args.no_edge_cases, write_frames=not args.no_frames,
-            write_filtersmall=not args.no_filtersmall, overwrite=args.overwrite,
-        )
+        result = generate_synthetic_ag(args.out, args.videos, tuple(args.frames), args.seed, tuple(args.size),
+                                       test_fraction=args.test_fraction, objects_per_video=tuple(args.objects),
+                                       edge_case_videos=not args.no_edge_cases, write_frames=not args.no_frames,
+                                       write_filtersmall=not args.no_filtersmall, overwrite=args.overwrite)
     frames = sum(len(v.frame_keys) for v in result.videos)
     print(f"wrote {len(result.videos)} videos ({len(result.video_names('train'))} train, "
           f"{len(result.video_names('test'))} test), {frames} frames to {result.root}")

@@ -41,15 +41,8 @@ def predcls_entry(pairs_per_frame: Sequence[int], seed: int = 0, num_obj_classes
     n, p = box_xyxy.shape[0], pair.shape[0]
     union = union_boxes(box_xyxy * scale, pair, im)
     pair_boxes = torch.cat((box_xyxy[pair[:, 0]], box_xyxy[pair[:, 1]]), 1)
-    return {
-        "boxes": torch.cat([torch.tensor(frames, dtype=torch.float32)[:, None], box_xyxy], 1),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "scores": torch.ones(n),
-        "im_idx": im,
-        "pair_idx": pair,
-        "human_idx": torch.tensor([[i] for i, lab in enumerate(labels) if lab == PERSON], dtype=torch.long),
-        "features": torch.rand(n, 2048, generator=gen),
-        "union_feat": torch.rand(p, 1024, 7, 7, generator=gen),
-        "union_box": union,
-        "spatial_masks": spatial_masks(pair_boxes),
-    }
+    return {"boxes": torch.cat([torch.tensor(frames, dtype=torch.float32)[:, None], box_xyxy], 1),
+            "labels": torch.tensor(labels, dtype=torch.long), "scores": torch.ones(n), "im_idx": im, "pair_idx": pair,
+            "human_idx": torch.tensor([[i] for i, lab in enumerate(labels) if lab == PERSON], dtype=torch.long),
+            "features": torch.rand(n, 2048, generator=gen), "union_feat": torch.rand(p, 1024, 7, 7, generator=gen),
+            "union_box": union, "spatial_masks": spatial_masks(pair_boxes)}

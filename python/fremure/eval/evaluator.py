@@ -169,18 +169,11 @@ class SceneGraphEvaluator:
         ks = tuple(ks)
         if not ks or len(set(ks)) != len(ks) or any(not isinstance(k, int) or k < 1 for k in ks):
             raise ValueError(f"ks: expected distinct positive ints, got {ks!r}")
-        self.mode = mode
-        self.constraint = constraint
-        self.iou_threshold = float(iou_threshold)
-        self.semi_threshold = float(semi_threshold)
-        self.epoch_reset = bool(epoch_reset)
-        self.attention_logits = bool(attention_logits)
-        self.semi_row_type = semi_row_type
-        self.on_empty_gt = on_empty_gt
-        self.mean_recall = mean_recall
-        self.mean_recall_predicates = mean_recall_predicates
-        self.no_top = no_top
-        self.ks = ks
+        self.mode, self.constraint, self.semi_row_type, self.on_empty_gt = mode, constraint, semi_row_type, on_empty_gt
+        self.iou_threshold, self.semi_threshold = float(iou_threshold), float(semi_threshold)
+        self.epoch_reset, self.attention_logits = bool(epoch_reset), bool(attention_logits)
+        self.mean_recall, self.mean_recall_predicates = mean_recall, mean_recall_predicates
+        self.no_top, self.ks = no_top, ks
         self._k_sorted = np.sort(np.asarray(ks, dtype=np.int64))
         self._k_rank = np.searchsorted(self._k_sorted, np.asarray(ks, dtype=np.int64))   # K order as given
         self._queue = _Queue(batch_frames)
@@ -275,12 +268,9 @@ class SceneGraphEvaluator:
         self._frames_with += held.sum(axis=0)
 
     def reset(self, counts: bool | None = None) -> None:
-        """Starts a new evaluation round (queued videos are scored first).
-
-        Args:
-            counts: also clear the per-predicate hits and counts (mR@K). ``None`` follows
-                ``epoch_reset`` (default ``False``: reference behaviour, mR@K keeps accumulating).
-        """
+        """Starts a new evaluation round (queued videos are scored first). ``counts``: also clear the
+        per-predicate hits and counts (mR@K); ``None`` follows ``epoch_reset`` (default ``False``:
+        reference behaviour, mR@K keeps accumulating)."""
         self._flush()
         self._recalls = []
         if self.epoch_reset if counts is None else counts:
@@ -325,16 +315,11 @@ class SceneGraphEvaluator:
         """
         recalls = self.frame_recalls      # scores the queued videos
         per_predicate = self._per_predicate()
-        return {
-            "R": {k: float(np.mean(recalls[k])) if recalls[k].size else float("nan") for k in self.ks},
-            "mR": {k: float(v) for k, v in zip(self.ks, self._mean_over_predicates(per_predicate))},
-            "per_predicate": {k: per_predicate[i].tolist() for i, k in enumerate(self.ks)},
-            "num_frames": int(recalls[self.ks[0]].shape[0]),
-            "mode": self.mode,
-            "constraint": self.constraint,
-            "mean_recall": self.mean_recall,
-            "mean_recall_predicates": self.mean_recall_predicates,
-        }
+        return {"R": {k: float(np.mean(recalls[k])) if recalls[k].size else float("nan") for k in self.ks},
+                "mR": {k: float(v) for k, v in zip(self.ks, self._mean_over_predicates(per_predicate))},
+                "per_predicate": {k: per_predicate[i].tolist() for i, k in enumerate(self.ks)},
+                "num_frames": int(recalls[self.ks[0]].shape[0]), "mode": self.mode, "constraint": self.constraint,
+                "mean_recall": self.mean_recall, "mean_recall_predicates": self.mean_recall_predicates}
 
     def _per_predicate(self) -> np.ndarray:
         """``[K, 26]`` recall per predicate, aggregated over frames as ``mean_recall`` says."""

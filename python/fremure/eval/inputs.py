@@ -163,8 +163,6 @@ def pack_gt(gt_annotation: Sequence[Sequence[Mapping[str, Any]]], allow_empty_fr
             arrays or lists).
         allow_empty_frames: accept frames with no object (hence no GT triplet); the reference cannot
             score them (it asserts or divides by zero), so by default they raise.
-    Returns:
-        ``PackedGT``.
     """
     if not isinstance(gt_annotation, (list, tuple)):
         raise TypeError(f"gt_annotation: expected a list of frames, got {type(gt_annotation).__name__}")
@@ -288,19 +286,13 @@ def gt_batch(videos: Sequence[PackedGT]) -> GTBatch:
     thing = num_frames + rel_object_of                 # objects follow the T person boxes
     is_spatial = np.zeros(rel_object_of.shape[0], dtype=bool)
     is_spatial[num_objects:num_objects + spa_obj.shape[0]] = True
-    return GTBatch(
-        num_frames=num_frames,
-        boxes=np.concatenate([person_boxes, object_boxes]),
-        classes=np.concatenate([np.full(num_frames, PERSON_CLASS, dtype=np.int64)]
-                               + [v.object_classes for v in videos]),
-        rel_frame=rel_frame,
-        rel_subject=np.where(is_spatial, thing, human),
-        rel_object=np.where(is_spatial, human, thing),
-        rel_predicate=np.concatenate([v.attention for v in videos]
-                                     + [v.spatial + SPATIAL_OFFSET for v in videos]
-                                     + [v.contacting + CONTACTING_OFFSET for v in videos]),
-        rels_per_frame=np.bincount(rel_frame, minlength=num_frames),
-    )
+    predicates = ([v.attention for v in videos] + [v.spatial + SPATIAL_OFFSET for v in videos]
+                  + [v.contacting + CONTACTING_OFFSET for v in videos])
+    classes = [np.full(num_frames, PERSON_CLASS, dtype=np.int64)] + [v.object_classes for v in videos]
+    return GTBatch(num_frames=num_frames, boxes=np.concatenate([person_boxes, object_boxes]),
+                   classes=np.concatenate(classes), rel_frame=rel_frame, rel_subject=np.where(is_spatial, thing, human),
+                   rel_object=np.where(is_spatial, human, thing), rel_predicate=np.concatenate(predicates),
+                   rels_per_frame=np.bincount(rel_frame, minlength=num_frames))
 
 
 # ------------------------------------------------------------------------------------- predictions
@@ -336,8 +328,6 @@ def pack_prediction(pred: Mapping[str, Any], mode: str, num_frames: int,
             the reference (which compares the float ``im_idx`` with each frame index).
         attention_logits: the attention input is logits (STTran); softmax it first, in its own dtype
             with torch, as the STTran evaluator does.
-    Returns:
-        ``PackedPrediction``.
     """
     if not isinstance(pred, Mapping):
         raise TypeError(f"pred: expected a dict, got {type(pred).__name__}")

@@ -14,14 +14,10 @@ NO_MATCH = np.iinfo(np.int64).max   # first-match rank of a GT triplet that no p
 
 
 def box_iou_plus1(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU with the "+1" pixel convention of the reference's Cython ``bbox_overlaps``.
-
-    Args:
-        boxes_a: ``[n, 4]`` xyxy, any real dtype (computed in float64).
-        boxes_b: ``[m, 4]`` xyxy.
-    Returns:
-        ``[n, m]`` float64. ``area = (x2-x1+1)(y2-y1+1)``, intersection sides get ``+1`` and count only
-        when positive; the float64 operations are those of the reference, so values are bit-identical.
+    """Pairwise IoU ``[n, m]`` float64 of xyxy ``boxes_a [n, 4]`` and ``boxes_b [m, 4]`` (any real
+    dtype) with the "+1" pixel convention of the reference's Cython ``bbox_overlaps``:
+    ``area = (x2-x1+1)(y2-y1+1)``, intersection sides get ``+1`` and count only when positive; the
+    float64 operations are those of the reference, so values are bit-identical.
     """
     a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 1, 4)
     b = np.asarray(boxes_b, dtype=np.float64).reshape(1, -1, 4)
@@ -49,13 +45,8 @@ def _iou_plus1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def positions_in_groups(sorted_groups: np.ndarray) -> np.ndarray:
-    """Position of every element inside its run of equal values.
-
-    Args:
-        sorted_groups: ``[n]`` integer array in which equal values are contiguous (e.g. sorted frames).
-    Returns:
-        ``[n]`` int64: 0 for the first element of each run, 1 for the next, ...
-    """
+    """Position ``[n]`` int64 of every element of ``sorted_groups`` (``[n]`` integers, equal values
+    contiguous, e.g. sorted frames) inside its run of equal values: 0 for the first, 1 for the next, ..."""
     n = sorted_groups.shape[0]
     index = np.arange(n, dtype=np.int64)
     if n == 0:
@@ -80,8 +71,7 @@ def order_in_frames(frame: np.ndarray, value: np.ndarray, tie_key: np.ndarray, t
         ties: ``'later'``: among equal values the larger ``tie_key`` comes first (the reference's
             ``argsort(x)[::-1]`` with a stable sort, ``tie_key`` = emission order); ``'earlier'``: the
             smaller first (a stable ``argsort(-x)``).
-    Returns:
-        ``[n]`` int64 indices.
+    Returns ``[n]`` int64 indices.
     """
     n = frame.shape[0]
     if n == 0:

@@ -34,14 +34,9 @@ def _ks(summary: Mapping[str, Any]) -> list[int]:
 
 
 def format_table(results: Mapping[str, Any], percent: bool = True) -> str:
-    """R@K and mR@K per constraint as a fixed-width text table (one row per constraint).
-
-    Args:
-        results: a summary or ``{constraint: summary}``.
-        percent: print values x100 with two decimals (else raw fractions with six, as the reference).
-    Returns:
-        The table as a string (no trailing newline).
-    """
+    """R@K and mR@K of ``results`` (a summary or ``{constraint: summary}``) as a fixed-width text
+    table, one row per constraint, no trailing newline; ``percent``: values x100 with two decimals
+    (else raw fractions with six, as the reference)."""
     table = _by_constraint(results)
     first = next(iter(table.values()))
     ks = _ks(first)
@@ -85,14 +80,9 @@ def _number(value: Any) -> float | None:
 
 
 def write_json(results: Mapping[str, Any], path: str | pathlib.Path) -> pathlib.Path:
-    """Writes ``{"predicates": [26 names], "results": {constraint: summary}}`` (K keys as strings).
-
-    Args:
-        results: a summary or ``{constraint: summary}``.
-        path: output file; parent folders are created.
-    Returns:
-        The path written.
-    """
+    """Writes ``{"predicates": [26 names], "results": {constraint: summary}}`` (K keys as strings)
+    of ``results`` (a summary or ``{constraint: summary}``) to ``path`` (parent folders are
+    created); returns ``path``."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"predicates": list(PREDICATES),
@@ -116,18 +106,10 @@ def read_json(path: str | pathlib.Path) -> dict[str, dict[str, Any]]:
 
 
 def plot_per_predicate(results: Mapping[str, Any], path: str | pathlib.Path, k: int = 20) -> pathlib.Path:
-    """Bar chart of per-predicate recall at ``k``: one group of bars per predicate, one bar per constraint.
-
-    Predicates are shaded by group (attention, spatial, contacting). Rendered with matplotlib's Agg
-    canvas (no display needed).
-
-    Args:
-        results: a summary or ``{constraint: summary}``.
-        path: output image (PNG by extension); parent folders are created.
-        k: which K to plot.
-    Returns:
-        The path written.
-    """
+    """Bar chart of per-predicate recall at ``k`` of ``results`` (a summary or ``{constraint:
+    summary}``): one group of bars per predicate, shaded by relation type, one bar per constraint.
+    Rendered with matplotlib's Agg canvas (no display needed) to ``path`` (PNG by extension; parent
+    folders are created); returns ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -179,14 +161,8 @@ def write_html(results: Mapping[str, Any], path: str | pathlib.Path, chart: str 
                details: Mapping[str, Any] | None = None) -> pathlib.Path:
     """A self-contained HTML page (no external files): R@K / mR@K per constraint as a table, the
     per-predicate chart ``chart`` and the visualised ``frames`` embedded as base64 PNGs, and
-    ``details`` (e.g. checkpoint, mode, videos) as a key/value list.
-
-    Args:
-        results: a summary or ``{constraint: summary}``.
-        path: output ``.html`` file; parent folders are created.
-    Returns:
-        The path written.
-    """
+    ``details`` (e.g. checkpoint, mode, videos) as a key/value list. ``results``: a summary or
+    ``{constraint: summary}``; ``path``: the ``.html`` file (parent folders are created), returned."""
     import html
     table = _by_constraint(results)
     first = next(iter(table.values()))

@@ -98,14 +98,9 @@ def score_blocks(pred: PredictionBatch) -> ScoreBlocks:
     frame = pred.pair_frame[pair]
     pairs_per_frame = np.bincount(frame, minlength=pred.num_frames)
     pairs_before = np.cumsum(pairs_per_frame) - pairs_per_frame
-    return ScoreBlocks(
-        frame=frame,
-        human=pred.pairs[pair, 0],
-        thing=pred.pairs[pair, 1],
-        row_base=3 * pairs_before[frame] + positions_in_groups(frame),
-        frame_pairs=pairs_per_frame[frame],
-        scores=pred.scores[pair],
-    )
+    return ScoreBlocks(frame=frame, human=pred.pairs[pair, 0], thing=pred.pairs[pair, 1],
+                       row_base=3 * pairs_before[frame] + positions_in_groups(frame),
+                       frame_pairs=pairs_per_frame[frame], scores=pred.scores[pair])
 
 
 def _triplets(parts: list[tuple[np.ndarray, ...]]) -> PredictedTriplets:

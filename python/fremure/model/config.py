@@ -1,12 +1,7 @@
-"""``ModelConfig``: every option of a model of the family, validated in one place, and the registry
-that builds a model from it.
-
-A config names its model (``name``: ``fremure`` or ``sttran``) and holds the constructor options under the
-published option names (``enc_layer``, ``dec_layer``, ``rel_mem_compute``, ``mem_feat_lambda``, ...).
-Every checkpoint stores it (``config["model"]``), the command line has a flag per field
-(``--model.window``; the older flat flags such as ``--rel-head`` are aliases) and ``config.yaml``
-has a ``model:`` section. ``build_model(config, obj_classes, frequencies)`` looks the name up in
-the registry and calls that class's ``from_config``.
+"""``ModelConfig``: every option of a model of the family (``name``: ``fremure`` or ``sttran``) under
+the published option names, validated in one place, and the registry that builds a model from it
+(``build_model(config, obj_classes, frequencies)`` calls the named class's ``from_config``).
+Checkpoints, the command line (``--model.NAME``) and ``config.yaml`` (``model:``) carry it.
 
 The field defaults are FReMuRe's. A registered model may bring its own defaults (``defaults``:
 STTran's linear heads, no memory, no priors), which ``ModelConfig.from_dict`` (and so the command
@@ -126,18 +121,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "model config") -> "ModelConfig":
-        """ModelConfig from a mapping of its fields (dashes or underscores), over the defaults of the
-        model it names (``name``; FReMuRe's field defaults, or those ``register_model`` gave);
-        unknown keys and wrong types raise ValueError naming ``source`` and the key. YAML's null for
-        rel_mem_compute is "none"."""
-        fields = {}
+        """ModelConfig from a mapping of its fields (see :func:`model_values`), over the defaults of the
+        model it names (``name``: FReMuRe's field defaults, or those ``register_model`` gave)."""
         name = values.get("name", FIELDS["name"].default)
-        for key, value in {**model_defaults(name), **values}.items():
-            name = str(key).replace("-", "_")
-            if name not in FIELDS:
-                raise ValueError(f"{source}: unknown model option {key!r} (known: {', '.join(FIELDS)})")
-            fields[name] = coerce(name, value, source)
-        return cls(**fields)
+        return cls(**model_values({**model_defaults(name), **values}, source))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
@@ -166,9 +153,17 @@ def coerce_field(field: dataclasses.Field, value: Any, source: str, none: str = 
     return value
 
 
-def coerce(name: str, value: Any, source: str) -> Any:
-    """``value`` as ModelConfig field ``name``'s type (YAML's null for rel_mem_compute is "none")."""
-    return coerce_field(FIELDS[name], value, source, none="none")
+def model_values(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """ModelConfig field values from a mapping (keys with dashes or underscores), each of its field's
+    type; unknown keys and wrong types raise ValueError naming ``source`` and the key. YAML's null for
+    rel_mem_compute is "none"."""
+    fields = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise ValueError(f"{source}: unknown model option {key!r} (known: {', '.join(FIELDS)})")
+        fields[name] = coerce_field(FIELDS[name], value, source, none="none")
+    return fields
 
 
 # ------------------------------------------------------------------ registry
@@ -257,5 +252,5 @@ register_model("fremure", _fremure)
 register_model("sttran", _sttran, defaults=STTRAN_FIXED, train_defaults={"spatial_loss": "mlm"}, check=check_sttran)
 
 
-__all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "coerce", "model_class", "model_defaults",
-           "register_model", "train_defaults"]
+__all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "model_class", "model_defaults",
+           "model_values", "register_model", "train_defaults"]

@@ -20,15 +20,16 @@ import torch.nn.functional as F
 import fremure_ext
 
 from ..relations import NAMES, relation_type
+from .config import CHOICES
 from .layers import (REL_CLASSES, DecoderLayer, EncoderLayer, FrequencyAwareDecoder, FrequencyAwareEncoder,
                      FusionGate, LayerStack)
 from .layout import FrameLayout, frame_layout, slot_order
 
 MEMORY_TYPES = NAMES                                             # order of the joint memory bank
 SEPARATE_MEMORY_ORDER = ("attention", "contacting", "spatial")  # published order of the per-type banks
-MODES = ("latter", "both", "mean", "weighted")
 FREQ_EMBED = 64
 UNPACK_MODES = {"latter": "latter", "both": "mean", "mean": "mean", "weighted": "weighted"}  # window_unpack's, per mode
+MODES = tuple(UNPACK_MODES)
 
 
 class TransformerOutput(NamedTuple):
@@ -48,31 +49,20 @@ def memory_read(mha: nn.MultiheadAttention, feat: torch.Tensor, bank: torch.Tens
     return F.linear(torch.softmax(scores, dim=-1) @ F.linear(bank, w_v), mha.out_proj.weight)
 
 
-def canonical_rel_type(rel_type: str | None) -> str | None:
-    """The published frequency-mapper key of ``rel_type`` ('contacting' -> 'contact'); None stays None."""
-    return relation_type(rel_type).key if rel_type is not None else None
-
-
 class GlocalTransformer(nn.Module):
     """Local (per-frame) + tail (per-slot, frequency-gated) encoders, gated fusion, windowed
     temporal decoder and TEMPURA memory; the published ``transformer`` module.
 
-    Args:
-        embed_dim, nhead, dim_feedforward, enc_layer_num, dec_layer_num, dropout: as published
-            (the tail encoder keeps torch's FFN width 2048, as published).
-        mode: "latter" (published), "both" (published; = "mean" of the windows holding a frame),
-            "mean" or "weighted" (learned per-position weights ``window_weight``).
-        mem_compute: None (no memory), "joint" (one attention over all 26 prototypes) or
-            "seperate" (published spelling: one attention per relation type, averaged).
-        mem_fusion: "late" (after the temporal decoder) or "early" (before it).
-        selection: "manual" (fixed ``selection_lambda``) or "automated" (learned ``selector``).
-        window, stride: frames per temporal window and between window starts (published 2, 1).
-        gate: "stats" (published six-statistic FreqGate) or "log_inverse" (the paper's Eq. 2).
-        keep_unused: build ``global_attention_tail`` and ``fusion_gate_global``, which the
-            published forward never uses but its checkpoints contain.
-        frequency_branch: build the tail branch (``local_attention_tail``, ``fusion_gate_*``,
-            ``freq_mapper``). False leaves STTran's transformer (spatial encoder, temporal decoder,
-            frame position embedding; the STTran model), which refuses requests with ``freq``.
+    Args: the published ones (the tail encoder keeps torch's FFN width 2048, as published) and
+        ModelConfig's options under their published names: mode (``window_mode``; "both" is
+        "mean" of the windows holding a frame, "weighted" learns ``window_weight``), mem_compute
+        (``rel_mem_compute``, None for none; "joint" attends over all 26 prototypes, "seperate"
+        per relation type, averaged), mem_fusion, selection, selection_lambda, window, stride,
+        gate, keep_unused (build ``global_attention_tail`` and ``fusion_gate_global``, which the
+        published forward never uses but its checkpoints contain) and frequency_branch (build the
+        tail branch: ``local_attention_tail``, ``fusion_gate_*``, ``freq_mapper``; False leaves
+        STTran's transformer, spatial encoder, temporal decoder and frame position embedding,
+        which refuses requests with ``freq``).
 
     Padding of the temporal decoder is explicit (see ``zero_sum_padding`` of
     :class:`~fremure.model.published.PublishedTransformer` for the published rule).
@@ -85,13 +75,9 @@ class GlocalTransformer(nn.Module):
                  frequency_branch: bool = True):
         super().__init__()
         _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride)
-        self.embed_dim = embed_dim
-        self.mode = mode
+        self.embed_dim, self.mode, self.window, self.stride = embed_dim, mode, window, stride
         self.mem_compute = "joint" if mem_compute is True else mem_compute
-        self.mem_fusion = mem_fusion
-        self.selection = selection
-        self.selection_lambda = float(selection_lambda)
-        self.window, self.stride = window, stride
+        self.mem_fusion, self.selection, self.selection_lambda = mem_fusion, selection, float(selection_lambda)
 
         self.frequency_branch = bool(frequency_branch)
         self.local_attention = LayerStack(EncoderLayer(embed_dim, nhead, dim_feedforward, dropout), enc_layer_num)
@@ -180,7 +166,7 @@ class GlocalTransformer(nn.Module):
         return layout, self._check_memory(memory, features), checked
 
     def _check_request(self, rel_type, freq, features):
-        rel_type = canonical_rel_type(rel_type)
+        rel_type = None if rel_type is None else relation_type(rel_type).key   # 'contacting' -> 'contact'
         if freq is None:
             return rel_type, None
         if not self.frequency_branch:
@@ -315,18 +301,14 @@ def _check_features(features: object, embed_dim: int) -> None:
 def _check_config(embed_dim, nhead, mode, mem_compute, mem_fusion, selection, window, stride) -> None:
     if embed_dim % nhead:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by nhead ({nhead})")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mem_compute not in (None, True, "joint", "seperate"):
-        raise ValueError(f"mem_compute must be None, 'joint' or 'seperate', got {mem_compute!r}")
-    if mem_fusion not in ("late", "early"):
-        raise ValueError(f"mem_fusion must be 'late' or 'early', got {mem_fusion!r}")
-    if selection not in ("manual", "automated"):
-        raise ValueError(f"selection must be 'manual' or 'automated', got {selection!r}")
+    for name, value, choices in (("mode", mode, MODES), ("mem_compute", mem_compute, (None, True, "joint", "seperate")),
+                                 ("mem_fusion", mem_fusion, CHOICES["mem_fusion"]),
+                                 ("selection", selection, CHOICES["selection"])):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     for value, name in ((window, "window"), (stride, "stride")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "UNPACK_MODES", "canonical_rel_type",
-           "memory_read"]
+__all__ = ["GlocalTransformer", "TransformerOutput", "MEMORY_TYPES", "MODES", "UNPACK_MODES", "memory_read"]

@@ -125,9 +125,7 @@ class BayesianHead(nn.Module):
 
     def __init__(self, hid_dim: int, num_classes: int, rel_type: str | None = None, sample_n: int = 5):
         super().__init__()
-        self.num_classes = num_classes
-        self.rel_type = rel_type
-        self.sample_n = sample_n
+        self.num_classes, self.rel_type, self.sample_n = num_classes, rel_type, sample_n
         self.activation = activation_for(rel_type)
         self.weight_mu = nn.Linear(hid_dim, num_classes)
         self.weight_logvar = nn.Linear(hid_dim, num_classes)
@@ -169,12 +167,9 @@ class GMMHeadPlus(nn.Module):
         super().__init__()
         if activation not in ("sigmoid", "softmax"):
             raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
-        self.hid_dim, self.num_classes, self.k = hid_dim, num_classes, k
-        self.activation = activation
-        self.var_floor, self.var_ceiling = var_floor, var_ceiling
-        self.classwise_pi = classwise_pi
-        self.learnable_tau = learnable_tau
-        self.rel_type = rel_type
+        self.hid_dim, self.num_classes, self.k, self.activation = hid_dim, num_classes, k, activation
+        self.var_floor, self.var_ceiling, self.rel_type = var_floor, var_ceiling, rel_type
+        self.classwise_pi, self.learnable_tau = classwise_pi, learnable_tau
         self.heads = nn.ModuleDict()
         for i in range(1, k + 1):
             self.heads[f"mu_{i}"] = nn.Linear(hid_dim, num_classes)
@@ -184,11 +179,6 @@ class GMMHeadPlus(nn.Module):
             self.tau = nn.Parameter(torch.tensor(float(init_tau)))
         else:
             self.register_buffer("tau", torch.tensor(float(init_tau)), persistent=False)
-
-    @torch.no_grad()
-    def set_temperature(self, tau: float) -> None:
-        """Sets the temperature in place."""
-        self.tau.fill_(float(tau))
 
     def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All components' (mu, var_raw, pi_logit), each ``[K, B, C]``, from one packed GEMM."""
@@ -223,9 +213,7 @@ class GMMHeadPlus(nn.Module):
             with torch.no_grad():
                 _, aleatoric = fremure_ext.gmm_mixture(mu, var_raw, pi_logit, tau, uncertainty=True, **options)
             return aleatoric, torch.zeros_like(aleatoric)
-        seed = None
-        if train and noise is None:
-            seed = _draw_seed(generator)
+        seed = _draw_seed(generator) if train and noise is None else None
         if not train:
             noise = None
         return fremure_ext.gmm_mixture(mu, var_raw, pi_logit, tau, noise=noise, seed=seed, **options)
@@ -242,10 +230,7 @@ class GMMHead(nn.Module):
 
     def __init__(self, hid_dim: int, num_classes: int, rel_type: str | None = None, k: int = 4):
         super().__init__()
-        self.k = k
-        self.num_classes = num_classes
-        self.hid_dim = hid_dim
-        self.rel_type = rel_type
+        self.k, self.num_classes, self.hid_dim, self.rel_type = k, num_classes, hid_dim, rel_type
         self.activation = activation_for(rel_type)
         self.heads = nn.ModuleDict()
         for i in range(1, k + 1):

@@ -89,10 +89,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(embed_dim, nhead, dropout=dropout)
         add_feedforward(self, embed_dim, dim_feedforward, dropout)
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.norm2 = nn.LayerNorm(embed_dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """x: ``[T, D]`` packed tokens; offsets: int64 CSR of the attention segments. Returns ``[T, D]``."""
@@ -109,8 +107,7 @@ class DecoderLayer(nn.Module):
         self.multihead2 = nn.MultiheadAttention(embed_dim, nhead, dropout=dropout)
         add_feedforward(self, embed_dim, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(embed_dim)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def attend(self, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Attention core of packed window tokens ``x [T, D]`` (queries and keys ``x + position``,

@@ -109,18 +109,12 @@ class ObjectClassifier(nn.Module):
         obj_embed = entry["distribution"] @ self.obj_embed.weight
         pos_embed = self.pos_embed(center_size(entry["boxes"][:, 1:]))
         feat = torch.cat((entry["features"], obj_embed, pos_embed), 1)
+        # With tracking the memory read-out works on the tracked 2376-d features, before ``intermediate``.
+        feat = self.track(entry, feat) if self.tracking else self.intermediate(feat)
+        entry["object_features"] = feat
+        feat = entry["object_mem_features"] = self._hallucinate(feat)
         if self.tracking:
-            # The memory read-out works on the tracked 2376-d features, before ``intermediate``.
-            feat = self.track(entry, feat)
-            entry["object_features"] = feat
-            feat = self._hallucinate(feat)
-            entry["object_mem_features"] = feat
             feat = self.intermediate(feat)
-        else:
-            feat = self.intermediate(feat)
-            entry["object_features"] = feat
-            feat = self._hallucinate(feat)
-            entry["object_mem_features"] = feat
         if phase == "train":
             if self.obj_head == "gmm" and unc:
                 entry["distribution"] = self.decoder_lin(feat, phase="test")

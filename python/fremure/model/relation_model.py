@@ -37,25 +37,13 @@ REL_KEYS = {r.key: (r.head, r.name, f"freq_{r.key}") for r in RELATION_TYPES}
 
 
 class FReMuRe(nn.Module):
-    """FReMuRe relation model.
-
-    Defaults are the published training configuration (``lib/config.py``; the published
-    constructor's own defaults, K=None and layer counts None, do not run).
-
-    Args (published): mode, attention/spatial/contact_class_num, obj_classes (names, background
-        first, or their number), rel_classes (unused, kept for the signature), enc_layer_num,
-        dec_layer_num, obj_mem_compute, rel_mem_compute (None | "joint" | "seperate"), mem_fusion,
-        selection, selection_lambda, take_obj_mem_feat, obj_head ("linear" | "gmm"), rel_head
-        ("linear" | "bayesian" | "gmm" | "gmm_plus"), K, tracking (off by default; see
-        :class:`ObjectClassifier`; with take_obj_mem_feat, subj_fc/obj_fc read the 2376-d tracked
-        features as published), freq_attention /
-        freq_spatial / freq_contact (``[3]``, ``[6]``, ``[17]`` class frequencies; None switches
-        the frequency branch off).
-    Args (beyond the reference): decouple ("shared": one
-        transformer, as published; "separate": one per relation type), gate ("stats" | "log_inverse"),
-        window, stride, window_mode ("latter" | "both" | "mean" | "weighted"), glove (GloVe path or
-        table for the class embeddings), keep_unused and frequency_branch (see
-        :class:`GlocalTransformer`; without the branch, priors are refused), dropout.
+    """FReMuRe relation model with the published constructor (defaults: the published training
+    configuration, ``lib/config.py``). The options are :class:`ModelConfig`'s (see
+    :meth:`from_config` for the mapping); beyond them: obj_classes (names, background first, or
+    their number), rel_classes (unused, kept for the signature), freq_attention / freq_spatial /
+    freq_contact (``[3]``, ``[6]``, ``[17]`` class frequencies; None switches the frequency branch
+    off), glove (GloVe path or table for the class embeddings) and frequency_branch (see
+    :class:`GlocalTransformer`; without the branch, priors are refused: STTran).
     """
 
     def __init__(self, mode: str = "predcls", attention_class_num: int = 3, spatial_class_num: int = 6,
@@ -71,8 +59,6 @@ class FReMuRe(nn.Module):
                  frequency_branch: bool = True):
         super().__init__()
         self.config: ModelConfig | None = None      # set by from_config: what checkpoints record
-        if mode not in ("predcls", "sgcls", "sgdet"):
-            raise ValueError(f"mode must be 'predcls', 'sgcls' or 'sgdet', got {mode!r}")
         if decouple not in ("shared", "separate"):
             raise ValueError(f"decouple must be 'shared' or 'separate', got {decouple!r}")
         self.frequency_branch = bool(frequency_branch)
@@ -118,9 +104,8 @@ class FReMuRe(nn.Module):
         else:
             self.glocal_transformer = nn.ModuleDict({r: transformer() for r in REL_KEYS})
         classes = {"attention": attention_class_num, "spatial": spatial_class_num, "contact": contact_class_num}
-        for rel_type, (attr, _, _) in REL_KEYS.items():
+        for rel_type, (attr, _, freq_attr) in REL_KEYS.items():
             setattr(self, attr, make_rel_head(rel_head, EMBED_DIM, classes[rel_type], rel_type, K))
-        for rel_type, (_, _, freq_attr) in REL_KEYS.items():
             self.register_buffer(freq_attr, None, persistent=False)
         self.set_frequencies({"attention": freq_attention, "spatial": freq_spatial, "contact": freq_contact})
         for mem_type in MEMORY_TYPES:
@@ -137,17 +122,15 @@ class FReMuRe(nn.Module):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         if config.name != "fremure":
             raise ValueError(f"config names model {config.name!r}; FReMuRe.from_config builds 'fremure'")
-        freqs = dict(frequencies or {}) if config.freq else {}
-        contact = freqs.get("contact", freqs.get("contacting"))
         model = cls(mode=config.mode, obj_classes=obj_classes, enc_layer_num=config.enc_layer,
                     dec_layer_num=config.dec_layer, obj_mem_compute=config.obj_mem_compute,
                     rel_mem_compute=config.memory, mem_fusion=config.mem_fusion, selection=config.selection,
                     selection_lambda=config.mem_feat_lambda, take_obj_mem_feat=config.take_obj_mem_feat,
                     obj_head=config.obj_head, rel_head=config.rel_head, K=config.K, tracking=config.tracking,
-                    freq_attention=freqs.get("attention"), freq_spatial=freqs.get("spatial"), freq_contact=contact,
                     decouple=config.decouple, gate=config.gate, window=config.window, stride=config.stride,
                     window_mode=config.window_mode, glove=glove, keep_unused=config.keep_unused,
                     dropout=config.dropout)
+        model.set_frequencies(frequencies if config.freq else None)
         model.config = config
         return model
 
@@ -284,13 +267,7 @@ def _check_entry(entry: Any) -> None:
     if p and (int(pair.min()) < 0 or int(pair.max()) >= n):
         raise ValueError(f"entry['pair_idx'] indexes rows [{int(pair.min())}, {int(pair.max())}] but there are "
                          f"{n} boxes")
-    if entry["pred_labels"].shape != (n,):
-        raise ValueError(f"entry['pred_labels'] must be [{n}], got {tuple(entry['pred_labels'].shape)}")
-    if entry["union_feat"].shape[0] != p or tuple(entry["union_feat"].shape[1:]) != (UNION_CHANNELS, 7, 7):
-        raise ValueError(f"entry['union_feat'] must be [{p}, {UNION_CHANNELS}, 7, 7], got "
-                         f"{tuple(entry['union_feat'].shape)}")
-    if tuple(entry["spatial_masks"].shape) != (p, 2, MASK_SIZE, MASK_SIZE):
-        raise ValueError(f"entry['spatial_masks'] must be [{p}, 2, {MASK_SIZE}, {MASK_SIZE}], got "
-                         f"{tuple(entry['spatial_masks'].shape)}")
-    if entry["im_idx"].shape != (p,):
-        raise ValueError(f"entry['im_idx'] must be [{p}] (one frame per pair), got {tuple(entry['im_idx'].shape)}")
+    for key, shape in (("pred_labels", [n]), ("union_feat", [p, UNION_CHANNELS, 7, 7]),
+                       ("spatial_masks", [p, 2, MASK_SIZE, MASK_SIZE]), ("im_idx", [p])):
+        if list(entry[key].shape) != shape:
+            raise ValueError(f"entry[{key!r}] must be {shape}, got {tuple(entry[key].shape)}")

@@ -12,7 +12,6 @@ tag are deleted only after the new JSON is in place.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import math
 import os
@@ -26,20 +25,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..data.cache import file_digest
+
 FORMAT = "fremure-train-checkpoint"
 VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or of another format."""
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 TEMP_PREFIX = ".tmp-"
@@ -188,7 +181,7 @@ def save_checkpoint(folder: str, tag: str, model_tensors: dict[str, torch.Tensor
         path = os.path.join(folder, name)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         _atomic_write(path, lambda tmp: save_file(tensors, tmp))
-        record["files"][kind] = {"name": name, "bytes": os.path.getsize(path), "sha256": _sha256(path)}
+        record["files"][kind] = {"name": name, **file_digest(path)}
     json_path = os.path.join(folder, f"{tag}.json")
 
     def write_json(tmp: str) -> None:
@@ -225,7 +218,7 @@ def load_checkpoint(path: str, verify: bool = True) -> tuple[dict[str, Any], dic
         file = os.path.join(folder, meta["name"])
         if not os.path.isfile(file):
             raise CheckpointError(f"checkpoint {path}: tensor file {file} is missing")
-        if verify and (os.path.getsize(file) != meta["bytes"] or _sha256(file) != meta["sha256"]):
+        if verify and (os.path.getsize(file) != meta["bytes"] or file_digest(file)["sha256"] != meta["sha256"]):
             raise CheckpointError(f"checkpoint {path}: tensor file {file} is corrupted (size or SHA-256 differs "
                                   "from the record); use another checkpoint")
         try:

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..model.config import FIELDS as MODEL_FIELDS
-from ..model.config import ModelConfig, coerce_field, train_defaults
+from ..model.config import ModelConfig, coerce_field, model_values, train_defaults
 
 CHOICES = {
     "spatial_loss": ("bce", "mlm"),
@@ -167,7 +167,6 @@ def config_values(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     ``{"lr": ..., "model": {"window": ...}}``. Keys may use dashes; the model's options may also
     stand at the top level (the flat layout of configs and checkpoints written before ModelConfig)
     or as ``model.NAME``. Unknown keys and wrong types raise ValueError naming ``source`` and the key."""
-    from ..model.config import coerce as coerce_model
     values: dict[str, Any] = {}
     model: dict[str, Any] = {}
     for key, value in data.items():
@@ -184,12 +183,8 @@ def config_values(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         else:
             known = sorted(set(FIELDS) - {"model"}) + [f"model.{n}" for n in MODEL_FIELDS]
             raise ValueError(f"{source}: unknown option {key!r} (known: {', '.join(known)})")
-    for name, value in model.items():
-        if name not in MODEL_FIELDS:
-            raise ValueError(f"{source}: unknown model option {name!r} (known: {', '.join(MODEL_FIELDS)})")
-        model[name] = coerce_model(name, value, source)
     if model:
-        values["model"] = model
+        values["model"] = model_values(model, source)
     return values
 
 

@@ -122,14 +122,11 @@ class RunningStatsMerger:
         for module in self.norms:
             if module.momentum is None:
                 raise ValueError("batch norm with momentum=None (cumulative average) cannot be merged across ranks")
-        self.slots = 0
 
     def begin(self, slots: int) -> None:
         """Starts a step of ``slots`` video places (the step's videos over all ranks)."""
-        self.slots = slots
         self.start = self.snapshot()
         self.calls = torch.zeros(len(self.norms), slots, dtype=torch.float64)
-        self.terms = [torch.zeros(2, m.num_features, dtype=torch.float64) for m in self.norms]
         self.pending: list[tuple[int, list[torch.Tensor]]] = []
 
     def snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

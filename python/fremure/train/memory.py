@@ -58,12 +58,6 @@ class MemoryAccumulator:
             self.sums[rel_type].index_add_(0, cls, features[rows] * weight[:, None])
             self.totals[rel_type].index_add_(0, cls, weight)
 
-    def merge_(self, other: "MemoryAccumulator") -> None:
-        """Adds another accumulator's sums (e.g. from another process)."""
-        for r in self.sums:
-            self.sums[r] += other.sums[r]
-            self.totals[r] += other.totals[r]
-
     def prototypes(self) -> dict[str, torch.Tensor]:
         """float32 ``{"attention": [3, D], "spatial": [6, D], "contacting": [17, D]}``."""
         return {r: (self.sums[r] / self.totals[r].clamp(min=1e-300)[:, None]).float() for r in self.sums}

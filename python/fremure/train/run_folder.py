@@ -27,24 +27,13 @@ class RunExistsError(ValueError):
     """``--save-path`` already holds a run and neither resuming nor overwriting was asked for."""
 
 
-def check_run_folder(save_path: str) -> None:
-    """ValueError when ``save_path`` exists and is not a folder."""
+def prepare_new_run(save_path: str, overwrite: bool) -> list[str]:
+    """Makes ``save_path`` ready for a new run: RunExistsError when it holds one (any of
+    :data:`RUN_ENTRIES`) and not ``overwrite``; with ``overwrite`` the old run's entries are removed.
+    Returns those removed. ValueError when ``save_path`` is a file."""
     if os.path.exists(save_path) and not os.path.isdir(save_path):
         raise ValueError(f"--save-path {save_path} is a file, not a folder")
-
-
-def existing_run(save_path: str) -> list[str]:
-    """The entries of :data:`RUN_ENTRIES` present in ``save_path`` (empty: no run there)."""
-    if not os.path.isdir(save_path):
-        return []
-    return [name for name in RUN_ENTRIES if os.path.lexists(os.path.join(save_path, name))]
-
-
-def prepare_new_run(save_path: str, overwrite: bool) -> list[str]:
-    """Makes ``save_path`` ready for a new run: RunExistsError when it holds one and not
-    ``overwrite``; with ``overwrite`` the old run's entries are removed. Returns those removed."""
-    check_run_folder(save_path)
-    found = existing_run(save_path)
+    found = [name for name in RUN_ENTRIES if os.path.lexists(os.path.join(save_path, name))]
     if found and not overwrite:
         raise RunExistsError(f"--save-path {save_path} already holds a run ({', '.join(found)}): continue it "
                              "with --resume, or start a new one in another folder or with --overwrite")
@@ -87,17 +76,12 @@ def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def resume_conflicts(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
-    """``--flag saved -> asked`` for each option outside :data:`RESUME_CHANGEABLE` whose asked value
-    differs from the checkpoint's (model options as ``--model.NAME``)."""
-    saved, asked = _flat(saved), _flat(asked)
-    return [f"--{name.replace('_', '-')} {saved[name]!r} -> {asked[name]!r}" for name in asked
-            if name in saved and name not in RESUME_CHANGEABLE and saved[name] != asked[name]]
-
-
 def check_resume(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> None:
-    """ValueError naming the options that differ from the checkpoint's and cannot change on resume."""
-    conflicts = resume_conflicts(saved, asked)
+    """ValueError naming (``--flag saved -> asked``; model options as ``--model.NAME``) the options
+    outside :data:`RESUME_CHANGEABLE` that differ from the checkpoint's."""
+    saved, asked = _flat(saved), _flat(asked)
+    conflicts = [f"--{name.replace('_', '-')} {saved[name]!r} -> {asked[name]!r}" for name in asked
+                 if name in saved and name not in RESUME_CHANGEABLE and saved[name] != asked[name]]
     if conflicts:
         raise ValueError(f"--resume: options differ from the checkpoint's and cannot change in a resumed run: "
                          f"{'; '.join(conflicts)} (only {', '.join(sorted(RESUME_CHANGEABLE))} can; "

@@ -430,17 +430,14 @@ class Trainer:
                         " / ".join(f"{100 * summary['R'][k]:.2f}" for k in (10, 20, 50)),
                         " / ".join(f"{100 * summary['mR'][k]:.2f}" for k in (10, 20, 50)), record["lr"], seconds)
             if self.writer is not None:
-                for k, v in summary["R"].items():
-                    self.writer.add_scalar(f"val/R@{k}", v, self.epoch)
-                for k, v in summary["mR"].items():
-                    self.writer.add_scalar(f"val/mR@{k}", v, self.epoch)
+                for metric in ("R", "mR"):
+                    for k, v in summary[metric].items():
+                        self.writer.add_scalar(f"val/{metric}@{k}", v, self.epoch)
                 self.writer.add_scalar("train/lr", record["lr"], self.epoch)
-        if recall > self.best["R@20"]:
-            self.best["R@20"] = recall
-            self.save("best_recall", resumable=False)
-        if mrecall > self.best["mR@20"]:
-            self.best["mR@20"] = mrecall
-            self.save("best_mrecall", resumable=False)
+        for metric, value, tag in (("R@20", recall, "best_recall"), ("mR@20", mrecall, "best_mrecall")):
+            if value > self.best[metric]:
+                self.best[metric] = value
+                self.save(tag, resumable=False)
         self.scheduler.step(mrecall)
         self.rebuild_memory()
         self.epoch, self.position = self.epoch + 1, 0

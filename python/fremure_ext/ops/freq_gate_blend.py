@@ -60,10 +60,8 @@ def _fake(x, gate, valid):
 def _fake_backward(grad_out, x, gate, valid):
     check_freq_gate_blend(x, gate, valid)
     check_like(x, "x", grad_out, "grad_out", shape=True)
-    return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-        torch.empty_like(gate, memory_format=torch.contiguous_format),
-    )
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(gate, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output):
@@ -74,11 +72,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, gate, valid = ctx.saved_tensors
     grad_x, grad_gate = torch.ops.fremure.freq_gate_blend_backward(grad_out.contiguous(), x, gate, valid)
-    return (
-        grad_x if ctx.needs_input_grad[0] else None,
-        grad_gate if ctx.needs_input_grad[1] else None,
-        None,
-    )
+    needs = ctx.needs_input_grad
+    return grad_x if needs[0] else None, grad_gate if needs[1] else None, None
 
 
 torch.library.register_autograd("fremure::freq_gate_blend", _backward, setup_context=_setup_context)

@@ -107,12 +107,8 @@ def _fake_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise,
                    var_ceiling, activation):
     check_gmm_mixture_backward(grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps,
                                var_floor, var_ceiling, activation)
-    return (
-        mu.new_empty(mu.shape),
-        mu.new_empty(mu.shape),
-        mu.new_empty(mu.shape),
-        torch.empty_like(tau, memory_format=torch.contiguous_format),
-    )
+    return (mu.new_empty(mu.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape),
+            torch.empty_like(tau, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output):
@@ -132,17 +128,10 @@ def _backward(ctx, grad_pred, grad_aleatoric):
         return (None,) * 11
     if grad_pred is None:
         grad_pred = mu.new_zeros(mu.shape[1:])
-    g_mu, g_raw, g_pi, g_tau = torch.ops.fremure.gmm_mixture_backward(
+    grads = torch.ops.fremure.gmm_mixture_backward(  # (g_mu, g_raw, g_pi, g_tau)
         grad_pred, grad_aleatoric, mu, var_raw, pi_logit, tau, noise, seed, var_eps, var_floor, var_ceiling,
         activation)
-    needs = ctx.needs_input_grad
-    return (
-        g_mu if needs[0] else None,
-        g_raw if needs[1] else None,
-        g_pi if needs[2] else None,
-        g_tau if needs[3] else None,
-        None, None, None, None, None, None, None,
-    )
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])), *(None,) * 7)
 
 
 torch.library.register_autograd("fremure::gmm_mixture", _backward, setup_context=_setup_context)

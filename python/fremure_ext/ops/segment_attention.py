@@ -142,22 +142,10 @@ def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, segment_offsets = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, None, None, None, None
-    dropout_p, seed = ctx.dropout
-    if dropout_p == 0.0:
-        grads = torch.ops.fremure.segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, ctx.scale)
-    else:
-        grads = torch.ops.fremure.segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, ctx.scale,
-                                                             dropout_p, seed)
-    dq, dk, dv = grads
-    return (
-        dq if ctx.needs_input_grad[0] else None,
-        dk if ctx.needs_input_grad[1] else None,
-        dv if ctx.needs_input_grad[2] else None,
-        None,
-        None,
-        None,
-        None,
-    )
+    dropout = () if ctx.dropout[0] == 0.0 else ctx.dropout      # (dropout_p, seed) only with dropout
+    grads = torch.ops.fremure.segment_attention_backward(grad_out, q, k, v, out, lse, segment_offsets, ctx.scale,
+                                                         *dropout)
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3])), None, None, None, None)
 
 
 torch.library.register_autograd("fremure::segment_attention", _backward, setup_context=_setup_context)

@@ -305,13 +305,8 @@ def _unpack_backward(ctx, grad_out):
         (src_index,) = ctx.saved_tensors
         y, weights = _shape_standin(grad_out, ctx.y_shape), None
     grad_y, grad_w = torch.ops.fremure.window_unpack_backward(grad_out.contiguous(), y, src_index, weights, ctx.mode)
-    return (
-        grad_y if ctx.needs_input_grad[0] else None,
-        None,
-        grad_w if ctx.mode == "weighted" and ctx.needs_input_grad[2] else None,
-        None,
-        None,
-    )
+    needs = ctx.needs_input_grad
+    return grad_y if needs[0] else None, None, grad_w if ctx.mode == "weighted" and needs[2] else None, None, None
 
 
 torch.library.register_autograd("fremure::window_unpack", _unpack_backward, setup_context=_unpack_setup)

@@ -17,8 +17,6 @@ from ..ops.gmm_mixture import check_gmm_mixture, check_gmm_mixture_backward
 from . import next_power_of_2
 from .class_tiles import activation, activation_backward, class_tile, sample_noise
 
-TAU_MIN = 1e-3
-LOG_EPS = 1e-9
 MODE_EVAL, MODE_NOISE, MODE_SEED = 0, 1, 2
 
 
