@@ -179,27 +179,31 @@ def test_predict_command_writes_resumes_and_names_failures(sample, tmp_path, cap
     assert "1 skipped" in capsys.readouterr().out
 
 
-def test_predict_command_refuses_bad_options(sample, tmp_path, capsys):
+def _run_and_video(sample, tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A run folder of the sample's model and an (empty) video file: for the usage-error tests."""
     test, model, _, _ = sample
     _checkpoint(model, test, tmp_path / "run")
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
-    base = ["predict", str(video), "--run", str(tmp_path / "run"), "--random-detector", "--out", str(tmp_path / "out")]
+    return tmp_path / "run", video
+
+
+def test_predict_command_refuses_bad_options(sample, tmp_path, capsys):
+    run, video = _run_and_video(sample, tmp_path)
+    base = ["predict", str(video), "--run", str(run), "--random-detector", "--out", str(tmp_path / "out")]
     assert main([*base, "--every", "2", "--fps", "2"]) == 2
     assert "--fps, --every and --all-frames" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--top-k", "0"])
     assert exit_info.value.code == 2 and "--top-k" in capsys.readouterr().err
-    assert main([*base, "--checkpoint", str(tmp_path / "run")]) == 2
+    assert main([*base, "--checkpoint", str(run)]) == 2
     assert "exactly one of --run and --checkpoint" in capsys.readouterr().err
 
 
 def test_predict_needs_a_detector_and_a_model_of_the_task(sample, tmp_path, capsys):
-    test, model, _, _ = sample
-    _checkpoint(model, test, tmp_path / "run")
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"")
-    assert main(["predict", str(video), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    test = sample[0]
+    run, video = _run_and_video(sample, tmp_path)
+    assert main(["predict", str(video), "--run", str(run), "--out", str(tmp_path / "out")]) == 2
     assert "--detector-checkpoint" in capsys.readouterr().err
     predcls = ModelConfig(mode="predcls", dec_layer=1, keep_unused=False, rel_mem_compute="none")
     with warnings.catch_warnings():
