@@ -21,6 +21,7 @@ from video_support import encode_video, sample_frames
 from fremure.cli import main
 from fremure.data.cache import VideoEntrySource
 from fremure.data.features import video_frame_paths
+from fremure.data.frames import VideoDecodeError
 from fremure.data.synthetic import sample_path
 from fremure.model.config import ModelConfig, build_model
 from fremure.pipeline import frequencies, load_split, predict_videos
@@ -326,3 +327,26 @@ def test_the_viewer_renders_boxes_and_triplets(sample, tmp_path):
     with Image.open(tmp_path / "viewer.png") as shot:
         pixels = np.asarray(shot.convert("L"), dtype=np.float64)
     assert pixels.std() > 20, pixels.std()          # frames and tables, not a blank page
+
+
+def test_videos_without_a_stream_or_frames_are_named(sample, tmp_path):
+    import av
+    _, _, _, predictor = sample
+    with av.open(str(tmp_path / "audio.mkv"), "w") as container:          # an audio stream only
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (tmp_path / "empty.mp4").write_bytes(b"")                                # zero bytes
+    outcomes = predict_many(predictor, [tmp_path / "audio.mkv", tmp_path / "empty.mp4", tmp_path / "missing.mp4"],
+                            tmp_path / "out", PredictConfig(progress=False))
+    errors = [o.error for o in outcomes]
+    assert "has no video stream" in errors[0]
+    assert "cannot open video" in errors[1] and "empty.mp4" in errors[1]
+    assert "video file not found" in errors[2]
+    assert not list((tmp_path / "out").glob("*.jsonl"))
+    name = "04V2Z.mp4"                                                       # frames asked past the end: none
+    encode_video(tmp_path / name, sample_frames(SAMPLE)[name], "rgb_lossless")
+    with pytest.raises(VideoDecodeError, match="no frame decoded"):
+        read_frames(tmp_path / name, FrameSelection(numbers=(10_000,)))
