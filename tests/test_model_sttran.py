@@ -172,6 +172,9 @@ def test_defaults_are_the_published_recipe():
                                                          "--dec-layer", "2"]))
     assert (given.spatial_loss, given.model.dec_layer) == ("bce", 2)
     assert make_train_config(build_parser().parse_args(["train"])).spatial_loss == "bce"    # FReMuRe's recipe
+    # STTran's train.py steps ReduceLROnPlateau on R@20 (with constraint), FReMuRe's on mR@20
+    assert train.scheduler_metric == "R@20"
+    assert make_train_config(build_parser().parse_args(["train"])).scheduler_metric == "mR@20"
 
 
 @pytest.mark.parametrize("option, value", [("rel_head", "bayesian"), ("rel_mem_compute", "joint"), ("freq", True),

@@ -221,3 +221,19 @@ def test_tracking_option_builds_the_published_track_encoder():
     assert any(name.startswith("object_classifier.encoder_tran.layers.2.") for name in names)
     plain = build_model(make_config(overrides=dict(mode="sgcls", keep_unused=False)), 37, None)
     assert not any("encoder_tran" in name for name, _ in plain.named_parameters())
+
+
+@pytest.mark.parametrize("metric", ["mR@20", "R@20"])
+def test_the_scheduler_steps_on_the_chosen_metric(tmp_path, metric):
+    """scheduler_metric: mR@20 (FReMuRe, TEMPURA) or R@20 (STTran) is what ReduceLROnPlateau sees."""
+    from train_support import small_config
+    from fremure.train.run import make_trainer
+    trainer = make_trainer(small_config(tmp_path / "run", scheduler_metric=metric, checkpoints="none",
+                                        max_train_videos=1, max_test_videos=1))
+    (tmp_path / "run").mkdir()
+    seen = []
+    trainer.scheduler.step = seen.append
+    trainer.validate = lambda: {"with": {"R": {10: 0.1, 20: 0.2, 50: 0.5}, "mR": {10: 0.01, 20: 0.02, 50: 0.05}}}
+    trainer.rebuild_memory = lambda: None
+    trainer._finish_epoch(1.0, 1, 0.5)
+    assert seen == [0.2 if metric == "R@20" else 0.02]

@@ -249,7 +249,7 @@ def check_sttran(config: ModelConfig) -> None:
 
 
 register_model("fremure", _fremure)
-register_model("sttran", _sttran, defaults=STTRAN_FIXED, train_defaults={"spatial_loss": "mlm"}, check=check_sttran)
+register_model("sttran", _sttran, defaults=STTRAN_FIXED, train_defaults={"spatial_loss": "mlm", "scheduler_metric": "R@20"}, check=check_sttran)
 
 
 __all__ = ["CHOICES", "FIELDS", "MODELS", "ModelConfig", "build_model", "model_class", "model_defaults",

@@ -17,6 +17,7 @@ CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
     "amp": ("none", "bf16", "fp16"),
     "checkpoints": ("all", "best", "last", "none"),
+    "scheduler_metric": ("mR@20", "R@20"),
 }
 
 
@@ -46,6 +47,8 @@ class TrainConfig:
     lr: float = option(1e-5, "learning rate")
     weight_decay: float = option(1e-2, "weight decay (adamw, sgd)")
     clip: float = option(5.0, "gradient-norm clipping")
+    scheduler_metric: str = option("mR@20", "what ReduceLROnPlateau steps on after each epoch: mR@20 (FReMuRe) or "
+                                            "R@20 (STTran), with constraint")
     nepoch: int = option(10, "epochs", positive=True)
     videos_per_step: int = option(1, "videos per optimiser step over all processes, a multiple of torchrun's "
                                      "process count", positive=True)

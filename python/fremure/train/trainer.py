@@ -14,7 +14,7 @@ running statistics are merged as one process would have them (RunningStatsMerger
 validation predictions and memory sums are reduced over ranks; checkpoints, logs, TensorBoard and
 the progress bar belong to rank 0. Every video's forward pass is seeded from (seed, epoch, video),
 so dropout and head noise depend neither on the rank nor on where a run was resumed. Order of an
-epoch: train steps, validation (with constraint; the scheduler steps on mR@20), best-R@20 /
+epoch: train steps, validation (with constraint; the scheduler steps on ``scheduler_metric``), best-R@20 /
 best-mR@20 checkpoints, memory rebuild, then the resumable ``last``.
 """
 
@@ -438,7 +438,7 @@ class Trainer:
             if value > self.best[metric]:
                 self.best[metric] = value
                 self.save(tag, resumable=False)
-        self.scheduler.step(mrecall)
+        self.scheduler.step(mrecall if self.config.scheduler_metric == "mR@20" else recall)
         self.rebuild_memory()
         self.epoch, self.position = self.epoch + 1, 0
         self.epoch_losses, self.epoch_seconds, self._segment_start = [], 0.0, None
